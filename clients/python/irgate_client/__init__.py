@@ -1,0 +1,26 @@
+"""Python SDK for the irgate gRPC retrieval inference server (sync and asyncio)."""
+
+from irgate_client.client import AsyncClient, Client
+from irgate_client.types import (
+    CollectionInfo,
+    Document,
+    Embedding,
+    Hit,
+    IrgateError,
+    Query,
+    ServerInfo,
+    UpsertResult,
+)
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "CollectionInfo",
+    "Document",
+    "Embedding",
+    "Hit",
+    "IrgateError",
+    "Query",
+    "ServerInfo",
+    "UpsertResult",
+]

@@ -1,0 +1,124 @@
+"""Protobuf messages <-> SDK types, shared by the sync and the asyncio client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from irgate_client.types import CollectionInfo, Document, Embedding, Hit, Query, ServerInfo, UpsertResult
+from irgate_client.v1 import irgate_pb2 as pb
+
+PRECISIONS = {"f16": pb.VECTOR_PRECISION_F16, "f32": pb.VECTOR_PRECISION_F32, "i8": pb.VECTOR_PRECISION_I8}
+
+
+def truncation(truncate: bool) -> int:
+    return pb.TRUNCATION_END if truncate else pb.TRUNCATION_NONE
+
+
+def embed_request(texts: Sequence[str | Query], truncate: bool, raw: bool) -> pb.EmbedRequest:
+    inputs = [
+        pb.EmbedInput(kind=pb.TEXT_KIND_QUERY, text=item.text, instruction=item.instruction)
+        if isinstance(item, Query)
+        else pb.EmbedInput(kind=pb.TEXT_KIND_DOCUMENT, text=item)
+        for item in texts
+    ]
+    return pb.EmbedRequest(inputs=inputs, truncation=truncation(truncate), raw=raw)
+
+
+def embeddings(response: pb.EmbedResponse) -> list[Embedding]:
+    return [Embedding(list(item.values), item.tokens, item.truncated) for item in response.embeddings]
+
+
+def server_info(response: pb.GetInfoResponse) -> ServerInfo:
+    return ServerInfo(
+        version=response.version,
+        model=response.embedder.model,
+        backend=response.embedder.backend,
+        dimension=response.embedder.dimension,
+        max_tokens=response.embedder.max_tokens,
+        pooling=response.embedder.pooling,
+        supports_instructions=response.embedder.supports_instructions,
+        judge_model=response.judge.model,
+        max_batch_size=response.limits.max_batch_size,
+        max_k=response.limits.max_k,
+    )
+
+
+def collection_info(message: pb.CollectionInfo) -> CollectionInfo:
+    precision = {value: name for name, value in PRECISIONS.items()}.get(message.precision, "f16")
+    return CollectionInfo(
+        message.name, message.documents, message.dimension, precision, message.model, message.created_at
+    )
+
+
+def document_message(document: Document) -> pb.Document:
+    message = pb.Document(id=document.id, text=document.text, title=document.title)
+    if document.metadata:
+        message.metadata.update(dict(document.metadata))
+    if document.vector is not None:
+        message.vector.extend(document.vector)
+    return message
+
+
+def document(message: pb.Document) -> Document:
+    return Document(
+        id=message.id,
+        text=message.text,
+        title=message.title,
+        metadata=json_format.MessageToDict(message.metadata),
+        vector=list(message.vector) if len(message.vector) else None,
+    )
+
+
+def upsert_requests(
+    collection: str, documents: Iterable[Document], batch_size: int, truncate: bool
+) -> Iterator[pb.UpsertDocumentsRequest]:
+    batch: list[pb.Document] = []
+    for item in documents:
+        batch.append(document_message(item))
+        if len(batch) == batch_size:
+            yield pb.UpsertDocumentsRequest(collection=collection, documents=batch, truncation=truncation(truncate))
+            batch = []
+    if batch:
+        yield pb.UpsertDocumentsRequest(collection=collection, documents=batch, truncation=truncation(truncate))
+
+
+def upsert_result(response: pb.UpsertDocumentsResponse) -> UpsertResult:
+    return UpsertResult(response.upserted, response.replaced, response.total_tokens, response.documents)
+
+
+def search_request(
+    collection: str,
+    query: str,
+    instruction: str,
+    k: int,
+    filter: Mapping[str, Any] | None,
+    include_documents: bool,
+    truncate: bool,
+) -> pb.SearchRequest:
+    request = pb.SearchRequest(
+        collection=collection,
+        query=query,
+        instruction=instruction,
+        k=k,
+        include_documents=include_documents,
+        truncation=truncation(truncate),
+    )
+    if filter:
+        request.filter.CopyFrom(struct_pb2.Struct())
+        request.filter.update(dict(filter))
+    return request
+
+
+def hits(response: pb.SearchResponse) -> list[Hit]:
+    return [
+        Hit(
+            id=hit.id,
+            score=hit.score,
+            dense_score=hit.dense_score,
+            document=document(hit.document) if hit.HasField("document") else None,
+        )
+        for hit in response.hits
+    ]

@@ -1,0 +1,82 @@
+"""Typed values the SDK takes and returns (plain dataclasses, no protobuf)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+
+class IrgateError(Exception):
+    """A call failed; `code` is the gRPC status code, `message` the server's explanation."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Query:
+    """A search query with an optional instruction (for instructable embedders)."""
+
+    text: str
+    instruction: str = ""
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    text: str = ""
+    title: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    vector: Sequence[float] | None = None
+
+
+@dataclass(frozen=True)
+class Embedding:
+    values: list[float]
+    tokens: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    version: str
+    model: str
+    backend: str
+    dimension: int
+    max_tokens: int
+    pooling: str
+    supports_instructions: bool
+    judge_model: str
+    max_batch_size: int
+    max_k: int
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    documents: int
+    dimension: int
+    precision: str
+    model: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    upserted: int
+    replaced: int
+    total_tokens: int
+    documents: int
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    dense_score: float
+    document: Document | None = None

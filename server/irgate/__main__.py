@@ -1,0 +1,3 @@
+from irgate.cli import main
+
+main()

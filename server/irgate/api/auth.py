@@ -1,0 +1,49 @@
+"""Bearer API-key check for every RPC except health checks (orchestrators probe without keys)."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, api_key: str):
+        self._expected = f"Bearer {api_key}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_PREFIXES):
+            return handler
+        given = dict(details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(given.encode() if isinstance(given, str) else given, self._expected):
+            return handler
+        return _denying(handler, "missing or wrong API key; send metadata 'authorization: Bearer <key>'")
+
+
+def _denying(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that answers UNAUTHENTICATED."""
+
+    async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def deny_streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # unreachable; an async generator is what a streaming handler must be
+
+    codecs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(deny_streaming, **codecs)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(deny, **codecs)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(deny_streaming, **codecs)
+    return grpc.unary_unary_rpc_method_handler(deny, **codecs)

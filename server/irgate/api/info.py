@@ -1,0 +1,39 @@
+"""irgate.v1.Info servicer."""
+
+from __future__ import annotations
+
+import grpc
+
+from irgate import __version__
+from irgate.api.rpc import Admission, unary
+from irgate.config import Settings
+from irgate.core.embedding import EmbeddingService
+from irgate_client.v1 import irgate_pb2 as pb
+from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
+
+
+class InfoServicer(pb_grpc.InfoServicer):
+    def __init__(self, embedding: EmbeddingService, settings: Settings, admission: Admission):
+        self.admission = admission
+        manifest = embedding.manifest
+        self._info = pb.GetInfoResponse(
+            version=__version__,
+            embedder=pb.EmbedderInfo(
+                model=manifest.name,
+                backend=embedding.backend.address,
+                dimension=manifest.dimension,
+                max_tokens=manifest.max_tokens,
+                pooling=manifest.pooling,
+                supports_instructions=manifest.supports_instructions,
+            ),
+            limits=pb.Limits(
+                max_batch_size=settings.max_batch_size,
+                max_concurrent_requests=settings.max_concurrent_requests,
+                max_k=settings.max_k,
+                max_judge_documents=settings.max_judge_documents,
+            ),
+        )
+
+    @unary("GetInfo")
+    async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> pb.GetInfoResponse:
+        return self._info

@@ -1,0 +1,219 @@
+"""The `irgate` command: serve, prepare models, manage collections, index, search, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from irgate_client import AsyncClient, Client, Document, IrgateError
+
+console = Console(stderr=True)
+
+DEFAULT_MODELS = Path("models")
+
+
+def _client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default=os.environ.get("IRGATE_SERVER", "127.0.0.1:50051"),
+                        help="HOST:PORT of a running irgate (env IRGATE_SERVER)")
+    parser.add_argument("--api-key", default=os.environ.get("IRGATE_API_KEY", ""), help="API key (env IRGATE_API_KEY)")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS (system roots)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="deadline per call in seconds")
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.server, api_key=args.api_key or None, tls=args.tls, timeout=args.timeout)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from irgate.config import add_arguments
+
+    parser = argparse.ArgumentParser(prog="irgate", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    add_arguments(serve)
+    serve.add_argument("--log-level", default=os.environ.get("IRGATE_LOG_LEVEL", "INFO"))
+
+    prepare = commands.add_parser("prepare", help="build the default models (or your own) for serving")
+    prepare.add_argument("--out", type=Path, default=DEFAULT_MODELS, help="models folder (default: %(default)s)")
+    prepare.add_argument("--embedder-source", type=Path, help="a local Hugging Face checkpoint instead of all-MiniLM-L6-v2")
+    prepare.add_argument("--preset", choices=("sentence-transformers", "promptriever"), help="how the source was trained")
+    prepare.add_argument("--lora", type=Path, help="LoRA adapter folder merged into --embedder-source")
+    prepare.add_argument("--max-tokens", type=int, help="override the model's input limit")
+
+    collection = commands.add_parser("collection", help="create, list, describe or delete collections")
+    collection_commands = collection.add_subparsers(dest="action", required=True)
+    for action in ("create", "describe", "delete"):
+        sub = collection_commands.add_parser(action)
+        sub.add_argument("name")
+        _client_options(sub)
+        if action == "create":
+            sub.add_argument("--precision", choices=("f16", "f32", "i8"), default="f16")
+    _client_options(collection_commands.add_parser("list"))
+
+    index = commands.add_parser("index", help="upsert a BEIR corpus file (.jsonl or .jsonl.gz) into a collection")
+    index.add_argument("collection")
+    index.add_argument("file", type=Path)
+    index.add_argument("--batch-size", type=int, default=128)
+    index.add_argument("--create", action="store_true", help="create the collection if it does not exist")
+    _client_options(index)
+
+    search = commands.add_parser("search", help="search a collection")
+    search.add_argument("collection")
+    search.add_argument("query")
+    search.add_argument("--instruction", default="")
+    search.add_argument("--k", type=int, default=10)
+    search.add_argument("--json", action="store_true", help="one JSON object per hit")
+    _client_options(search)
+
+    health = commands.add_parser("health", help="ask the server's grpc.health.v1 service")
+    health.add_argument("--service", default="", help="service name; empty for the whole server")
+    _client_options(health)
+
+    evaluate = commands.add_parser("eval", help="evaluate retrieval quality through the gRPC API")
+    eval_commands = evaluate.add_subparsers(dest="suite", required=True)
+    beir = eval_commands.add_parser("beir", help="a BEIR data set folder (corpus, queries, qrels/)")
+    beir.add_argument("--data", type=Path, required=True)
+    beir.add_argument("--split", default="test")
+    beir.add_argument("--instruction", default="")
+    beir.add_argument("--json", action="store_true")
+    beir.add_argument("--embedder", default=os.environ.get("IRGATE_EMBEDDER", f"onnx:{DEFAULT_MODELS / 'embedder'}"),
+                      help="embedder of the temporary server when --server is not given")
+    beir.add_argument("--server", default=os.environ.get("IRGATE_SERVER", ""),
+                      help="HOST:PORT of a running irgate; without it a temporary server is started")
+    beir.add_argument("--api-key", default=os.environ.get("IRGATE_API_KEY", ""))
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from irgate.config import settings_from
+    from irgate.server import serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings_from(args)))
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from irgate.models.prepare import export_embedder, prepare_default_embedder
+
+    target = args.out / "embedder"
+    if args.embedder_source:
+        manifest = export_embedder(args.embedder_source, target, preset=args.preset, lora=args.lora, max_tokens=args.max_tokens)
+    else:
+        manifest = prepare_default_embedder(target)
+    console.print(f"embedder ready: {manifest.name}, {manifest.dimension} dims, {manifest.pooling} pooling -> {target}")
+
+
+def _collection(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        if args.action == "create":
+            info = client.create_collection(args.name, precision=args.precision)
+            console.print(f"created {info.name} ({info.dimension} dims, {info.precision}, model {info.model})")
+        elif args.action == "delete":
+            client.delete_collection(args.name)
+            console.print(f"deleted {args.name}")
+        else:
+            infos = [client.describe_collection(args.name)] if args.action == "describe" else client.list_collections()
+            table = Table("name", "documents", "dimension", "precision", "model")
+            for info in infos:
+                table.add_row(info.name, str(info.documents), str(info.dimension), info.precision, info.model)
+            Console().print(table)
+
+
+def _beir_documents(path: Path, progress: Progress) -> Iterator[Document]:
+    from irgate.eval.beir import read_jsonl
+
+    task = progress.add_task(f"indexing {path.name}", total=None)
+    for row in read_jsonl(path):
+        yield Document(id=str(row["_id"]), title=row.get("title", ""), text=row["text"],
+                       metadata=row.get("metadata") or {})
+        progress.advance(task)
+
+
+def _index(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        if args.create and args.collection not in {info.name for info in client.list_collections()}:
+            client.create_collection(args.collection)
+        with Progress(console=console) as progress:
+            result = client.upsert(args.collection, _beir_documents(args.file, progress),
+                                   batch_size=args.batch_size, timeout=None)
+        console.print(f"upserted {result.upserted} ({result.replaced} replaced, {result.total_tokens} tokens); "
+                      f"{args.collection} holds {result.documents} documents")
+
+
+def _search(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        hits = client.search(args.collection, args.query, instruction=args.instruction, k=args.k, include_documents=True)
+    if args.json:
+        for rank, hit in enumerate(hits, 1):
+            document = hit.document
+            print(json.dumps({"rank": rank, "id": hit.id, "score": hit.score, "title": document.title if document else "",
+                              "text": document.text if document else ""}))
+        return
+    table = Table("rank", "score", "id", "title / text")
+    for rank, hit in enumerate(hits, 1):
+        snippet = (hit.document.title or hit.document.text)[:100] if hit.document else ""
+        table.add_row(str(rank), f"{hit.score:.4f}", hit.id, snippet)
+    Console().print(table)
+
+
+def _health(args: argparse.Namespace) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    channel = grpc.secure_channel(args.server, grpc.ssl_channel_credentials()) if args.tls else grpc.insecure_channel(args.server)
+    with channel:
+        response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(status)
+    if response.status != health_pb2.HealthCheckResponse.SERVING:
+        sys.exit(1)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from irgate.eval.beir import evaluate, load_beir
+    from irgate.local_server import LocalServer
+
+    data = load_beir(args.data, args.split)
+
+    async def run(address: str) -> dict[str, object]:
+        async with AsyncClient(address, api_key=args.api_key or None, timeout=600) as client:
+            return await evaluate(client, data, instruction=args.instruction, show_progress=not args.json)
+
+    if args.server:
+        result = asyncio.run(run(args.server))
+    else:
+        with tempfile.TemporaryDirectory(prefix="irgate-eval-") as data_dir:
+            with LocalServer(Path(data_dir), ["--embedder", args.embedder]) as server:
+                result = asyncio.run(run(server.address))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        table = Table("metric", "value")
+        for key, value in result.items():
+            table.add_row(key, str(value))
+        Console().print(table)
+
+
+COMMANDS = {"serve": _serve, "prepare": _prepare, "collection": _collection, "index": _index,
+            "search": _search, "health": _health, "eval": _eval}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except IrgateError as error:
+        console.print(f"[red]error:[/red] {error}")
+        sys.exit(2)

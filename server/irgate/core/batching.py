@@ -1,0 +1,143 @@
+"""Dynamic batching: the texts of concurrent requests share model calls under a token budget.
+
+Requests put token ids in one queue; a single worker task takes whatever is waiting (up to
+``max_batch_tokens`` real tokens), sorts it by length so that padding stays small, and runs
+one model call per length-homogeneous batch. While the model runs, new requests queue up and
+ride in the next round, so there is no fixed batching delay (as in text-embeddings-inference).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from irgate.backends.embedder import EmbedderBackend
+from irgate.core.tokenization import pad_batch
+from irgate.errors import ResourceExhausted
+
+
+@dataclass
+class _Request:
+    ids: list[list[int]]
+    vectors: np.ndarray
+    future: asyncio.Future[None]
+    enqueued_ns: int
+    remaining: int
+    started_ns: int = 0
+    inference_ns: float = 0.0
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    queue_ns: int
+    inference_ns: int
+
+
+@dataclass
+class BatchingQueue:
+    """Runs a backend over token ids of many requests in shared, length-sorted batches."""
+
+    backend: EmbedderBackend
+    max_batch_tokens: int = 16384
+    max_batch_size: int = 128
+    max_queued_texts: int = 65536
+    _pending: deque[tuple[_Request, int]] = field(default_factory=deque, init=False)
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _worker: asyncio.Task[None] | None = field(default=None, init=False)
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._run(), name="irgate-batching")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+
+    @property
+    def queued_texts(self) -> int:
+        return len(self._pending)
+
+    async def embed(self, ids: list[list[int]]) -> tuple[np.ndarray, BatchStats]:
+        """Pooled (unnormalised) vectors for each id list, in order."""
+        if len(self._pending) + len(ids) > self.max_queued_texts:
+            raise ResourceExhausted(
+                f"the embedding queue holds {len(self._pending)} texts and accepts at most "
+                f"{self.max_queued_texts}; retry later"
+            )
+        request = _Request(
+            ids=ids,
+            vectors=np.empty((len(ids), self.backend.manifest.dimension), dtype=np.float32),
+            future=asyncio.get_running_loop().create_future(),
+            enqueued_ns=time.perf_counter_ns(),
+            remaining=len(ids),
+        )
+        self._pending.extend((request, i) for i in range(len(ids)))
+        self._wakeup.set()
+        await request.future
+        return request.vectors, BatchStats(
+            queue_ns=request.started_ns - request.enqueued_ns, inference_ns=int(request.inference_ns)
+        )
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            for batch in self._next_batches():
+                await self._run_batch(batch)
+
+    def _next_batches(self) -> list[list[tuple[_Request, int]]]:
+        taken: list[tuple[_Request, int]] = []
+        tokens = 0
+        while self._pending and tokens < self.max_batch_tokens:
+            request, index = self._pending.popleft()
+            if request.future.done():  # the caller went away (cancelled or deadline passed)
+                continue
+            taken.append((request, index))
+            tokens += len(request.ids[index])
+        taken.sort(key=lambda item: len(item[0].ids[item[1]]))
+        batches: list[list[tuple[_Request, int]]] = []
+        current: list[tuple[_Request, int]] = []
+        for item in taken:
+            longest = len(item[0].ids[item[1]])  # sorted: this item is the longest so far
+            if current and (
+                (len(current) + 1) * longest > self.max_batch_tokens or len(current) >= self.max_batch_size
+            ):
+                batches.append(current)
+                current = []
+            current.append(item)
+        if current:
+            batches.append(current)
+        return batches
+
+    async def _run_batch(self, batch: list[tuple[_Request, int]]) -> None:
+        batch = [item for item in batch if not item[0].future.done()]
+        if not batch:
+            return
+        start = time.perf_counter_ns()
+        for request, _ in batch:
+            if not request.started_ns:
+                request.started_ns = start
+        input_ids, attention_mask = pad_batch(
+            [request.ids[index] for request, index in batch], self.backend.manifest.pad_token_id
+        )
+        try:
+            vectors = await self.backend.embed(input_ids, attention_mask)
+        except Exception as error:  # one failed batch fails its requests, never the worker
+            for request, _ in batch:
+                if not request.future.done():
+                    request.future.set_exception(error)
+            return
+        share = (time.perf_counter_ns() - start) / len(batch)
+        for row, (request, index) in enumerate(batch):
+            request.vectors[index] = vectors[row]
+            request.inference_ns += share
+            request.remaining -= 1
+            if request.remaining == 0 and not request.future.done():
+                request.future.set_result(None)

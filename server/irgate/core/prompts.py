@@ -1,0 +1,36 @@
+"""Turn a query (+ instruction) or a document into the exact text the model was trained on.
+
+Formats are copied from the training code, not paraphrased (shared/REFERENCE.md section 1 and
+the MTEB convention in section 5): an extra or missing space changes every vector.
+"""
+
+from __future__ import annotations
+
+from irgate.models.manifest import EmbedderManifest
+
+_SENTENCE_END = (".", "?", "!")
+
+
+def format_query(manifest: EmbedderManifest, query: str, instruction: str | None = None) -> str:
+    """Query text for the model in `manifest`; `instruction` may be None or empty."""
+    if manifest.prompt_style == "promptriever":
+        # tevatron fork dataset.py: the prefix "query: " is joined with one more space, and a "?"
+        # separates query and instruction unless the query already ends a sentence.
+        q = query.strip()
+        instr = (instruction or "").strip()
+        q_mark = "?" if instr and not q.endswith(_SENTENCE_END) else ""
+        return f"{manifest.query_prefix} {q}{q_mark} {instr}".strip()
+    # MTEB's instruction wrapper: query + " " + instruction.
+    text = f"{query} {instruction}" if instruction else query
+    return manifest.query_prefix + text if manifest.query_prefix else text
+
+
+def format_document(manifest: EmbedderManifest, title: str | None, text: str) -> str:
+    """Document text; an empty title is kept as an empty slot where training did so."""
+    title = title or ""
+    if manifest.prompt_style == "promptriever":
+        # Not stripped: training produced "passage:   text" (three spaces) for untitled passages.
+        return f"{manifest.passage_prefix} {title} {text}"
+    # MTEB encodes title + " " + text.
+    body = f"{title} {text}".strip()
+    return manifest.passage_prefix + body if manifest.passage_prefix else body

@@ -1,0 +1,84 @@
+"""Text -> token ids exactly as the model was trained, plus right padding into batches.
+
+Uses the Rust `tokenizers` library directly (not transformers): it loads in milliseconds, has
+no torch dependency, and its batch encode runs in parallel without holding the GIL.
+`encode_batch_fast` (tokenizers >= 0.21) skips character offsets, which serving never uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from irgate.models.manifest import EmbedderManifest
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one text after truncation, and how many it had before."""
+
+    ids: list[int]
+    original_length: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.original_length > len(self.ids)
+
+
+class TextEncoder:
+    """Tokeniser for one prepared model folder; thread-safe for concurrent `encode` calls."""
+
+    def __init__(self, manifest: EmbedderManifest, folder: Path) -> None:
+        self.manifest = manifest
+        tokenizer = Tokenizer.from_file(str(Path(folder) / manifest.tokenizer_file))
+        # tokenizer.json files often carry the trainer's own padding/truncation (MiniLM's pads
+        # every text to 128); length policy is ours, so switch both off.
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        self._tokenizer = tokenizer
+        self._n_special = tokenizer.num_special_tokens_to_add(False)
+        # Room for content tokens: the post-processor's specials (CLS/SEP, BOS) and, for
+        # Promptriever-style models, the EOS appended by hand all count against max_tokens.
+        self._n_extra = self._n_special + (1 if manifest.append_eos else 0)
+        if manifest.max_tokens <= self._n_extra:
+            raise ValueError(f"max_tokens {manifest.max_tokens} leaves no room beside {self._n_extra} special tokens")
+
+    def encode(self, texts: list[str]) -> list[Encoded]:
+        """Tokenise already formatted texts (see irgate.core.prompts), truncating to max_tokens.
+
+        Content is truncated before special tokens are added, so a truncated BERT text still
+        ends in [SEP] and a decoder text still ends in EOS, as in training.
+        """
+        budget = self.manifest.max_tokens - self._n_extra
+        eos = self.manifest.eos_token_id if self.manifest.append_eos else None
+        out: list[Encoded] = []
+        for enc in self._tokenizer.encode_batch_fast(texts, add_special_tokens=False):
+            original = len(enc.ids) + self._n_extra
+            if len(enc.ids) > budget:
+                enc.truncate(budget)
+            ids = self._tokenizer.post_process(enc).ids if self._n_special else list(enc.ids)
+            if eos is not None:
+                ids.append(eos)
+            out.append(Encoded(ids=ids, original_length=original))
+        return out
+
+
+def pad_batch(encoded: Sequence[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad id lists to the longest one: (input_ids, attention_mask), both int64 [batch, seq].
+
+    Right padding keeps position ids of real tokens identical to an unpadded run, which the
+    EOS pooling (last real token = mask.sum(1)-1) relies on.
+    """
+    if not encoded:
+        raise ValueError("pad_batch needs at least one sequence")
+    width = max(len(ids) for ids in encoded)
+    input_ids = np.full((len(encoded), width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(encoded), width), dtype=np.int64)
+    for row, ids in enumerate(encoded):
+        input_ids[row, : len(ids)] = ids
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask

@@ -1,0 +1,522 @@
+"""One collection: an SQLite document store (the source of truth) plus a usearch index derived from it.
+
+Files in a collection's folder:
+  documents.sqlite  documents with their float32 vectors, the `meta` row set, and the `changes` log
+  index.usearch     the last usearch snapshot
+  index.json        {"seq": N}: the `changes` sequence number that snapshot covers
+
+Every write commits its document rows and its `changes` rows in one SQLite transaction before
+touching usearch, so an acknowledged write survives a crash: on open, the snapshot is loaded and
+the changes after its seq are replayed (or the index is rebuilt from the documents table when the
+snapshot is missing, corrupt or does not match).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from usearch.index import Index
+
+from irgate.errors import InvalidArgument, NotFound
+
+PRECISIONS = ("f16", "f32", "i8")
+MAX_ID_LENGTH = 256
+
+DATABASE_FILE = "documents.sqlite"
+INDEX_FILE = "index.usearch"
+SNAPSHOT_FILE = "index.json"
+
+# Rows read per batch when rebuilding the index, so a large collection is not loaded into memory twice.
+_REBUILD_BATCH = 10_000
+# A filtered search first asks usearch for this many candidates per wanted hit, and grows by this factor.
+_FILTER_OVERFETCH = 8
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE documents (
+    key INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE TABLE changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    op TEXT NOT NULL CHECK (op IN ('add', 'remove')),
+    key INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    id: str
+    text: str = ""
+    title: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    vector: np.ndarray | None = None  # float32 [dim] when asked for
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    documents: int
+    dimension: int
+    precision: str
+    model: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    upserted: int  # distinct documents written, replacements included
+    replaced: int  # of those, how many replaced a document with the same id
+
+
+@dataclass(frozen=True)
+class ScoredKey:
+    id: str
+    score: float  # cosine similarity, higher is better
+
+
+def validate_document_id(document_id: object) -> None:
+    if not isinstance(document_id, str):
+        raise InvalidArgument(f"document id {document_id!r} is not text; ids are 1 to {MAX_ID_LENGTH} characters")
+    if not 1 <= len(document_id) <= MAX_ID_LENGTH:
+        shown = document_id[:40] + "..." if len(document_id) > 40 else document_id
+        raise InvalidArgument(
+            f"document id '{shown}' has {len(document_id)} characters; ids are 1 to {MAX_ID_LENGTH} characters"
+        )
+
+
+class Collection:
+    """A collection opened from its folder. Methods are safe to call from several threads at once."""
+
+    def __init__(self, folder: Path, serving_model: str | None = None, snapshot_every: int = 50_000) -> None:
+        """Opens an existing collection.
+
+        serving_model: the model that embeds the vectors given to upsert and search; when it differs
+        from the model the collection was built with, those calls are refused (vectors from two
+        embedders are not comparable even when their lengths agree). None skips the check.
+        """
+        if snapshot_every < 1:
+            raise ValueError(f"snapshot_every is {snapshot_every}; it must be at least 1")
+        self.folder = Path(folder)
+        self.name = self.folder.name
+        database = self.folder / DATABASE_FILE
+        # sqlite3.connect would create an empty database, so check first.
+        if not database.is_file():
+            raise NotFound(f"collection '{self.name}' does not exist")
+        self._serving_model = serving_model
+        self._snapshot_every = snapshot_every
+        self._closed = False
+        # One lock for everything: SQLite writes need it, and usearch's Python binding is not safe for
+        # concurrent calls on one index either (each search reserves and reuses per-thread context 0).
+        self._lock = threading.Lock()
+        self._db = _connect(database)
+        meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        self.dimension = int(meta["dimension"])
+        self.precision = meta["precision"]
+        self.model = meta["model"]
+        self.created_at = float(meta["created_at"])
+        self._index, self._snapshot_seq = self._load_index()
+        # Kept outside the lock so len() never waits behind a long write (it is called on the event loop).
+        self._count = len(self._index)
+
+    @classmethod
+    def create(
+        cls,
+        folder: Path,
+        dimension: int,
+        model: str,
+        precision: str = "f16",
+        snapshot_every: int = 50_000,
+    ) -> Collection:
+        """Creates an empty collection in `folder`, which must not exist yet, and opens it."""
+        if precision not in PRECISIONS:
+            raise InvalidArgument(f"precision '{precision}' is not supported; use one of {', '.join(PRECISIONS)}")
+        if dimension < 1:
+            raise InvalidArgument(f"dimension is {dimension}; it must be at least 1")
+        folder = Path(folder)
+        folder.mkdir()
+        db = _connect(folder / DATABASE_FILE)
+        try:
+            with _transaction(db):
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.executemany(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)",
+                    [
+                        ("dimension", str(dimension)),
+                        ("precision", precision),
+                        ("model", model),
+                        ("created_at", repr(time.time())),
+                    ],
+                )
+        finally:
+            db.close()
+        return cls(folder, serving_model=model, snapshot_every=snapshot_every)
+
+    def info(self) -> CollectionInfo:
+        return CollectionInfo(
+            name=self.name,
+            documents=self._count,
+            dimension=self.dimension,
+            precision=self.precision,
+            model=self.model,
+            created_at=self.created_at,
+        )
+
+    def __len__(self) -> int:
+        return self._count
+
+    def upsert(self, documents: Sequence[DocumentRecord], vectors: np.ndarray) -> UpsertResult:
+        """Writes documents with their vectors (float32 [n, dim]) in one transaction.
+
+        A document whose id exists replaces it; when one call repeats an id, the last one wins.
+        """
+        self._check_model()
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(documents):
+            raise InvalidArgument(
+                f"got {len(documents)} documents and vectors of shape {list(vectors.shape)}; "
+                f"give one vector of {self.dimension} values per document"
+            )
+        if documents and vectors.shape[1] != self.dimension:
+            raise InvalidArgument(
+                f"vector of document '{documents[0].id}' has {vectors.shape[1]} values; "
+                f"the collection's dimension is {self.dimension}"
+            )
+        last_position: dict[str, int] = {}
+        for position, document in enumerate(documents):
+            validate_document_id(document.id)
+            last_position[document.id] = position
+        rows = []
+        for document_id, position in last_position.items():
+            document = documents[position]
+            if not np.all(np.isfinite(vectors[position])):
+                raise InvalidArgument(f"vector of document '{document_id}' contains NaN or infinite values")
+            rows.append(
+                (
+                    document_id,
+                    _require_text(document.title, "title", document_id),
+                    _require_text(document.text, "text", document_id),
+                    _encode_metadata(document.metadata, document_id),
+                    vectors[position].astype("<f4").tobytes(),
+                )
+            )
+        if not rows:
+            return UpsertResult(upserted=0, replaced=0)
+        with self._lock:
+            self._check_open()
+            with _transaction(self._db):
+                old_keys = [key for (key,) in self._db.execute(
+                    "SELECT key FROM documents WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(list(last_position)),),
+                )]
+                self._db.execute(
+                    "DELETE FROM documents WHERE key IN (SELECT value FROM json_each(?))", (json.dumps(old_keys),)
+                )
+                new_keys = [
+                    self._db.execute(
+                        "INSERT INTO documents (id, title, text, metadata, vector) VALUES (?, ?, ?, ?, ?)", row
+                    ).lastrowid
+                    for row in rows
+                ]
+                self._log_changes("remove", old_keys)
+                self._log_changes("add", new_keys)
+            # Committed: from here on a crash is repaired by replaying the changes log.
+            self._index.remove(old_keys)
+            self._index.add(np.asarray(new_keys, dtype=np.uint64), vectors[list(last_position.values())])
+            self._count = len(self._index)
+            self._snapshot_if_due()
+        return UpsertResult(upserted=len(rows), replaced=len(old_keys))
+
+    def get(self, ids: Sequence[str], include_vectors: bool = False) -> list[DocumentRecord]:
+        """Returns the documents in request order; raises NotFound naming the first missing id."""
+        for document_id in ids:
+            validate_document_id(document_id)
+        vector_column = "vector" if include_vectors else "NULL"
+        with self._lock:
+            self._check_open()
+            found = {
+                row[0]: DocumentRecord(
+                    id=row[0],
+                    title=row[1],
+                    text=row[2],
+                    metadata=json.loads(row[3]),
+                    vector=None if row[4] is None else np.frombuffer(row[4], dtype="<f4").astype(np.float32),
+                )
+                for row in self._db.execute(
+                    f"SELECT id, title, text, metadata, {vector_column} FROM documents "
+                    "WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(list(ids)),),
+                )
+            }
+        for document_id in ids:
+            if document_id not in found:
+                raise NotFound(f"document '{document_id}' does not exist in collection '{self.name}'")
+        return [found[document_id] for document_id in ids]
+
+    def delete(self, ids: Sequence[str]) -> tuple[int, int]:
+        """Deletes documents by id; returns (deleted, not_found), each id counted once."""
+        for document_id in ids:
+            validate_document_id(document_id)
+        distinct = list(dict.fromkeys(ids))
+        with self._lock:
+            self._check_open()
+            with _transaction(self._db):
+                keys = [key for (key,) in self._db.execute(
+                    "SELECT key FROM documents WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(distinct),),
+                )]
+                self._db.execute(
+                    "DELETE FROM documents WHERE key IN (SELECT value FROM json_each(?))", (json.dumps(keys),)
+                )
+                self._log_changes("remove", keys)
+            self._index.remove(keys)
+            self._count = len(self._index)
+            self._snapshot_if_due()
+        return len(keys), len(distinct) - len(keys)
+
+    def search(self, vector: np.ndarray, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
+        """Returns up to k documents by cosine similarity, best first.
+
+        filter: top-level metadata key -> value; a document matches when every value is equal.
+        """
+        self._check_model()
+        query = np.asarray(vector, dtype=np.float32)
+        if query.ndim == 2 and query.shape[0] == 1:
+            query = query[0]
+        if query.ndim != 1 or query.shape[0] != self.dimension:
+            raise InvalidArgument(
+                f"query vector has {query.size} values; the collection's dimension is {self.dimension}"
+            )
+        if not np.all(np.isfinite(query)):
+            raise InvalidArgument("query vector contains NaN or infinite values")
+        if k < 1:
+            raise InvalidArgument(f"k is {k}; it must be at least 1")
+        if filter is not None and not isinstance(filter, Mapping):
+            raise InvalidArgument("filter must map metadata keys to the values a document must have")
+        wanted = dict(filter or {})
+        with self._lock:
+            self._check_open()
+            size = len(self._index)
+            fetch = min(size, k * _FILTER_OVERFETCH if wanted else k)
+            while fetch > 0:
+                # Once every document is asked for, search exactly so a rare filter value is never missed.
+                exhaustive = fetch >= size
+                matches = self._index.search(query, fetch, exact=exhaustive)
+                hits = self._matching(matches.keys, matches.distances, wanted, k)
+                if len(hits) >= k or exhaustive:
+                    return hits
+                fetch = min(size, fetch * _FILTER_OVERFETCH)
+        return []
+
+    def snapshot(self) -> None:
+        """Saves the usearch index with the seq it covers, then drops the changes it makes redundant."""
+        with self._lock:
+            self._check_open()
+            self._snapshot()
+
+    def close(self, snapshot: bool = True) -> None:
+        """Closes the collection, first saving a snapshot so the next open needs no replay.
+
+        snapshot=False skips that, for a collection about to be deleted.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            if snapshot:
+                self._snapshot()
+            self._db.close()
+            self._closed = True
+
+    # ---- internals; callers hold self._lock unless noted ----
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NotFound(f"collection '{self.name}' does not exist (it was closed or deleted)")
+
+    def _check_model(self) -> None:
+        """Lock-free: reads only fields fixed at open."""
+        if self._serving_model is not None and self._serving_model != self.model:
+            raise InvalidArgument(
+                f"collection '{self.name}' was built with model '{self.model}' but this server embeds with "
+                f"'{self._serving_model}'; serve '{self.model}' or create a new collection"
+            )
+
+    def _log_changes(self, op: str, keys: list[int]) -> None:
+        self._db.executemany("INSERT INTO changes (op, key) VALUES (?, ?)", [(op, key) for key in keys])
+
+    def _last_seq(self) -> int:
+        # sqlite_sequence keeps the highest seq ever given out, even after the rows were deleted.
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _new_index(self) -> Index:
+        return Index(ndim=self.dimension, metric="cos", dtype=self.precision)
+
+    def _load_index(self) -> tuple[Index, int]:
+        """Returns the index (snapshot + replayed changes, or a rebuild) and the seq of its snapshot."""
+        loaded = self._load_snapshot()
+        if loaded is not None:
+            index, seq = loaded
+            self._replay(index, seq)
+            document_count = self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+            # A write whose usearch step failed after its commit would otherwise stay invisible forever.
+            if len(index) == document_count:
+                return index, seq
+        return self._rebuild(), 0
+
+    def _load_snapshot(self) -> tuple[Index, int] | None:
+        try:
+            seq = int(json.loads((self.folder / SNAPSHOT_FILE).read_text())["seq"])
+            index = self._new_index()
+            index.load(str(self.folder / INDEX_FILE))
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+            return None
+        # load() adopts the file's own settings, so a snapshot from another configuration must be caught here.
+        if index.ndim != self.dimension or index.dtype.name.lower() != self.precision:
+            return None
+        return index, seq
+
+    def _replay(self, index: Index, after_seq: int) -> None:
+        """Applies the logged changes after `after_seq`.
+
+        Keys are never reused, so only the net effect matters. Re-applying a change the snapshot already
+        holds is a no-op, which covers a crash between writing index.usearch and index.json.
+        """
+        added: set[int] = set()
+        removed: set[int] = set()
+        for op, key in self._db.execute("SELECT op, key FROM changes WHERE seq > ?", (after_seq,)):
+            (added if op == "add" else removed).add(key)
+        index.remove([key for key in removed if key in index])
+        to_add = [key for key in added - removed if key not in index]
+        for start in range(0, len(to_add), _REBUILD_BATCH):
+            batch = to_add[start : start + _REBUILD_BATCH]
+            self._add_rows(
+                index,
+                self._db.execute(
+                    "SELECT key, vector FROM documents WHERE key IN (SELECT value FROM json_each(?))",
+                    (json.dumps(batch),),
+                ).fetchall(),
+            )
+
+    def _rebuild(self) -> Index:
+        index = self._new_index()
+        cursor = self._db.execute("SELECT key, vector FROM documents")
+        while rows := cursor.fetchmany(_REBUILD_BATCH):
+            self._add_rows(index, rows)
+        return index
+
+    def _add_rows(self, index: Index, rows: list[tuple[int, bytes]]) -> None:
+        if rows:
+            keys = np.fromiter((key for key, _ in rows), dtype=np.uint64, count=len(rows))
+            vectors = np.frombuffer(b"".join(blob for _, blob in rows), dtype="<f4")
+            index.add(keys, vectors.reshape(len(rows), self.dimension).astype(np.float32))
+
+    def _matching(
+        self, keys: np.ndarray, distances: np.ndarray, wanted: dict[str, Any], k: int
+    ) -> list[ScoredKey]:
+        """Turns usearch matches into hits: keys to ids, then the metadata filter, at most k."""
+        rows = {
+            key: (document_id, metadata)
+            for key, document_id, metadata in self._db.execute(
+                "SELECT key, id, metadata FROM documents WHERE key IN (SELECT value FROM json_each(?))",
+                (json.dumps([int(key) for key in keys]),),
+            )
+        }
+        hits: list[ScoredKey] = []
+        for key, distance in zip(keys, distances):
+            row = rows.get(int(key))
+            if row is None:
+                continue
+            if wanted:
+                metadata = json.loads(row[1])
+                if any(name not in metadata or metadata[name] != value for name, value in wanted.items()):
+                    continue
+            hits.append(ScoredKey(id=row[0], score=1.0 - float(distance)))
+            if len(hits) == k:
+                break
+        return hits
+
+    def _snapshot_if_due(self) -> None:
+        if self._last_seq() - self._snapshot_seq >= self._snapshot_every:
+            self._snapshot()
+
+    def _snapshot(self) -> None:
+        seq = self._last_seq()
+        if seq == self._snapshot_seq and (self.folder / INDEX_FILE).exists():
+            return  # nothing changed since the last snapshot
+        # Each file is replaced atomically; the pair is not, which _replay tolerates (see there).
+        index_temp = self.folder / f"{INDEX_FILE}.tmp"
+        self._index.save(str(index_temp))
+        _fsync(index_temp)
+        os.replace(index_temp, self.folder / INDEX_FILE)
+        snapshot_temp = self.folder / f"{SNAPSHOT_FILE}.tmp"
+        snapshot_temp.write_text(json.dumps({"seq": seq}))
+        _fsync(snapshot_temp)
+        os.replace(snapshot_temp, self.folder / SNAPSHOT_FILE)
+        _fsync(self.folder)
+        with _transaction(self._db):
+            self._db.execute("DELETE FROM changes WHERE seq <= ?", (seq,))
+        self._snapshot_seq = seq
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: transactions are opened explicitly by _transaction, never implicitly.
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed transaction survives power loss, not just a process crash.
+    db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _require_text(value: object, field_name: str, document_id: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{field_name} of document '{document_id}' must be text")
+    return value
+
+
+def _encode_metadata(metadata: object, document_id: str) -> str:
+    if not isinstance(metadata, Mapping) or not all(isinstance(key, str) for key in metadata):
+        raise InvalidArgument(f"metadata of document '{document_id}' must map text keys to JSON values")
+    try:
+        return json.dumps(dict(metadata), allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise InvalidArgument(
+            f"metadata of document '{document_id}' is not JSON ({error}); use strings, numbers, booleans, "
+            "null, lists and objects"
+        ) from None

@@ -1,0 +1,78 @@
+"""Runs `irgate serve` as a child process on a free loopback port (for `irgate eval` and tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+READY_PREFIX = "irgate serving on "
+
+
+class LocalServer:
+    """A real server process; `address` is set once it listens. Use as a context manager."""
+
+    def __init__(self, data_dir: Path, args: Sequence[str] = (), env: dict[str, str] | None = None, start_timeout: float = 120.0):
+        self.data_dir = data_dir
+        self.args = list(args)
+        self.env = {**os.environ, **(env or {})}
+        self.start_timeout = start_timeout
+        self.address = ""
+        self.output: list[str] = []
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> LocalServer:
+        command = [sys.executable, "-m", "irgate", "serve", "--port", "0", "--metrics-port", "0",
+                   "--data-dir", str(self.data_dir), *self.args]
+        self._process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env
+        )
+        ready = threading.Event()
+        threading.Thread(target=self._read_output, args=(ready,), daemon=True).start()
+        if not ready.wait(self.start_timeout) or not self.address:
+            self.stop()
+            raise RuntimeError("irgate serve did not start:\n" + "".join(self.output[-40:]))
+        return self
+
+    def _read_output(self, ready: threading.Event) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            self.output.append(line)
+            if line.startswith(READY_PREFIX):
+                self.address = line[len(READY_PREFIX):].split()[0]
+                ready.set()
+        ready.set()  # the process ended before it was ready
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """Graceful stop (SIGTERM: indexes are snapshotted); returns the exit code."""
+        if self._process is None:
+            return None
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        return self._process.returncode
+
+    def kill(self) -> None:
+        """Hard stop (SIGKILL), as a crash would."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def __enter__(self) -> LocalServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,95 @@
+"""The embedder manifest: what a prepared model folder was trained to expect.
+
+A model served with another prompt, pooling or length limit than it was trained with is
+silently worse, so every setting that shapes a vector lives here, beside the weights, and the
+server reads it instead of guessing (see shared/REFERENCE.md section 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+MANIFEST_FILE = "manifest.json"
+
+Pooling = Literal["mean", "cls", "eos"]
+PromptStyle = Literal["plain", "promptriever"]
+
+_POOLINGS = ("mean", "cls", "eos")
+_PROMPT_STYLES = ("plain", "promptriever")
+
+
+@dataclass(frozen=True)
+class EmbedderManifest:
+    """Serving contract of one exported embedder (ONNX graph + tokenizer.json in the same folder)."""
+
+    name: str
+    dimension: int
+    pooling: Pooling
+    normalize: bool
+    # Total tokens per text, special tokens included; longer texts are truncated or refused.
+    max_tokens: int
+    prompt_style: PromptStyle
+    query_prefix: str
+    passage_prefix: str
+    # Decoder embedders (Promptriever/RepLLaMA) were trained with an explicit EOS id appended
+    # after truncation; their pooled vector is the hidden state at that EOS.
+    append_eos: bool
+    eos_token_id: int | None
+    pad_token_id: int
+    onnx_file: str = "model.onnx"
+    tokenizer_file: str = "tokenizer.json"
+    # Free text: where the weights came from (checkpoint path, LoRA adapter), for humans.
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        # Fail at prepare/load time, not with wrong vectors at serve time.
+        if self.pooling not in _POOLINGS:
+            raise ValueError(f"pooling must be one of {_POOLINGS}, got {self.pooling!r}")
+        if self.prompt_style not in _PROMPT_STYLES:
+            raise ValueError(f"prompt_style must be one of {_PROMPT_STYLES}, got {self.prompt_style!r}")
+        if self.dimension <= 0 or self.max_tokens <= 1:
+            raise ValueError(f"dimension and max_tokens must be positive, got {self.dimension}, {self.max_tokens}")
+        if self.append_eos and self.eos_token_id is None:
+            raise ValueError("append_eos needs eos_token_id")
+
+    @property
+    def supports_instructions(self) -> bool:
+        """Whether the model was trained to follow a query instruction.
+
+        Plain-style models still accept one (MTEB appends it to the query text), but it is only
+        text to them; callers may use this to warn or to document the difference.
+        """
+        return self.prompt_style == "promptriever"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmbedderManifest:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown embedder manifest fields: {unknown}")
+        return cls(**data)
+
+    def save(self, folder: Path) -> Path:
+        """Write `folder/manifest.json` (created if needed) and return its path."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / MANIFEST_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, folder: Path) -> EmbedderManifest:
+        """Read `folder/manifest.json`; FileNotFoundError says how to make one."""
+        path = Path(folder) / MANIFEST_FILE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} not found: prepare the model folder first (irgate.models.prepare.export_embedder)"
+            )
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))

@@ -1,0 +1,128 @@
+"""Builds the layers from Settings and runs the gRPC server until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from irgate.api.auth import ApiKeyInterceptor
+from irgate.api.collections import CollectionsServicer
+from irgate.api.embed import EmbedServicer
+from irgate.api.info import InfoServicer
+from irgate.api.judge import JudgeServicer
+from irgate.api.metrics import QUEUED_TEXTS, serve_metrics
+from irgate.api.rpc import Admission
+from irgate.api.search import SearchServicer
+from irgate.backends.embedder import EmbedderBackend, OnnxEmbedder
+from irgate.config import Settings
+from irgate.core.batching import BatchingQueue
+from irgate.core.collections import CollectionService
+from irgate.core.embedding import EmbeddingService
+from irgate.core.search import SearchPipeline
+from irgate.core.tokenization import TextEncoder
+from irgate.index.store import CollectionStore
+from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
+
+log = logging.getLogger("irgate")
+
+SERVICES = ("irgate.v1.Info", "irgate.v1.Embed", "irgate.v1.Collections", "irgate.v1.Search", "irgate.v1.Judge")
+# Health reports these SERVING once the embedder is ready; the judge is not served yet.
+EMBEDDER_SERVICES = ("", *SERVICES[:4])
+
+
+def open_embedder(address: str, threads: int) -> EmbedderBackend:
+    """`onnx:FOLDER` -> an in-process ONNX Runtime embedder."""
+    scheme, _, target = address.partition(":")
+    if scheme == "onnx" and target:
+        folder = Path(target)
+        if not (folder / "manifest.json").exists():
+            raise SystemExit(f"no prepared model at {folder}: run `irgate prepare` first (or pass --embedder onnx:FOLDER)")
+        return OnnxEmbedder(folder, threads=threads or None)
+    raise SystemExit(f"--embedder {address!r} is not supported; use onnx:FOLDER")
+
+
+@dataclass
+class App:
+    """The running layers, so that shutdown can close them in order."""
+
+    server: grpc.aio.Server
+    port: int
+    queue: BatchingQueue
+    store: CollectionStore
+    embedder: EmbedderBackend
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace: float = 5.0) -> None:
+        for service in ("", *SERVICES):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+        await self.queue.stop()
+        await asyncio.to_thread(self.store.close)  # snapshots every index: a fast next start
+        await self.embedder.close()
+
+
+async def start(settings: Settings) -> App:
+    embedder = open_embedder(settings.embedder, settings.threads)
+    manifest = embedder.manifest
+    encoder = TextEncoder(manifest, Path(settings.embedder.partition(":")[2]))
+    queue = BatchingQueue(embedder, max_batch_tokens=settings.max_batch_tokens)
+    queue.start()
+    embedding = EmbeddingService(embedder, encoder, queue)
+    store = CollectionStore(
+        settings.data_dir / "collections", manifest.dimension, manifest.name, snapshot_every=settings.snapshot_every
+    )
+    admission = Admission(settings.max_concurrent_requests)
+
+    interceptors = [ApiKeyInterceptor(settings.api_key)] if settings.api_key else []
+    message_bytes = settings.max_message_mb * 1024 * 1024
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[("grpc.max_receive_message_length", message_bytes), ("grpc.max_send_message_length", message_bytes)],
+    )
+    pb_grpc.add_InfoServicer_to_server(InfoServicer(embedding, settings, admission), server)
+    pb_grpc.add_EmbedServicer_to_server(EmbedServicer(embedding, admission, settings.max_batch_size), server)
+    pb_grpc.add_CollectionsServicer_to_server(
+        CollectionsServicer(CollectionService(store, embedding), admission, settings.max_batch_size), server
+    )
+    pb_grpc.add_SearchServicer_to_server(SearchServicer(SearchPipeline(embedding, store, settings.max_k), admission), server)
+    pb_grpc.add_JudgeServicer_to_server(JudgeServicer(), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if settings.tls_cert and settings.tls_key:
+        credentials = grpc.ssl_server_credentials(
+            [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())]
+        )
+        port = server.add_secure_port(settings.address, credentials)
+    else:
+        port = server.add_insecure_port(settings.address)
+    await server.start()
+    serving = health_pb2.HealthCheckResponse.SERVING if await embedder.ready() else health_pb2.HealthCheckResponse.NOT_SERVING
+    for service in EMBEDDER_SERVICES:
+        await health_servicer.set(service, serving)
+    await health_servicer.set("irgate.v1.Judge", health_pb2.HealthCheckResponse.NOT_SERVING)
+    if settings.metrics_port:
+        serve_metrics(settings.host, settings.metrics_port)
+    QUEUED_TEXTS.set_function(lambda: queue.queued_texts)
+    return App(server=server, port=port, queue=queue, store=store, embedder=embedder, health=health_servicer)
+
+
+async def serve(settings: Settings) -> None:
+    app = await start(settings)
+    # Tests and scripts read this line to learn the port when --port 0 picked one.
+    print(f"irgate serving on {settings.host}:{app.port} (pid {os.getpid()})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await app.stop()
