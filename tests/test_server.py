@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 import urllib.request
 import uuid
 from pathlib import Path
@@ -29,31 +28,6 @@ PAPERS = [
     Document(id="insulin", title="Insulin", text="Insulin regulates blood glucose by promoting uptake into cells.",
              metadata={"field": "biology", "year": 2015}),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def metrics_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
-def server(minilm_folder: Path, tmp_path_factory: pytest.TempPathFactory, metrics_port: int):
-    data_dir = tmp_path_factory.mktemp("server-data")
-    with LocalServer(data_dir, ["--embedder", f"onnx:{minilm_folder}", "--metrics-port", str(metrics_port),
-                                "--max-batch-size", "8", "--max-k", "50"]) as running:
-        yield running
-
-
-@pytest.fixture
-def client(server: LocalServer):
-    with Client(server.address, timeout=60) as connected:
-        yield connected
 
 
 @pytest.fixture
@@ -94,7 +68,7 @@ def test_info_describes_the_default_embedder(client: Client) -> None:
     info = client.info()
     assert (info.model, info.dimension, info.max_tokens, info.pooling) == ("all-MiniLM-L6-v2", 384, 256, "mean")
     assert info.backend.startswith("onnx:")
-    assert (info.max_batch_size, info.max_k) == (8, 50)
+    assert (info.max_batch_size, info.max_k) == (8, 100)
 
 
 def test_embed_returns_unit_vectors_with_token_counts(client: Client) -> None:
@@ -200,8 +174,8 @@ def test_metadata_filter_keeps_matching_documents_only(client: Client, papers: s
 
 
 def test_search_checks_its_arguments(client: Client, papers: str) -> None:
-    assert status_of(lambda: client.search(papers, "rain", k=51)) == (
-        grpc.StatusCode.INVALID_ARGUMENT, "k is 51; it must be between 1 and 50")
+    assert status_of(lambda: client.search(papers, "rain", k=101)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "k is 101; it must be between 1 and 100")
     assert status_of(lambda: client.search(papers, "  "))[0] == grpc.StatusCode.INVALID_ARGUMENT
     code, message = status_of(lambda: client.search("no-such-collection", "rain"))
     assert code == grpc.StatusCode.NOT_FOUND and "no-such-collection" in message

@@ -214,6 +214,6 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except IrgateError as error:
+    except (IrgateError, FileNotFoundError, ValueError) as error:  # the user's to fix: no traceback
         console.print(f"[red]error:[/red] {error}")
         sys.exit(2)

@@ -68,6 +68,10 @@ async def evaluate(
     client: AsyncClient, data: BeirData, *, instruction: str = "", k: int = 100, show_progress: bool = True
 ) -> dict[str, Any]:
     """Indexes the corpus into a temporary collection, searches, and returns the metrics."""
+    info = await client.info()
+    if info.max_k < k:
+        raise ValueError(f"the server allows k up to {info.max_k}; this evaluation needs {k} (raise --max-k)")
+    batch_size = min(UPSERT_BATCH, info.max_batch_size)
     collection = f"beir-{uuid.uuid4().hex[:12]}"
     await client.create_collection(collection)
     try:
@@ -75,8 +79,8 @@ async def evaluate(
         with Progress(disable=not show_progress, transient=True) as progress:
             task = progress.add_task("indexing", total=len(data.corpus))
             items = list(data.corpus.items())
-            for offset in range(0, len(items), UPSERT_BATCH):
-                batch = [Document(id=doc_id, title=title, text=text) for doc_id, (title, text) in items[offset:offset + UPSERT_BATCH]]
+            for offset in range(0, len(items), batch_size):
+                batch = [Document(id=doc_id, title=title, text=text) for doc_id, (title, text) in items[offset:offset + batch_size]]
                 await client.upsert(collection, batch, timeout=600)
                 progress.advance(task, len(batch))
         index_seconds = time.perf_counter() - started
