@@ -4,7 +4,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 MODELS := models
-EMBEDDER := $(MODELS)/embedder/manifest.json
 SHARED ?= ../shared
 
 .PHONY: install proto prepare serve test test-fast eval bench clean
@@ -28,13 +27,12 @@ proto: $(STAMP)
 		--python_out=clients/python --pyi_out=clients/python --grpc_python_out=clients/python \
 		protos/irgate/v1/irgate.proto
 
-$(EMBEDDER): $(STAMP)
+# Idempotent: seconds when the models are already prepared.
+prepare: $(STAMP)
 	$(VENV)/bin/irgate prepare --out $(MODELS)
 
-prepare: $(EMBEDDER)
-
-serve: $(EMBEDDER)
-	$(VENV)/bin/irgate serve --embedder onnx:$(MODELS)/embedder
+serve: prepare
+	$(VENV)/bin/irgate serve --embedder onnx:$(MODELS)/embedder --judge local:$(MODELS)/judge
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs
@@ -43,7 +41,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-eval: $(EMBEDDER)
+eval: prepare
 	$(VENV)/bin/irgate eval beir --data $(SHARED)/data/scifact --json
 
 clean:

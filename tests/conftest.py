@@ -59,7 +59,7 @@ def metrics_port() -> int:
 @pytest.fixture(scope="module")
 def server(minilm_folder: Path, tmp_path_factory: pytest.TempPathFactory, metrics_port: int):
     data_dir = tmp_path_factory.mktemp("server-data")
-    with LocalServer(data_dir, ["--embedder", f"onnx:{minilm_folder}", "--metrics-port", str(metrics_port),
+    with LocalServer(data_dir, ["--embedder", f"onnx:{minilm_folder}", "--judge", "none", "--metrics-port", str(metrics_port),
                                 "--max-batch-size", "8", "--max-k", "100"]) as running:
         yield running
 

@@ -73,7 +73,7 @@ def test_eval_beir_against_a_running_server(server: LocalServer, beir_folder: Pa
 
 
 def test_eval_beir_starts_its_own_server(minilm_folder: Path, beir_folder: Path) -> None:
-    result = irgate("eval", "beir", "--data", str(beir_folder), "--json", "--embedder", f"onnx:{minilm_folder}")
+    result = irgate("eval", "beir", "--data", str(beir_folder), "--json", "--embedder", f"onnx:{minilm_folder}", "--judge", "none")
     report = json.loads(result.stdout)
     assert set(report) >= {"ndcg@10", "recall@100", "queries", "docs", "index_seconds", "search_seconds"}
 
@@ -84,6 +84,6 @@ def test_scifact_reproduces_the_published_minilm_score(minilm_folder: Path) -> N
     data = SHARED / "data" / "scifact"
     if not data.exists():
         pytest.skip(f"{data} is not here (shared/ lies beside the checkout)")
-    report = json.loads(irgate("eval", "beir", "--data", str(data), "--json", "--embedder", f"onnx:{minilm_folder}").stdout)
+    report = json.loads(irgate("eval", "beir", "--data", str(data), "--json", "--embedder", f"onnx:{minilm_folder}", "--judge", "none").stdout)
     assert (report["queries"], report["docs"]) == (300, 5183)
     assert abs(report["ndcg@10"] - 0.64508) <= 0.005, report

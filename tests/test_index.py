@@ -346,7 +346,8 @@ def test_snapshot_every_snapshots_and_truncates_the_change_log(tmp_path: Path):
     recovered.close()
 
 
-def test_f16_recall_at_10_against_exact_search(collection: Collection):
+def test_f16_recall_at_10_against_exact_search(collection: Collection, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("irgate.index.collection.EXACT_SEARCH_BELOW", 0)  # measure the HNSW graph itself
     rng = np.random.default_rng(7)
     dim, count, clusters = 384, 2000, 20
     centres = rng.standard_normal((clusters, dim)).astype(np.float32)

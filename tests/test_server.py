@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import subprocess
 import urllib.request
 import uuid
 from pathlib import Path
@@ -190,14 +191,15 @@ def test_rerank_without_a_judge_is_a_failed_precondition(server: LocalServer, pa
     assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_judge_is_unimplemented_until_it_lands(server: LocalServer) -> None:
+def test_judge_needs_a_judge_backend(server: LocalServer) -> None:
     request = pb.JudgeRequest(query="rain", documents=[pb.JudgeDocument(inline=pb.InlineDocument(text="Rain falls."))])
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.JudgeStub(channel)
         for call in (lambda: stub.Judge(request), lambda: list(stub.JudgeStream(request))):
             with pytest.raises(grpc.RpcError) as raised:
                 call()
-            assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "--judge" in raised.value.details()
 
 
 def test_get_and_delete_documents(client: Client, papers: str) -> None:
@@ -264,7 +266,7 @@ def test_a_passed_deadline_is_deadline_exceeded(client: Client) -> None:
 
 
 def test_api_key_is_required_when_configured(minilm_folder: Path, tmp_path: Path) -> None:
-    with LocalServer(tmp_path, ["--embedder", f"onnx:{minilm_folder}"], env={"IRGATE_API_KEY": "s3cret"}) as secured:
+    with LocalServer(tmp_path, ["--embedder", f"onnx:{minilm_folder}", "--judge", "none"], env={"IRGATE_API_KEY": "s3cret"}) as secured:
         with Client(secured.address) as anonymous:
             code, message = status_of(anonymous.info)
             assert code == grpc.StatusCode.UNAUTHENTICATED and "Bearer" in message
@@ -283,7 +285,7 @@ def test_documents_survive_a_restart(minilm_folder: Path, tmp_path: Path, stop: 
     """Index, stop the process (SIGTERM, or SIGKILL as a crash), start a new one on the same directory."""
     documents = [Document(id=f"doc-{i}", text=f"Observation {i}: sample {i} showed property {i * 7 % 13}.")
                  for i in range(300)]
-    args = ["--embedder", f"onnx:{minilm_folder}"]
+    args = ["--embedder", f"onnx:{minilm_folder}", "--judge", "none"]
     first = LocalServer(tmp_path, args).start()
     try:
         with Client(first.address) as client:
@@ -296,3 +298,18 @@ def test_documents_survive_a_restart(minilm_folder: Path, tmp_path: Path, stop: 
         assert len(client.get("notes", [document.id for document in documents[:200]])) == 200
         for document in documents[::37]:
             assert client.search("notes", document.text, k=1)[0].id == document.id
+
+
+def test_tls_end_to_end(minilm_folder: Path, tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    args = ["--embedder", f"onnx:{minilm_folder}", "--judge", "none", "--tls-cert", str(cert), "--tls-key", str(key)]
+    with LocalServer(tmp_path / "data", args) as secured:
+        with Client(secured.address, root_certificates=cert.read_bytes()) as client:
+            assert client.info().dimension == 384
+        with Client(secured.address, timeout=5) as plaintext:
+            assert status_of(plaintext.info)[0] == grpc.StatusCode.UNAVAILABLE

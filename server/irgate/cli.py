@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from irgate_client import AsyncClient, Client, Document, IrgateError
+from irgate_client import AsyncClient, Client, Document, IrgateError, Verdict
 
 console = Console(stderr=True)
 
@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--preset", choices=("sentence-transformers", "promptriever"), help="how the source was trained")
     prepare.add_argument("--lora", type=Path, help="LoRA adapter folder merged into --embedder-source")
     prepare.add_argument("--max-tokens", type=int, help="override the model's input limit")
+    prepare.add_argument("--judge-source", type=Path, help="a local Hugging Face causal LM (e.g. rank1-7b) instead of SmolLM2")
+    prepare.add_argument("--no-judge", action="store_true", help="prepare the embedder only")
 
     collection = commands.add_parser("collection", help="create, list, describe or delete collections")
     collection_commands = collection.add_subparsers(dest="action", required=True)
@@ -74,8 +76,26 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("query")
     search.add_argument("--instruction", default="")
     search.add_argument("--k", type=int, default=10)
+    search.add_argument("--rerank", type=int, default=0, metavar="N", help="let the judge rerank the top N hits")
+    search.add_argument("--max-reasoning-tokens", type=int, default=64, help="judge's reasoning budget per document")
     search.add_argument("--json", action="store_true", help="one JSON object per hit")
     _client_options(search)
+
+    judge = commands.add_parser("judge", help="ask the reasoning judge whether documents are relevant to a query")
+    judge.add_argument("query")
+    judge.add_argument("--doc", action="append", required=True, metavar="TEXT", help="a passage; repeat for more")
+    judge.add_argument("--instruction", default="")
+    judge.add_argument("--max-reasoning-tokens", type=int, default=64)
+    judge.add_argument("--json", action="store_true", help="one JSON object per document, as each verdict is ready")
+    _client_options(judge)
+
+    bench = commands.add_parser("bench", help="measure speed against the naive baseline")
+    bench_commands = bench.add_subparsers(dest="suite", required=True)
+    bench_judge = bench_commands.add_parser("judge", help="in-process judge vs one-document-at-a-time generate")
+    bench_judge.add_argument("--model", type=Path, default=DEFAULT_MODELS / "judge", help="prepared judge folder")
+    bench_judge.add_argument("--documents", type=int, default=16)
+    bench_judge.add_argument("--max-reasoning-tokens", type=int, default=64)
+    bench_judge.add_argument("--json", action="store_true")
 
     health = commands.add_parser("health", help="ask the server's grpc.health.v1 service")
     health.add_argument("--service", default="", help="service name; empty for the whole server")
@@ -90,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     beir.add_argument("--json", action="store_true")
     beir.add_argument("--embedder", default=os.environ.get("IRGATE_EMBEDDER", f"onnx:{DEFAULT_MODELS / 'embedder'}"),
                       help="embedder of the temporary server when --server is not given")
+    beir.add_argument("--rerank", type=int, default=0, metavar="N", help="judge the top N hits of every query")
+    beir.add_argument("--max-reasoning-tokens", type=int, default=64)
+    beir.add_argument("--judge", default=os.environ.get("IRGATE_JUDGE", f"local:{DEFAULT_MODELS / 'judge'}"),
+                      help="judge of the temporary server when --rerank is used without --server")
     beir.add_argument("--server", default=os.environ.get("IRGATE_SERVER", ""),
                       help="HOST:PORT of a running irgate; without it a temporary server is started")
     beir.add_argument("--api-key", default=os.environ.get("IRGATE_API_KEY", ""))
@@ -113,6 +137,11 @@ def _prepare(args: argparse.Namespace) -> None:
     else:
         manifest = prepare_default_embedder(target)
     console.print(f"embedder ready: {manifest.name}, {manifest.dimension} dims, {manifest.pooling} pooling -> {target}")
+    if not args.no_judge:
+        from irgate.models.judge import prepare_judge
+
+        judge = prepare_judge(args.judge_source, args.out / "judge")
+        console.print(f"judge ready: {judge.name}, reasoning cap {judge.max_reasoning_tokens} tokens -> {args.out / 'judge'}")
 
 
 def _collection(args: argparse.Namespace) -> None:
@@ -154,17 +183,19 @@ def _index(args: argparse.Namespace) -> None:
 
 def _search(args: argparse.Namespace) -> None:
     with _client(args) as client:
-        hits = client.search(args.collection, args.query, instruction=args.instruction, k=args.k, include_documents=True)
+        hits = client.search(args.collection, args.query, instruction=args.instruction, k=args.k, include_documents=True,
+                             rerank=args.rerank, max_reasoning_tokens=args.max_reasoning_tokens)
     if args.json:
         for rank, hit in enumerate(hits, 1):
             document = hit.document
-            print(json.dumps({"rank": rank, "id": hit.id, "score": hit.score, "title": document.title if document else "",
+            print(json.dumps({"rank": rank, "id": hit.id, "score": hit.score, "dense_score": hit.dense_score,
+                              "judged": hit.verdict is not None, "title": document.title if document else "",
                               "text": document.text if document else ""}))
         return
-    table = Table("rank", "score", "id", "title / text")
+    table = Table("rank", "score", "dense", "id", "title / text")
     for rank, hit in enumerate(hits, 1):
         snippet = (hit.document.title or hit.document.text)[:100] if hit.document else ""
-        table.add_row(str(rank), f"{hit.score:.4f}", hit.id, snippet)
+        table.add_row(str(rank), f"{hit.score:.4f}", f"{hit.dense_score:.4f}", hit.id, snippet)
     Console().print(table)
 
 
@@ -189,13 +220,15 @@ def _eval(args: argparse.Namespace) -> None:
 
     async def run(address: str) -> dict[str, object]:
         async with AsyncClient(address, api_key=args.api_key or None, timeout=600) as client:
-            return await evaluate(client, data, instruction=args.instruction, show_progress=not args.json)
+            return await evaluate(client, data, instruction=args.instruction, rerank=args.rerank,
+                                  max_reasoning_tokens=args.max_reasoning_tokens, show_progress=not args.json)
 
     if args.server:
         result = asyncio.run(run(args.server))
     else:
         with tempfile.TemporaryDirectory(prefix="irgate-eval-") as data_dir:
-            with LocalServer(Path(data_dir), ["--embedder", args.embedder]) as server:
+            judge = args.judge if args.rerank else "none"
+            with LocalServer(Path(data_dir), ["--embedder", args.embedder, "--judge", judge]) as server:
                 result = asyncio.run(run(server.address))
     if args.json:
         print(json.dumps(result))
@@ -206,8 +239,42 @@ def _eval(args: argparse.Namespace) -> None:
         Console().print(table)
 
 
+def _judge(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        events = client.judge_stream(args.query, args.doc, instruction=args.instruction,
+                                     max_reasoning_tokens=args.max_reasoning_tokens, return_reasoning=True)
+        verdicts = []
+        for event in events:  # completion order: print each verdict the moment it is ready
+            if isinstance(event, Verdict):
+                verdicts.append(event)
+                if args.json:
+                    print(json.dumps({"index": event.index, "score": event.score, "relevant": event.relevant,
+                                      "reasoning": event.reasoning, "reasoning_tokens": event.reasoning_tokens,
+                                      "ended": event.ended}), flush=True)
+    if args.json:
+        return
+    table = Table("doc", "relevant", "score", "tokens", "ended", "reasoning")
+    for verdict in sorted(verdicts, key=lambda item: item.index):
+        table.add_row(str(verdict.index), str(verdict.relevant), f"{verdict.score:.4f}", str(verdict.reasoning_tokens),
+                      verdict.ended, verdict.reasoning[-120:])
+    Console().print(table)
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from irgate.bench.judge import run_judge_benchmark
+
+    result = run_judge_benchmark(args.model, documents=args.documents, max_reasoning_tokens=args.max_reasoning_tokens)
+    if args.json:
+        print(json.dumps(result))
+        return
+    table = Table("measure", "value")
+    for key, value in result.items():
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
 COMMANDS = {"serve": _serve, "prepare": _prepare, "collection": _collection, "index": _index,
-            "search": _search, "health": _health, "eval": _eval}
+            "search": _search, "judge": _judge, "bench": _bench, "health": _health, "eval": _eval}
 
 
 def main(argv: list[str] | None = None) -> None:

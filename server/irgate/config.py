@@ -18,6 +18,8 @@ class Settings:
     port: int = field(default=50051, metadata={"help": "gRPC port (0 picks a free one and prints it)"})
     data_dir: Path = field(default=Path("data"), metadata={"help": "collections live under DATA_DIR/collections"})
     embedder: str = field(default="onnx:models/embedder", metadata={"help": "embedder backend: onnx:FOLDER (a prepared model)"})
+    judge: str = field(default="local:models/judge", metadata={"help": "judge backend: local:FOLDER (a prepared causal LM), or none"})
+    max_reasoning_tokens: int = field(default=8192, metadata={"help": "server cap on reasoning tokens per judged document (the judge manifest may cap lower)"})
     api_key: str = field(default="", metadata={"help": "when set, every call needs 'authorization: Bearer KEY'"})
     tls_cert: str = field(default="", metadata={"help": "PEM certificate chain; with --tls-key the server speaks TLS"})
     tls_key: str = field(default="", metadata={"help": "PEM private key for --tls-cert"})

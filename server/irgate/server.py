@@ -18,14 +18,16 @@ from irgate.api.collections import CollectionsServicer
 from irgate.api.embed import EmbedServicer
 from irgate.api.info import InfoServicer
 from irgate.api.judge import JudgeServicer
-from irgate.api.metrics import QUEUED_TEXTS, serve_metrics
+from irgate.api.metrics import JUDGE_BUSY, QUEUED_TEXTS, serve_metrics
 from irgate.api.rpc import Admission
 from irgate.api.search import SearchServicer
 from irgate.backends.embedder import EmbedderBackend, OnnxEmbedder
+from irgate.backends.judge import JudgeBackend, LocalJudge
 from irgate.config import Settings
 from irgate.core.batching import BatchingQueue
 from irgate.core.collections import CollectionService
 from irgate.core.embedding import EmbeddingService
+from irgate.core.judge import JudgeService
 from irgate.core.search import SearchPipeline
 from irgate.core.tokenization import TextEncoder
 from irgate.index.store import CollectionStore
@@ -34,8 +36,22 @@ from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 log = logging.getLogger("irgate")
 
 SERVICES = ("irgate.v1.Info", "irgate.v1.Embed", "irgate.v1.Collections", "irgate.v1.Search", "irgate.v1.Judge")
-# Health reports these SERVING once the embedder is ready; the judge is not served yet.
-EMBEDDER_SERVICES = ("", *SERVICES[:4])
+JUDGE_SERVICE = "irgate.v1.Judge"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def open_judge(address: str, threads: int) -> JudgeBackend | None:
+    """`local:FOLDER` -> an in-process judge; `none` (or empty) -> no judge."""
+    if address in ("", "none"):
+        return None
+    scheme, _, target = address.partition(":")
+    if scheme == "local" and target:
+        folder = Path(target)
+        if not (folder / "manifest.json").exists():
+            raise SystemExit(f"no prepared judge at {folder}: run `irgate prepare` first (or pass --judge none)")
+        return LocalJudge(folder, threads=threads or None)
+    raise SystemExit(f"--judge {address!r} is not supported; use local:FOLDER or none")
 
 
 def open_embedder(address: str, threads: int) -> EmbedderBackend:
@@ -58,21 +74,24 @@ class App:
     queue: BatchingQueue
     store: CollectionStore
     embedder: EmbedderBackend
+    judge: JudgeBackend | None
     health: health.aio.HealthServicer
 
     async def stop(self, grace: float = 5.0) -> None:
         for service in ("", *SERVICES):
-            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.health.set(service, NOT_SERVING)
         await self.server.stop(grace)
         await self.queue.stop()
         await asyncio.to_thread(self.store.close)  # snapshots every index: a fast next start
         await self.embedder.close()
+        if self.judge is not None:
+            await self.judge.close()
 
 
 async def start(settings: Settings) -> App:
     embedder = open_embedder(settings.embedder, settings.threads)
     manifest = embedder.manifest
-    encoder = TextEncoder(manifest, Path(settings.embedder.partition(":")[2]))
+    encoder = TextEncoder(manifest, embedder.folder)
     queue = BatchingQueue(embedder, max_batch_tokens=settings.max_batch_tokens)
     queue.start()
     embedding = EmbeddingService(embedder, encoder, queue)
@@ -80,6 +99,12 @@ async def start(settings: Settings) -> App:
         settings.data_dir / "collections", manifest.dimension, manifest.name, snapshot_every=settings.snapshot_every
     )
     admission = Admission(settings.max_concurrent_requests)
+    judge_backend = open_judge(settings.judge, settings.threads)
+    judge = (
+        JudgeService(judge_backend, store, settings.max_judge_documents, settings.max_reasoning_tokens)
+        if judge_backend is not None
+        else None
+    )
 
     interceptors = [ApiKeyInterceptor(settings.api_key)] if settings.api_key else []
     message_bytes = settings.max_message_mb * 1024 * 1024
@@ -87,13 +112,13 @@ async def start(settings: Settings) -> App:
         interceptors=interceptors,
         options=[("grpc.max_receive_message_length", message_bytes), ("grpc.max_send_message_length", message_bytes)],
     )
-    pb_grpc.add_InfoServicer_to_server(InfoServicer(embedding, settings, admission), server)
+    pb_grpc.add_InfoServicer_to_server(InfoServicer(embedding, judge, settings, admission), server)
     pb_grpc.add_EmbedServicer_to_server(EmbedServicer(embedding, admission, settings.max_batch_size), server)
     pb_grpc.add_CollectionsServicer_to_server(
         CollectionsServicer(CollectionService(store, embedding), admission, settings.max_batch_size), server
     )
-    pb_grpc.add_SearchServicer_to_server(SearchServicer(SearchPipeline(embedding, store, settings.max_k), admission), server)
-    pb_grpc.add_JudgeServicer_to_server(JudgeServicer(), server)
+    pb_grpc.add_SearchServicer_to_server(SearchServicer(SearchPipeline(embedding, store, settings.max_k, judge), admission), server)
+    pb_grpc.add_JudgeServicer_to_server(JudgeServicer(judge, admission), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -105,14 +130,17 @@ async def start(settings: Settings) -> App:
     else:
         port = server.add_insecure_port(settings.address)
     await server.start()
-    serving = health_pb2.HealthCheckResponse.SERVING if await embedder.ready() else health_pb2.HealthCheckResponse.NOT_SERVING
-    for service in EMBEDDER_SERVICES:
-        await health_servicer.set(service, serving)
-    await health_servicer.set("irgate.v1.Judge", health_pb2.HealthCheckResponse.NOT_SERVING)
+    for service in ("", *SERVICES):
+        backend: EmbedderBackend | JudgeBackend | None = judge_backend if service == JUDGE_SERVICE else embedder
+        ready = backend is not None and await backend.ready()
+        await health_servicer.set(service, SERVING if ready else NOT_SERVING)
     if settings.metrics_port:
         serve_metrics(settings.host, settings.metrics_port)
     QUEUED_TEXTS.set_function(lambda: queue.queued_texts)
-    return App(server=server, port=port, queue=queue, store=store, embedder=embedder, health=health_servicer)
+    if judge_backend is not None:
+        JUDGE_BUSY.set_function(lambda: float(judge_backend.busy))
+    return App(server=server, port=port, queue=queue, store=store, embedder=embedder, judge=judge_backend,
+               health=health_servicer)
 
 
 async def serve(settings: Settings) -> None:

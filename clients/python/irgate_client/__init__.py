@@ -8,8 +8,10 @@ from irgate_client.types import (
     Hit,
     IrgateError,
     Query,
+    ReasoningDelta,
     ServerInfo,
     UpsertResult,
+    Verdict,
 )
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "Hit",
     "IrgateError",
     "Query",
+    "ReasoningDelta",
     "ServerInfo",
     "UpsertResult",
+    "Verdict",
 ]

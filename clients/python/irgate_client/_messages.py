@@ -7,7 +7,17 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
-from irgate_client.types import CollectionInfo, Document, Embedding, Hit, Query, ServerInfo, UpsertResult
+from irgate_client.types import (
+    CollectionInfo,
+    Document,
+    Embedding,
+    Hit,
+    Query,
+    ReasoningDelta,
+    ServerInfo,
+    UpsertResult,
+    Verdict,
+)
 from irgate_client.v1 import irgate_pb2 as pb
 
 PRECISIONS = {"f16": pb.VECTOR_PRECISION_F16, "f32": pb.VECTOR_PRECISION_F32, "i8": pb.VECTOR_PRECISION_I8}
@@ -97,6 +107,9 @@ def search_request(
     filter: Mapping[str, Any] | None,
     include_documents: bool,
     truncate: bool,
+    rerank: int,
+    max_reasoning_tokens: int,
+    return_reasoning: bool,
 ) -> pb.SearchRequest:
     request = pb.SearchRequest(
         collection=collection,
@@ -105,6 +118,9 @@ def search_request(
         k=k,
         include_documents=include_documents,
         truncation=truncation(truncate),
+        rerank=pb.RerankOptions(
+            top_n=rerank, max_reasoning_tokens=max_reasoning_tokens, return_reasoning=return_reasoning
+        ),
     )
     if filter:
         request.filter.CopyFrom(struct_pb2.Struct())
@@ -119,6 +135,55 @@ def hits(response: pb.SearchResponse) -> list[Hit]:
             score=hit.score,
             dense_score=hit.dense_score,
             document=document(hit.document) if hit.HasField("document") else None,
+            verdict=verdict(hit.verdict) if hit.HasField("verdict") else None,
         )
         for hit in response.hits
     ]
+
+
+ENDED = {pb.ENDED_ANSWERED: "answered", pb.ENDED_FORCED: "forced"}
+
+
+def judge_request(
+    query: str,
+    documents: Sequence[str | Document],
+    instruction: str,
+    collection: str,
+    max_reasoning_tokens: int,
+    return_reasoning: bool,
+) -> pb.JudgeRequest:
+    """Strings and `Document`s with text are judged inline; a `Document` with only an id is looked up."""
+    items = []
+    for item in documents:
+        if isinstance(item, str):
+            items.append(pb.JudgeDocument(inline=pb.InlineDocument(text=item)))
+        elif item.text:
+            items.append(pb.JudgeDocument(inline=pb.InlineDocument(id=item.id, text=item.text, title=item.title)))
+        else:
+            items.append(pb.JudgeDocument(id=item.id))
+    return pb.JudgeRequest(
+        query=query,
+        instruction=instruction,
+        documents=items,
+        collection=collection,
+        max_reasoning_tokens=max_reasoning_tokens,
+        return_reasoning=return_reasoning,
+    )
+
+
+def verdict(message: pb.Verdict) -> Verdict:
+    return Verdict(
+        index=message.index,
+        id=message.id,
+        relevant=message.relevant,
+        score=message.score,
+        reasoning=message.reasoning,
+        reasoning_tokens=message.reasoning_tokens,
+        ended=ENDED.get(message.ended, "unspecified"),
+    )
+
+
+def judge_event(message: pb.JudgeStreamResponse) -> Verdict | ReasoningDelta:
+    if message.HasField("reasoning"):
+        return ReasoningDelta(index=message.reasoning.index, text=message.reasoning.text)
+    return verdict(message.verdict)

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
@@ -22,8 +22,10 @@ from irgate_client.types import (
     Hit,
     IrgateError,
     Query,
+    ReasoningDelta,
     ServerInfo,
     UpsertResult,
+    Verdict,
 )
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
@@ -106,6 +108,7 @@ class Client:
         self._embed = pb_grpc.EmbedStub(self._channel)
         self._collections = pb_grpc.CollectionsStub(self._channel)
         self._search = pb_grpc.SearchStub(self._channel)
+        self._judge = pb_grpc.JudgeStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -187,10 +190,54 @@ class Client:
         filter: Mapping[str, Any] | None = None,
         include_documents: bool = False,
         truncate: bool = True,
+        rerank: int = 0,
+        max_reasoning_tokens: int = 0,
+        return_reasoning: bool = False,
         timeout: float | None = None,
     ) -> list[Hit]:
-        request = messages.search_request(collection, query, instruction, k, filter, include_documents, truncate)
+        request = messages.search_request(
+            collection, query, instruction, k, filter, include_documents, truncate, rerank, max_reasoning_tokens, return_reasoning
+        )
         return messages.hits(self._search.Search(request, **self._connection.call_options(timeout)))
+
+    @_raising
+    def judge(
+        self,
+        query: str,
+        documents: Sequence[str | Document],
+        *,
+        instruction: str = "",
+        collection: str = "",
+        max_reasoning_tokens: int = 0,
+        return_reasoning: bool = False,
+        timeout: float | None = None,
+    ) -> list[Verdict]:
+        """Judges each document (a passage, or a `Document` id in `collection`); verdicts in request order."""
+        request = messages.judge_request(query, documents, instruction, collection, max_reasoning_tokens, return_reasoning)
+        response = self._judge.Judge(request, **self._connection.call_options(timeout))
+        return [messages.verdict(item) for item in response.verdicts]
+
+    def judge_stream(
+        self,
+        query: str,
+        documents: Sequence[str | Document],
+        *,
+        instruction: str = "",
+        collection: str = "",
+        max_reasoning_tokens: int = 0,
+        return_reasoning: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[Verdict | ReasoningDelta]:
+        """Verdicts as each is ready (with reasoning deltas when asked); closing the iterator cancels the work."""
+        request = messages.judge_request(query, documents, instruction, collection, max_reasoning_tokens, return_reasoning)
+        call = self._judge.JudgeStream(request, **self._connection.call_options(timeout))
+        try:
+            for message in call:
+                yield messages.judge_event(message)
+        except grpc.RpcError as error:
+            raise IrgateError(error.code(), error.details()) from None  # type: ignore[attr-defined]
+        finally:
+            call.cancel()
 
 
 class AsyncClient:
@@ -215,6 +262,7 @@ class AsyncClient:
         self._embed = pb_grpc.EmbedStub(self._channel)
         self._collections = pb_grpc.CollectionsStub(self._channel)
         self._search = pb_grpc.SearchStub(self._channel)
+        self._judge = pb_grpc.JudgeStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -293,7 +341,49 @@ class AsyncClient:
         filter: Mapping[str, Any] | None = None,
         include_documents: bool = False,
         truncate: bool = True,
+        rerank: int = 0,
+        max_reasoning_tokens: int = 0,
+        return_reasoning: bool = False,
         timeout: float | None = None,
     ) -> list[Hit]:
-        request = messages.search_request(collection, query, instruction, k, filter, include_documents, truncate)
+        request = messages.search_request(
+            collection, query, instruction, k, filter, include_documents, truncate, rerank, max_reasoning_tokens, return_reasoning
+        )
         return messages.hits(await self._search.Search(request, **self._connection.call_options(timeout)))
+
+    @_raising_async
+    async def judge(
+        self,
+        query: str,
+        documents: Sequence[str | Document],
+        *,
+        instruction: str = "",
+        collection: str = "",
+        max_reasoning_tokens: int = 0,
+        return_reasoning: bool = False,
+        timeout: float | None = None,
+    ) -> list[Verdict]:
+        request = messages.judge_request(query, documents, instruction, collection, max_reasoning_tokens, return_reasoning)
+        response = await self._judge.Judge(request, **self._connection.call_options(timeout))
+        return [messages.verdict(item) for item in response.verdicts]
+
+    async def judge_stream(
+        self,
+        query: str,
+        documents: Sequence[str | Document],
+        *,
+        instruction: str = "",
+        collection: str = "",
+        max_reasoning_tokens: int = 0,
+        return_reasoning: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Verdict | ReasoningDelta]:
+        request = messages.judge_request(query, documents, instruction, collection, max_reasoning_tokens, return_reasoning)
+        call = self._judge.JudgeStream(request, **self._connection.call_options(timeout))
+        try:
+            async for message in call:
+                yield messages.judge_event(message)
+        except grpc.aio.AioRpcError as error:
+            raise IrgateError(error.code(), error.details() or "") from None
+        finally:
+            call.cancel()

@@ -75,8 +75,30 @@ class UpsertResult:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """The judge's answer for one document."""
+
+    index: int  # position of the document in the request
+    id: str
+    relevant: bool
+    score: float  # p(true) at the answer, in [0, 1]
+    reasoning: str
+    reasoning_tokens: int
+    ended: str  # "answered": the model closed its reasoning; "forced": the budget ran out
+
+
+@dataclass(frozen=True)
+class ReasoningDelta:
+    """New reasoning text of one document, streamed by `judge_stream` when asked for."""
+
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
 class Hit:
     id: str
-    score: float
+    score: float  # judge score when judged, else the dense score
     dense_score: float
     document: Document | None = None
+    verdict: Verdict | None = None

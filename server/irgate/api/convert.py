@@ -8,6 +8,7 @@ import numpy as np
 from google.protobuf import json_format, struct_pb2
 
 from irgate.core.embedding import Timing, Truncation
+from irgate.core.judge import Verdict
 from irgate.errors import InvalidArgument
 from irgate.index.collection import CollectionInfo, DocumentRecord
 from irgate_client.v1 import irgate_pb2 as pb
@@ -87,3 +88,18 @@ def document(record: DocumentRecord) -> pb.Document:
     if record.vector is not None:
         message.vector.extend(record.vector.tolist())
     return message
+
+
+ENDED = {"answered": pb.ENDED_ANSWERED, "forced": pb.ENDED_FORCED}
+
+
+def verdict(value: Verdict) -> pb.Verdict:
+    return pb.Verdict(
+        index=value.index,
+        id=value.id,
+        relevant=value.relevant,
+        score=value.score,
+        reasoning=value.reasoning,
+        reasoning_tokens=value.reasoning_tokens,
+        ended=ENDED[value.ended],
+    )

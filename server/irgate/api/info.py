@@ -8,12 +8,13 @@ from irgate import __version__
 from irgate.api.rpc import Admission, unary
 from irgate.config import Settings
 from irgate.core.embedding import EmbeddingService
+from irgate.core.judge import JudgeService
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 
 
 class InfoServicer(pb_grpc.InfoServicer):
-    def __init__(self, embedding: EmbeddingService, settings: Settings, admission: Admission):
+    def __init__(self, embedding: EmbeddingService, judge: JudgeService | None, settings: Settings, admission: Admission):
         self.admission = admission
         manifest = embedding.manifest
         self._info = pb.GetInfoResponse(
@@ -33,6 +34,14 @@ class InfoServicer(pb_grpc.InfoServicer):
                 max_judge_documents=settings.max_judge_documents,
             ),
         )
+        if judge is not None:
+            self._info.judge.CopyFrom(
+                pb.JudgeInfo(
+                    model=judge.backend.manifest.name,
+                    backend=judge.backend.address,
+                    max_reasoning_tokens=judge.max_reasoning_tokens,
+                )
+            )
 
     @unary("GetInfo")
     async def GetInfo(self, request: pb.GetInfoRequest, context: grpc.aio.ServicerContext) -> pb.GetInfoResponse:

@@ -1,21 +1,80 @@
-"""irgate.v1.Judge servicer: answers UNIMPLEMENTED until the reasoning judge backend lands."""
+"""irgate.v1.Judge servicer."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 import grpc
 
+from irgate.api import convert
+from irgate.api.rpc import Admission, streaming, unary
+from irgate.core.judge import JudgeService, Passage, Reasoning
+from irgate.errors import FailedPrecondition, InvalidArgument
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 
-NOT_YET = "the reasoning judge is not available in this irgate version; Judge and JudgeStream answer once it lands"
+NO_JUDGE = "this server runs without a judge; start it with --judge local:FOLDER (see `irgate prepare`)"
+
+
+def passages(request: pb.JudgeRequest) -> list[Passage]:
+    if not request.query.strip():
+        raise InvalidArgument("query is empty; give the query the documents are judged against")
+    result = []
+    for position, document in enumerate(request.documents):
+        source = document.WhichOneof("source")
+        if source == "inline":
+            if not document.inline.text.strip():
+                raise InvalidArgument(f"documents[{position}].inline.text is empty; give the passage to judge")
+            result.append(Passage(id=document.inline.id, text=document.inline.text, title=document.inline.title))
+        elif source == "id":
+            result.append(Passage(id=document.id, from_collection=True))
+        else:
+            raise InvalidArgument(f"documents[{position}] is empty; set inline (a passage) or id (in collection)")
+    return result
 
 
 class JudgeServicer(pb_grpc.JudgeServicer):
-    async def Judge(self, request: pb.JudgeRequest, context: grpc.aio.ServicerContext) -> pb.JudgeResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_YET)
+    def __init__(self, judge: JudgeService | None, admission: Admission):
+        self.judge = judge
+        self.admission = admission
 
-    async def JudgeStream(self, request: pb.JudgeRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.JudgeStreamResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, NOT_YET)
-        yield pb.JudgeStreamResponse()  # unreachable; makes this an async generator as the stub expects
+    def _service(self) -> JudgeService:
+        if self.judge is None:
+            raise FailedPrecondition(NO_JUDGE)
+        return self.judge
+
+    @unary("Judge")
+    async def Judge(self, request: pb.JudgeRequest, context: grpc.aio.ServicerContext) -> pb.JudgeResponse:
+        start = time.perf_counter_ns()
+        verdicts = await self._service().judge_all(
+            request.query,
+            request.instruction,
+            passages(request),
+            request.max_reasoning_tokens,
+            return_reasoning=request.return_reasoning,
+            collection=request.collection,
+        )
+        return pb.JudgeResponse(
+            verdicts=[convert.verdict(verdict) for verdict in verdicts],
+            timing=pb.Timing(total_ns=time.perf_counter_ns() - start),
+        )
+
+    @streaming("JudgeStream")
+    async def JudgeStream(
+        self, request: pb.JudgeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.JudgeStreamResponse]:
+        events = self._service().judge(
+            request.query,
+            request.instruction,
+            passages(request),
+            request.max_reasoning_tokens,
+            return_reasoning=request.return_reasoning,
+            stream_reasoning=request.return_reasoning,
+            collection=request.collection,
+        )
+        async for event in events:
+            if isinstance(event, Reasoning):
+                yield pb.JudgeStreamResponse(reasoning=pb.ReasoningDelta(index=event.index, text=event.text))
+            else:
+                yield pb.JudgeStreamResponse(verdict=convert.verdict(event))

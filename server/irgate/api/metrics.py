@@ -14,6 +14,7 @@ LATENCY = Histogram(
 IN_FLIGHT = Gauge("irgate_requests_in_flight", "gRPC calls in progress")
 EMBEDDED_TOKENS = Counter("irgate_embedded_tokens_total", "tokens read by the embedder")
 QUEUED_TEXTS = Gauge("irgate_embedding_queue_texts", "texts waiting for the embedder")
+JUDGE_BUSY = Gauge("irgate_judge_busy", "1 while the judge model is generating, else 0")
 
 
 def serve_metrics(host: str, port: int) -> None:

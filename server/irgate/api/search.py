@@ -44,5 +44,7 @@ class SearchServicer(pb_grpc.SearchServicer):
             message = pb.Hit(id=hit.id, score=hit.score, dense_score=hit.dense_score)
             if hit.document is not None:
                 message.document.CopyFrom(convert.document(hit.document))
+            if hit.verdict is not None:
+                message.verdict.CopyFrom(convert.verdict(hit.verdict))
             hits.append(message)
         return pb.SearchResponse(hits=hits, timing=convert.timing(result.timing))

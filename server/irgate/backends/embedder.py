@@ -26,6 +26,8 @@ class EmbedderBackend(Protocol):
     manifest: EmbedderManifest
     # Where the model lives, for Info and logs: "onnx:/abs/path" or "triton://host:port/model".
     address: str
+    # The local prepared folder (manifest.json, tokenizer.json): the gateway tokenises.
+    folder: Path
 
     async def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """int64 [batch, seq] right-padded ids and mask -> float32 [batch, dimension], pooled, NOT normalised."""
@@ -52,6 +54,7 @@ class OnnxEmbedder:
     def __init__(self, folder: Path, threads: int | None = None) -> None:
         folder = Path(folder).resolve()
         self.manifest = EmbedderManifest.load(folder)
+        self.folder = folder
         self.address = f"onnx:{folder}"
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from irgate.core.embedding import EmbeddingService, TextInput, Timing, Truncation
+from irgate.core.judge import JudgeService, Passage, Verdict
 from irgate.errors import FailedPrecondition, InvalidArgument
 from irgate.index.collection import DocumentRecord
 from irgate.index.store import CollectionStore
@@ -39,6 +40,7 @@ class SearchHit:
     score: float
     dense_score: float
     document: DocumentRecord | None = None
+    verdict: Verdict | None = None
 
 
 @dataclass(frozen=True)
@@ -48,27 +50,52 @@ class SearchResult:
 
 
 class SearchPipeline:
-    def __init__(self, embedding: EmbeddingService, store: CollectionStore, max_k: int):
+    def __init__(self, embedding: EmbeddingService, store: CollectionStore, max_k: int, judge: JudgeService | None = None):
         self._embedding = embedding
         self._store = store
         self.max_k = max_k
+        self._judge = judge
 
     async def search(self, query: SearchQuery) -> SearchResult:
         start = time.perf_counter_ns()
         if not 1 <= query.k <= self.max_k:
             raise InvalidArgument(f"k is {query.k}; it must be between 1 and {self.max_k}")
-        if query.rerank.top_n:
+        top_n = query.rerank.top_n
+        if top_n and self._judge is None:
             raise FailedPrecondition("this server runs without a judge, so it cannot rerank; set rerank.top_n to 0")
+        if self._judge is not None and top_n > self._judge.max_documents:
+            raise InvalidArgument(f"rerank.top_n is {top_n}; it must be between 0 and {self._judge.max_documents}")
         collection = await asyncio.to_thread(self._store.get, query.collection)
         embedded = await self._embedding.embed(
             [TextInput(text=query.query, is_query=True, instruction=query.instruction)],
             query.truncation,
             normalize=True,
         )
-        found = await asyncio.to_thread(collection.search, embedded.vectors[0], query.k, query.filter)
+        # The judge may lift any of the top_n dense hits into the first k.
+        found = await asyncio.to_thread(collection.search, embedded.vectors[0], max(query.k, top_n), query.filter)
         hits = [SearchHit(id=item.id, score=item.score, dense_score=item.score) for item in found]
-        if query.include_documents and hits:
+        if (query.include_documents or top_n) and hits:
             documents = await asyncio.to_thread(collection.get, [hit.id for hit in hits])
             hits = [replace(hit, document=document) for hit, document in zip(hits, documents)]
+        if top_n and hits:
+            hits = await self._rerank(query, hits)
+        if not query.include_documents:
+            hits = [replace(hit, document=None) for hit in hits]
         timing = replace(embedded.timing, total_ns=time.perf_counter_ns() - start)
-        return SearchResult(hits=hits, timing=timing)
+        return SearchResult(hits=hits[: query.k], timing=timing)
+
+    async def _rerank(self, query: SearchQuery, hits: list[SearchHit]) -> list[SearchHit]:
+        """Judged hits first, by judge score then dense score; the rest keep their dense order."""
+        assert self._judge is not None
+        judged, rest = hits[: query.rerank.top_n], hits[query.rerank.top_n :]
+        passages = [Passage(id=hit.id, text=hit.document.text, title=hit.document.title) for hit in judged if hit.document]
+        verdicts = await self._judge.judge_all(
+            query.query,
+            query.instruction,
+            passages,
+            query.rerank.max_reasoning_tokens,
+            return_reasoning=query.rerank.return_reasoning,
+        )
+        judged = [replace(hit, score=verdict.score, verdict=verdict) for hit, verdict in zip(judged, verdicts)]
+        judged.sort(key=lambda hit: (-hit.score, -hit.dense_score))
+        return judged + rest

