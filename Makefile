@@ -41,6 +41,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Side-by-side speed runs; JSON reports land in benchmarks/results/ (git-ignored).
+bench: prepare
+	mkdir -p benchmarks/results
+	$(VENV)/bin/irgate bench judge --json | tee benchmarks/results/judge.json
+
 eval: prepare
 	$(VENV)/bin/irgate eval beir --data $(SHARED)/data/scifact --json
 

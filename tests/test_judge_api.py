@@ -6,6 +6,9 @@ pin behaviour (order, budgets, ids, statuses, cancellation), not quality.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -155,3 +158,26 @@ def test_cancelling_a_stream_stops_generation(judging_server: LocalServer, judge
     while judge_busy(judge_metrics_port) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert judge_busy(judge_metrics_port) == 0.0
+
+
+def irgate(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "irgate", *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_judge_command_prints_one_json_verdict_per_document(judging_server: LocalServer) -> None:
+    lines = irgate("judge", "what causes rain", "--doc", PASSAGES[0], "--doc", PASSAGES[1], "--json",
+                   "--max-reasoning-tokens", "8", "--server", judging_server.address).splitlines()
+    verdicts = [json.loads(line) for line in lines]
+    assert sorted(verdict["index"] for verdict in verdicts) == [0, 1]
+    for verdict in verdicts:
+        assert set(verdict) >= {"score", "relevant", "reasoning", "reasoning_tokens", "ended"}
+        assert 0 <= verdict["score"] <= 1 and verdict["ended"] in ("answered", "forced")
+
+
+def test_bench_judge_reports_the_ratio_to_the_naive_loop(judge_folder: Path) -> None:
+    report = json.loads(irgate("bench", "judge", "--model", str(judge_folder), "--documents", "4",
+                               "--max-reasoning-tokens", "8", "--repeats", "1", "--json"))
+    assert report["judge_vs_naive"] > 0 and report["documents"] == 4
+    assert report["max_score_diff"] < 1e-3  # the fast path judges exactly like the naive one

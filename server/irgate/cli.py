@@ -95,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_judge.add_argument("--model", type=Path, default=DEFAULT_MODELS / "judge", help="prepared judge folder")
     bench_judge.add_argument("--documents", type=int, default=16)
     bench_judge.add_argument("--max-reasoning-tokens", type=int, default=64)
+    bench_judge.add_argument("--repeats", type=int, default=3, help="timed runs per side; the median counts")
     bench_judge.add_argument("--json", action="store_true")
 
     health = commands.add_parser("health", help="ask the server's grpc.health.v1 service")
@@ -263,7 +264,8 @@ def _judge(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     from irgate.bench.judge import run_judge_benchmark
 
-    result = run_judge_benchmark(args.model, documents=args.documents, max_reasoning_tokens=args.max_reasoning_tokens)
+    result = run_judge_benchmark(args.model, documents=args.documents, max_reasoning_tokens=args.max_reasoning_tokens,
+                                 repeats=args.repeats)
     if args.json:
         print(json.dumps(result))
         return
