@@ -8,19 +8,17 @@ override the template, the answer tokens and the stops by editing its manifest.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import shutil
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from rich.console import Console
 
 from irgate.errors import InvalidArgument
-from irgate.models.manifest import MANIFEST_FILE
+from irgate.models.manifest import MANIFEST_FILE, ManifestFile
 from irgate.models.sources import gguf_to_hf, smollm2_gguf
 
 # orionw/rank1 prompts.py: raw text, no chat template; the model thinks after "<think>".
@@ -39,8 +37,10 @@ _console = Console(stderr=True)
 
 
 @dataclass(frozen=True)
-class JudgeManifest:
+class JudgeManifest(ManifestFile):
     """Serving contract of one prepared judge (Hugging Face causal-LM folder beside this manifest)."""
+
+    made_by: ClassVar[str] = "irgate prepare, or irgate.models.judge.prepare_judge"
 
     name: str
     # str.format template with {query} and {passage}; literal braces must be doubled.
@@ -74,33 +74,6 @@ class JudgeManifest:
             raise ValueError("max_reasoning_tokens and max_context_tokens must be positive")
         # JSON gives lists; keep the frozen manifest hashable and equal to the one saved.
         object.__setattr__(self, "answer_stops", tuple(self.answer_stops))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JudgeManifest:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown judge manifest fields: {unknown}")
-        return cls(**data)
-
-    def save(self, folder: Path) -> Path:
-        """Write `folder/manifest.json` (created if needed) and return its path."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / MANIFEST_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def load(cls, folder: Path) -> JudgeManifest:
-        """Read `folder/manifest.json`; FileNotFoundError says how to make one."""
-        path = Path(folder) / MANIFEST_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: prepare the judge folder first (irgate.models.judge.prepare_judge)")
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
 def _link_folder(source: Path, out: Path) -> None:

@@ -11,20 +11,59 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 MANIFEST_FILE = "manifest.json"
 
 Pooling = Literal["mean", "cls", "eos"]
 PromptStyle = Literal["plain", "promptriever"]
 
+M = TypeVar("M", bound="ManifestFile")
+
+
+class ManifestFile:
+    """JSON round trip of a frozen dataclass manifest kept as `manifest.json` beside the weights."""
+
+    # How to make a missing manifest, for the error message.
+    made_by: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[M], data: dict[str, Any]) -> M:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+        return cls(**data)
+
+    def save(self, folder: Path) -> Path:
+        """Write `folder/manifest.json` (created if needed) and return its path."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / MANIFEST_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls: type[M], folder: Path) -> M:
+        """Read `folder/manifest.json`; FileNotFoundError says how to make one."""
+        path = Path(folder) / MANIFEST_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: prepare the folder first ({cls.made_by})")
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
 _POOLINGS = ("mean", "cls", "eos")
 _PROMPT_STYLES = ("plain", "promptriever")
 
 
 @dataclass(frozen=True)
-class EmbedderManifest:
+class EmbedderManifest(ManifestFile):
     """Serving contract of one exported embedder (ONNX graph + tokenizer.json in the same folder)."""
+
+    made_by: ClassVar[str] = "irgate prepare, or irgate.models.prepare.export_embedder"
 
     name: str
     dimension: int
@@ -64,32 +103,3 @@ class EmbedderManifest:
         text to them; callers may use this to warn or to document the difference.
         """
         return self.prompt_style == "promptriever"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EmbedderManifest:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown embedder manifest fields: {unknown}")
-        return cls(**data)
-
-    def save(self, folder: Path) -> Path:
-        """Write `folder/manifest.json` (created if needed) and return its path."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / MANIFEST_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def load(cls, folder: Path) -> EmbedderManifest:
-        """Read `folder/manifest.json`; FileNotFoundError says how to make one."""
-        path = Path(folder) / MANIFEST_FILE
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path} not found: prepare the model folder first (irgate.models.prepare.export_embedder)"
-            )
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
