@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -64,6 +65,9 @@ async def _guarded(admission: Admission, method: str, context: grpc.aio.Servicer
     code = grpc.StatusCode.OK
     try:
         yield
+    except asyncio.CancelledError:  # the client cancelled or its deadline passed
+        code = grpc.StatusCode.CANCELLED
+        raise
     except grpc.aio.AbortError:  # the handler aborted with its own status
         code = context.code() or grpc.StatusCode.UNKNOWN
         raise
