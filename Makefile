@@ -45,6 +45,7 @@ test-fast: $(STAMP)
 bench: prepare
 	mkdir -p benchmarks/results
 	$(VENV)/bin/irgate bench judge --json | tee benchmarks/results/judge.json
+	$(VENV)/bin/irgate bench embed --data $(SHARED)/data/scifact --documents 1024 --json | tee benchmarks/results/embed.json
 
 eval: prepare
 	$(VENV)/bin/irgate eval beir --data $(SHARED)/data/scifact --json

@@ -87,3 +87,10 @@ def test_scifact_reproduces_the_published_minilm_score(minilm_folder: Path) -> N
     report = json.loads(irgate("eval", "beir", "--data", str(data), "--json", "--embedder", f"onnx:{minilm_folder}", "--judge", "none").stdout)
     assert (report["queries"], report["docs"]) == (300, 5183)
     assert abs(report["ndcg@10"] - 0.64508) <= 0.005, report
+
+
+def test_bench_embed_compares_irgate_with_the_raw_engine_and_sentence_transformers(minilm_folder: Path) -> None:
+    report = json.loads(irgate("bench", "embed", "--model", str(minilm_folder), "--documents", "64", "--json").stdout)
+    assert report["documents"] == 64
+    assert report["irgate_vs_raw_onnxruntime"] > 0 and report["irgate_vs_sentence_transformers"] > 0
+    assert report["max_abs_diff_vs_sentence_transformers"] < 1e-4  # same vectors, or the speed means nothing

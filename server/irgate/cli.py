@@ -97,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     bench_judge.add_argument("--max-reasoning-tokens", type=int, default=64)
     bench_judge.add_argument("--repeats", type=int, default=3, help="timed runs per side; the median counts")
     bench_judge.add_argument("--json", action="store_true")
+    bench_embed = bench_commands.add_parser("embed", help="irgate over gRPC vs raw ONNX Runtime vs sentence-transformers")
+    bench_embed.add_argument("--model", type=Path, default=DEFAULT_MODELS / "embedder", help="prepared embedder folder")
+    bench_embed.add_argument("--data", type=Path, help="a BEIR folder whose corpus to embed (default: synthetic passages)")
+    bench_embed.add_argument("--documents", type=int, default=512)
+    bench_embed.add_argument("--json", action="store_true")
 
     health = commands.add_parser("health", help="ask the server's grpc.health.v1 service")
     health.add_argument("--service", default="", help="service name; empty for the whole server")
@@ -262,10 +267,21 @@ def _judge(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from irgate.bench.judge import run_judge_benchmark
+    if args.suite == "judge":
+        from irgate.bench.judge import run_judge_benchmark
 
-    result = run_judge_benchmark(args.model, documents=args.documents, max_reasoning_tokens=args.max_reasoning_tokens,
-                                 repeats=args.repeats)
+        result = run_judge_benchmark(args.model, documents=args.documents,
+                                     max_reasoning_tokens=args.max_reasoning_tokens, repeats=args.repeats)
+    else:
+        from irgate.bench.embed import run_embed_benchmark, synthetic_texts
+        from irgate.eval.beir import load_beir
+
+        if args.data:
+            corpus = load_beir(args.data).corpus
+            texts = [f"{title} {text}".strip() for title, text in list(corpus.values())[: args.documents]]
+        else:
+            texts = synthetic_texts(args.documents)
+        result = run_embed_benchmark(args.model, texts)
     if args.json:
         print(json.dumps(result))
         return

@@ -1,8 +1,8 @@
 """Dynamic batching: the texts of concurrent requests share model calls under a token budget.
 
 Requests put token ids in one queue; a single worker task takes whatever is waiting (up to
-``max_batch_tokens`` real tokens), sorts it by length so that padding stays small, and runs
-one model call per length-homogeneous batch. While the model runs, new requests queue up and
+``SORT_WINDOW`` batches' worth of real tokens), sorts it by length so that padding stays small,
+and runs one model call per length-homogeneous batch of at most ``max_batch_tokens``. While the model runs, new requests queue up and
 ride in the next round, so there is no fixed batching delay (as in text-embeddings-inference).
 """
 
@@ -18,6 +18,11 @@ import numpy as np
 from irgate.backends.embedder import EmbedderBackend
 from irgate.core.tokenization import pad_batch
 from irgate.errors import ResourceExhausted
+
+# Texts are sorted by length across this many batches' worth of waiting work: a wider window pads
+# less (512 SciFact docs through the server: 38 -> 45 docs/s going from 1 to 8 on 2 cores), at the price of
+# a later answer for the first texts of the window.
+SORT_WINDOW = 8
 
 
 @dataclass
@@ -95,7 +100,7 @@ class BatchingQueue:
     def _next_batches(self) -> list[list[tuple[_Request, int]]]:
         taken: list[tuple[_Request, int]] = []
         tokens = 0
-        while self._pending and tokens < self.max_batch_tokens:
+        while self._pending and tokens < self.max_batch_tokens * SORT_WINDOW:
             request, index = self._pending.popleft()
             if request.future.done():  # the caller went away (cancelled or deadline passed)
                 continue
