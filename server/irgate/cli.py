@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from irgate.errors import IrgateError as ServerSideError
 from irgate_client import AsyncClient, Client, Document, IrgateError, Verdict
 
 console = Console(stderr=True)
@@ -53,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--max-tokens", type=int, help="override the model's input limit")
     prepare.add_argument("--judge-source", type=Path, help="a local Hugging Face causal LM (e.g. rank1-7b) instead of SmolLM2")
     prepare.add_argument("--no-judge", action="store_true", help="prepare the embedder only")
+    prepare.add_argument("--triton", action="store_true", help="also put the embedder into the Triton model repository")
+    prepare.add_argument("--model-repository", type=Path, default=Path("model_repository"), help="Triton model repository")
+
+    engine = commands.add_parser("build-judge-engine",
+                                 help="on a CUDA machine with TensorRT-LLM: build the judge engine for Triton (trtllm-build)")
+    engine.add_argument("checkpoint", type=Path, help="Hugging Face checkpoint of the judge (e.g. rank1-7b)")
+    engine.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    engine.add_argument("--dtype", default="bfloat16")
+    engine.add_argument("--max-batch-size", type=int, default=64)
+    engine.add_argument("--max-seq-len", type=int, help="default: the model's positions, at most Rank1's 16k")
 
     collection = commands.add_parser("collection", help="create, list, describe or delete collections")
     collection_commands = collection.add_subparsers(dest="action", required=True)
@@ -143,11 +154,24 @@ def _prepare(args: argparse.Namespace) -> None:
     else:
         manifest = prepare_default_embedder(target)
     console.print(f"embedder ready: {manifest.name}, {manifest.dimension} dims, {manifest.pooling} pooling -> {target}")
+    if args.triton:
+        from irgate.models.triton import prepare_triton_repository
+
+        config = prepare_triton_repository(target, args.model_repository)
+        console.print(f"Triton embedder ready: {config}")
     if not args.no_judge:
         from irgate.models.judge import prepare_judge
 
         judge = prepare_judge(args.judge_source, args.out / "judge")
         console.print(f"judge ready: {judge.name}, reasoning cap {judge.max_reasoning_tokens} tokens -> {args.out / 'judge'}")
+
+
+def _build_judge_engine(args: argparse.Namespace) -> None:
+    from irgate.models.triton import build_judge_engine
+
+    engine = build_judge_engine(args.checkpoint, args.model_repository, dtype=args.dtype,
+                                max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len)
+    console.print(f"judge engine built: {engine}; serve with tritonserver --model-repository {args.model_repository}")
 
 
 def _collection(args: argparse.Namespace) -> None:
@@ -291,7 +315,7 @@ def _bench(args: argparse.Namespace) -> None:
     Console().print(table)
 
 
-COMMANDS = {"serve": _serve, "prepare": _prepare, "collection": _collection, "index": _index,
+COMMANDS = {"serve": _serve, "prepare": _prepare, "build-judge-engine": _build_judge_engine, "collection": _collection, "index": _index,
             "search": _search, "judge": _judge, "bench": _bench, "health": _health, "eval": _eval}
 
 
@@ -299,6 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except (IrgateError, FileNotFoundError, ValueError) as error:  # the user's to fix: no traceback
+    # The user's to fix (a status from the server, a missing file, a tool that is not installed): no traceback.
+    except (IrgateError, ServerSideError, FileNotFoundError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}")
         sys.exit(2)

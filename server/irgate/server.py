@@ -41,28 +41,41 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def open_judge(address: str, threads: int) -> JudgeBackend | None:
-    """`local:FOLDER` -> an in-process judge; `none` (or empty) -> no judge."""
-    if address in ("", "none"):
-        return None
-    scheme, _, target = address.partition(":")
-    if scheme == "local" and target:
-        folder = Path(target)
-        if not (folder / "manifest.json").exists():
-            raise SystemExit(f"no prepared judge at {folder}: run `irgate prepare` first (or pass --judge none)")
-        return LocalJudge(folder, threads=threads or None)
-    raise SystemExit(f"--judge {address!r} is not supported; use local:FOLDER or none")
+TRITON = "triton://"
 
 
-def open_embedder(address: str, threads: int) -> EmbedderBackend:
-    """`onnx:FOLDER` -> an in-process ONNX Runtime embedder."""
+def _prepared(folder: Path, what: str, flag: str) -> Path:
+    if not (folder / "manifest.json").exists():
+        raise SystemExit(f"no prepared {what} at {folder}: run `irgate prepare` first (or set {flag})")
+    return folder
+
+
+def open_embedder(settings: Settings) -> EmbedderBackend:
+    """`onnx:FOLDER` -> in-process ONNX Runtime; `triton://HOST:PORT/MODEL` -> Triton (KServe v2)."""
+    address = settings.embedder
+    if address.startswith(TRITON):
+        from irgate.backends.triton_embedder import TritonEmbedder  # the [triton] extra
+
+        return TritonEmbedder(address, _prepared(settings.embedder_folder, "embedder", "--embedder-folder"))
     scheme, _, target = address.partition(":")
     if scheme == "onnx" and target:
-        folder = Path(target)
-        if not (folder / "manifest.json").exists():
-            raise SystemExit(f"no prepared model at {folder}: run `irgate prepare` first (or pass --embedder onnx:FOLDER)")
-        return OnnxEmbedder(folder, threads=threads or None)
-    raise SystemExit(f"--embedder {address!r} is not supported; use onnx:FOLDER")
+        return OnnxEmbedder(_prepared(Path(target), "embedder", "--embedder"), threads=settings.threads or None)
+    raise SystemExit(f"--embedder {address!r} is not supported; use onnx:FOLDER or triton://HOST:PORT/MODEL")
+
+
+def open_judge(settings: Settings) -> JudgeBackend | None:
+    """`local:FOLDER` -> in-process judge; `triton://HOST:PORT/MODEL` -> Triton; `none` -> no judge."""
+    address = settings.judge
+    if address in ("", "none"):
+        return None
+    if address.startswith(TRITON):
+        from irgate.backends.triton_judge import TritonJudge  # the [triton] extra
+
+        return TritonJudge(address, _prepared(settings.judge_folder, "judge", "--judge-folder"))
+    scheme, _, target = address.partition(":")
+    if scheme == "local" and target:
+        return LocalJudge(_prepared(Path(target), "judge", "--judge"), threads=settings.threads or None)
+    raise SystemExit(f"--judge {address!r} is not supported; use local:FOLDER, triton://HOST:PORT/MODEL or none")
 
 
 @dataclass
@@ -89,7 +102,7 @@ class App:
 
 
 async def start(settings: Settings) -> App:
-    embedder = open_embedder(settings.embedder, settings.threads)
+    embedder = open_embedder(settings)
     manifest = embedder.manifest
     encoder = TextEncoder(manifest, embedder.folder)
     queue = BatchingQueue(embedder, max_batch_tokens=settings.max_batch_tokens)
@@ -99,7 +112,7 @@ async def start(settings: Settings) -> App:
         settings.data_dir / "collections", manifest.dimension, manifest.name, snapshot_every=settings.snapshot_every
     )
     admission = Admission(settings.max_concurrent_requests)
-    judge_backend = open_judge(settings.judge, settings.threads)
+    judge_backend = open_judge(settings)
     judge = (
         JudgeService(judge_backend, store, settings.max_judge_documents, settings.max_reasoning_tokens)
         if judge_backend is not None

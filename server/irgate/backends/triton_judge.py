@@ -1,0 +1,483 @@
+"""The reasoning judge on Triton: a TensorRT-LLM engine (model_repository/judge) driven with token ids.
+
+The gateway keeps Rank1's rules (shared/REFERENCE.md section 2, irgate.core.judging) and the
+tokenizer (the local prepared judge folder); Triton only generates:
+1. every document's prompt goes as its own request (the in-flight batcher merges them, and KV
+   cache reuse shares the common prompt prefix): greedy, `request_output_len` = the budget,
+   `return_generation_logits` so each generated token comes with the full logits that chose it;
+2. the gateway detokenises the tokens as they arrive and stops at Rank1's stop strings
+   ("</think> true" / "</think> false", matched in the TEXT, wherever the token boundaries
+   fall): score = p(true) from the " true"/" false" logits of the step that completed the stop;
+3. a document that reached its budget or EOS first is forced as Rank1 forces it: prompt + "\\n"
+   + reasoning cut to its last sentence + "\\n</think>", ONE more token with generation logits,
+   scored from the same two logits (the sampled-token log-prob alone could not give p(false)).
+
+Two transports, one decoding:
+- streaming (default; the model is decoupled): one ModelStreamInfer stream per call, all
+  documents as requests on it, tokens arrive as they are generated (reasoning deltas stream to
+  the client), and a document that answered is stopped at once (a `stop` request with its id);
+- unary (`?stream=0`, or `stream=False`): one ModelInfer per document, returning all tokens at
+  the end. For KServe v2 servers that cannot stream in Triton's format (MLServer, REFERENCE
+  section 6) and for a TensorRT-LLM model deployed non-decoupled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from irgate.backends.judge import Ended, JudgeEvent, JudgeOutcome, ReasoningDelta
+from irgate.backends.triton import RetryPolicy, TritonClient, parse_address
+from irgate.backends.triton_embedder import TensorSpec
+from irgate.core.judging import answer_stop, forced_continuation
+from irgate.errors import FailedPrecondition, InvalidArgument, IrgateError, Unavailable
+from irgate.models.judge import JudgeManifest
+
+# The tensor contract of model_repository/judge/config.pbtxt: the names, types and request
+# shapes (batch first) of TensorRT-LLM's `tensorrt_llm` model (NVIDIA/TensorRT-LLM
+# triton_backend/all_models/inflight_batcher_llm/tensorrt_llm/config.pbtxt). Tests compare.
+INPUT_IDS = TensorSpec("input_ids", "INT32", (-1, -1))
+INPUT_LENGTHS = TensorSpec("input_lengths", "INT32", (-1, 1))
+REQUEST_OUTPUT_LEN = TensorSpec("request_output_len", "INT32", (-1, 1))
+END_ID = TensorSpec("end_id", "INT32", (-1, 1))
+PAD_ID = TensorSpec("pad_id", "INT32", (-1, 1))
+RUNTIME_TOP_K = TensorSpec("runtime_top_k", "INT32", (-1, 1))  # 1: greedy, as Rank1 decodes
+STREAMING = TensorSpec("streaming", "BOOL", (-1, 1))
+RETURN_GENERATION_LOGITS = TensorSpec("return_generation_logits", "BOOL", (-1, 1))
+EXCLUDE_INPUT_IN_OUTPUT = TensorSpec("exclude_input_in_output", "BOOL", (-1, 1))
+STOP = TensorSpec("stop", "BOOL", (-1, 1))  # cancels the in-flight request with the same id
+OUTPUT_IDS = TensorSpec("output_ids", "INT32", (-1, -1, -1))  # [batch, beam, tokens]
+SEQUENCE_LENGTH = TensorSpec("sequence_length", "INT32", (-1, -1))  # [batch, beam]
+GENERATION_LOGITS = TensorSpec("generation_logits", "FP32", (-1, -1, -1, -1))  # [batch, beam, steps, vocab]
+INPUTS = (INPUT_IDS, INPUT_LENGTHS, REQUEST_OUTPUT_LEN, END_ID, PAD_ID, RUNTIME_TOP_K, STREAMING, RETURN_GENERATION_LOGITS,
+          EXCLUDE_INPUT_IN_OUTPUT, STOP)
+OUTPUTS = (OUTPUT_IDS, SEQUENCE_LENGTH, GENERATION_LOGITS)
+# Inputs a request may leave out (config.pbtxt marks them optional).
+OPTIONAL_INPUTS = frozenset({INPUT_IDS.name, END_ID.name, PAD_ID.name, RUNTIME_TOP_K.name, STREAMING.name, RETURN_GENERATION_LOGITS.name,
+                             EXCLUDE_INPUT_IN_OUTPUT.name, STOP.name})
+
+# Prompt tokens decoded ahead of the first generated token (same scheme as the local judge),
+# so a SentencePiece tokenizer's leading-space handling gives the same text.
+_DETOKENIZE_CONTEXT = 5
+# Forced answers re-tokenise prompt + cut reasoning + "\n</think>": room for those few tokens.
+_FORCED_SLACK_TOKENS = 16
+# Documents of one call in flight at once in unary mode (the batcher merges them server-side).
+_MAX_CONCURRENT_DOCUMENTS = 64
+FINAL_PARAMETER = "triton_final_response"
+_ENABLE_FINAL = {"triton_enable_empty_final_response": True}
+
+
+@dataclass(frozen=True)
+class StreamStep:
+    """One decoded response of the `tensorrt_llm` model (streamed or unary)."""
+
+    request_id: str
+    tokens: list[int]  # new tokens (streaming) or all generated tokens (unary), beam 0
+    logits: np.ndarray | None  # [len(tokens), vocab] generation logits of those tokens, if returned
+    final: bool  # the last response of this request
+
+
+def decode_infer_response(response: Any, final_default: bool = True) -> StreamStep:
+    """A service_pb2.ModelInferResponse of the tensorrt_llm model -> StreamStep.
+
+    output_ids is [1, beam, max_len] padded with -1 (or end ids) past sequence_length;
+    generation_logits is [1, beam, steps, vocab]. Beam 0 only (greedy).
+    """
+    from tritonclient.grpc import InferResult
+
+    result = InferResult(response)
+    parameters = response.parameters
+    final = parameters[FINAL_PARAMETER].bool_param if FINAL_PARAMETER in parameters else final_default
+    names = {output.name for output in response.outputs}
+    if not names:  # Triton's empty final response of a decoupled request
+        return StreamStep(response.id, [], None, final)
+    if OUTPUT_IDS.name not in names:
+        raise FailedPrecondition(f"the judge model answered without {OUTPUT_IDS.name} (outputs: {sorted(names)})")
+    ids = np.asarray(result.as_numpy(OUTPUT_IDS.name))
+    ids = ids.reshape(-1, ids.shape[-1]) if ids.ndim >= 2 else ids.reshape(1, -1)
+    length = ids.shape[-1]
+    if SEQUENCE_LENGTH.name in names:
+        length = int(np.asarray(result.as_numpy(SEQUENCE_LENGTH.name)).reshape(-1)[0])
+    tokens = [int(token) for token in ids[0, :length]]
+    logits = None
+    if GENERATION_LOGITS.name in names:
+        raw = np.asarray(result.as_numpy(GENERATION_LOGITS.name))
+        raw = raw.reshape(-1, *raw.shape[-2:])[0]  # beam 0: [steps, vocab]
+        logits = raw[: len(tokens)] if raw.shape[0] >= len(tokens) else raw
+    return StreamStep(response.id, tokens, logits, final)
+
+
+def decode_stream_response(message: Any) -> StreamStep:
+    """A service_pb2.ModelStreamInferResponse -> StreamStep; a streamed error raises."""
+    if message.error_message:
+        raise FailedPrecondition(f"the judge model failed: {message.error_message}")
+    return decode_infer_response(message.infer_response, final_default=False)
+
+
+def p_true(logits: np.ndarray, true_id: int, false_id: int) -> float:
+    """p(true) restricted to {true, false}: exp(l_t) / (exp(l_t) + exp(l_f)) = sigmoid(l_t - l_f)."""
+    margin = float(logits[true_id]) - float(logits[false_id])
+    if margin >= 0:
+        return 1.0 / (1.0 + math.exp(-margin))
+    exp = math.exp(margin)
+    return exp / (1.0 + exp)
+
+
+@dataclass
+class _Doc:
+    """One document while it is judged: Rank1's rules applied token by token."""
+
+    index: int
+    prompt: str
+    prompt_ids: list[int]
+    generated: list[int] = field(default_factory=list)
+    text: str = ""
+    streamed: int = 0
+    tokens: list[int] = field(default_factory=list)
+    prefix_offset: int = 0
+    read_offset: int = 0
+    # None while generating; "answered" with its score; "force" when a forced step is needed.
+    state: str | None = None
+    score: float = 0.5
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        self.tokens = self.prompt_ids[-_DETOKENIZE_CONTEXT:]
+        self.read_offset = len(self.tokens)
+
+
+class TritonJudge:
+    """JudgeBackend over Triton's TensorRT-LLM model.
+
+    `TritonJudge("triton://127.0.0.1:8001/judge", Path("models/judge"))`; the folder is the
+    prepared judge folder (manifest.json + tokenizer files; the weights are not read).
+    `stream=None` follows the address (`?stream=0` turns streaming off), default on.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        folder: Path,
+        stream: bool | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        from transformers import AutoTokenizer
+
+        folder = Path(folder).resolve()
+        self.manifest = JudgeManifest.load(folder)
+        self.folder = folder
+        self._target = parse_address(address)
+        self.address = str(self._target)
+        self.streaming = self._target.flag("stream", True) if stream is None else stream
+        self._client = TritonClient(self._target, retry=retry, timeout=timeout)
+        self._tokenizer = AutoTokenizer.from_pretrained(folder)
+        self._running = 0
+        self._calls = 0
+
+    @property
+    def busy(self) -> bool:
+        """True while a judge call is in flight."""
+        return self._running > 0
+
+    async def ready(self) -> bool:
+        return await self._client.ready()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def judge(
+        self, prompts: list[str], max_reasoning_tokens: int, stream_reasoning: bool = False
+    ) -> AsyncIterator[JudgeEvent]:
+        manifest = self.manifest
+        if not 0 <= max_reasoning_tokens <= manifest.max_reasoning_tokens:
+            raise InvalidArgument(
+                f"max_reasoning_tokens must be within 0..{manifest.max_reasoning_tokens} "
+                f"for {manifest.name}, got {max_reasoning_tokens}"
+            )
+        if not prompts:
+            return
+        self._client.client()  # raises Unavailable when closed
+        ids = await asyncio.to_thread(self._encode, list(prompts))
+        for index, row_ids in enumerate(ids):
+            if len(row_ids) + max_reasoning_tokens + _FORCED_SLACK_TOKENS > manifest.max_context_tokens:
+                raise InvalidArgument(
+                    f"document {index}: {len(row_ids)} prompt tokens + {max_reasoning_tokens} reasoning tokens exceed "
+                    f"the judge's {manifest.max_context_tokens}-token context; shorten the passage or the budget"
+                )
+        docs = [_Doc(index, prompt, row_ids) for index, (prompt, row_ids) in enumerate(zip(prompts, ids))]
+        self._running += 1
+        self._calls += 1
+        try:
+            if self.streaming:
+                events = self._judge_streaming(docs, max_reasoning_tokens, stream_reasoning, self._calls)
+            else:
+                events = self._judge_unary(docs, max_reasoning_tokens, stream_reasoning)
+            async with _closing(events):
+                async for event in events:
+                    yield event
+        finally:
+            self._running -= 1
+
+    # ---- Rank1's rules, token by token -------------------------------------------------
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        return [list(row) for row in self._tokenizer(texts)["input_ids"]]
+
+    def _feed(self, doc: _Doc, token: int, logits: np.ndarray | None, budget: int, stream: bool) -> list[JudgeEvent]:
+        """Apply one generated token; returns deltas to emit. Sets doc.state when the document ends."""
+        doc.generated.append(token)
+        if token == self.manifest.eos_token_id:  # vLLM stops on EOS and leaves it out of the text
+            doc.state = "force"
+            return []
+        since = len(doc.text)
+        self._detokenize(doc)
+        at = answer_stop(doc.text, self.manifest.answer_stops, since)
+        if at is not None:
+            if logits is None:
+                raise FailedPrecondition(
+                    f"{self.address} returned no generation logits: build the engine with --gather_generation_logits"
+                )
+            doc.text = doc.text[:at]
+            doc.state = "answered"
+            doc.score = p_true(logits, self.manifest.true_token_id, self.manifest.false_token_id)
+            return []
+        if len(doc.generated) >= budget:
+            doc.state = "force"
+            return []
+        hold_back = max(len(stop) for stop in self.manifest.answer_stops) - 1
+        if stream and len(doc.text) - hold_back > doc.streamed:
+            delta = ReasoningDelta(doc.index, doc.text[doc.streamed : len(doc.text) - hold_back])
+            doc.streamed = len(doc.text) - hold_back
+            return [delta]
+        return []
+
+    def _ended_early(self, doc: _Doc) -> None:
+        """The server finished the request before the budget without an answer: it stopped at
+        end_id and did not return it. Count the EOS as the local judge does, then force."""
+        doc.generated.append(self.manifest.eos_token_id)
+        doc.state = "force"
+
+    def _forced_ids(self, doc: _Doc) -> list[int]:
+        return self._encode([doc.prompt + forced_continuation(doc.text, self.manifest.think_end)])[0]
+
+    def _finish(self, doc: _Doc, score: float, ended: Ended, stream: bool) -> list[JudgeEvent]:
+        doc.done = True
+        events: list[JudgeEvent] = []
+        if stream and len(doc.text) > doc.streamed:
+            events.append(ReasoningDelta(doc.index, doc.text[doc.streamed :]))
+            doc.streamed = len(doc.text)
+        events.append(JudgeOutcome(doc.index, score, doc.text, len(doc.generated), ended))
+        return events
+
+    def _detokenize(self, doc: _Doc) -> None:
+        """Append the newest token's text to doc.text, waiting while it ends mid-character."""
+        doc.tokens.append(doc.generated[-1])
+        decode: Any = self._tokenizer.decode
+        before = decode(doc.tokens[doc.prefix_offset : doc.read_offset], skip_special_tokens=False,
+                        clean_up_tokenization_spaces=False)
+        after = decode(doc.tokens[doc.prefix_offset :], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            doc.text += after[len(before) :]
+            doc.prefix_offset, doc.read_offset = doc.read_offset, len(doc.tokens)
+
+    def _forced_score(self, step: StreamStep) -> float:
+        if step.logits is None or len(step.logits) == 0:
+            raise FailedPrecondition(
+                f"{self.address} returned no generation logits for the forced answer: build the engine with "
+                "--gather_generation_logits and keep return_generation_logits in the model config"
+            )
+        return p_true(step.logits[0], self.manifest.true_token_id, self.manifest.false_token_id)
+
+    # ---- requests ------------------------------------------------------------------------
+
+    def _arrays(self, token_ids: list[int], output_len: int, streaming: bool, stop: bool = False) -> list[tuple[TensorSpec, np.ndarray]]:
+        arrays: list[tuple[TensorSpec, np.ndarray]] = [
+            (INPUT_IDS, np.asarray([token_ids], dtype=np.int32)),
+            (INPUT_LENGTHS, np.asarray([[len(token_ids)]], dtype=np.int32)),
+            (REQUEST_OUTPUT_LEN, np.asarray([[output_len]], dtype=np.int32)),
+            (END_ID, np.asarray([[self.manifest.eos_token_id]], dtype=np.int32)),
+            (PAD_ID, np.asarray([[self.manifest.pad_token_id]], dtype=np.int32)),
+            (RUNTIME_TOP_K, np.asarray([[1]], dtype=np.int32)),
+            (STREAMING, np.asarray([[streaming]], dtype=bool)),
+            (RETURN_GENERATION_LOGITS, np.asarray([[True]], dtype=bool)),
+            (EXCLUDE_INPUT_IN_OUTPUT, np.asarray([[True]], dtype=bool)),
+        ]
+        if stop:
+            arrays.append((STOP, np.asarray([[True]], dtype=bool)))
+        return arrays
+
+    def _inputs(self, token_ids: list[int], output_len: int, streaming: bool) -> list[Any]:
+        import tritonclient.grpc as grpcclient
+
+        inputs = []
+        for spec, array in self._arrays(token_ids, output_len, streaming):
+            tensor = grpcclient.InferInput(spec.name, list(array.shape), spec.datatype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        return inputs
+
+    # ---- unary ---------------------------------------------------------------------------
+
+    async def _generate(self, token_ids: list[int], output_len: int, what: str) -> StreamStep:
+        result = await self._client.infer(
+            self._inputs(token_ids, output_len, streaming=False),
+            [OUTPUT_IDS.name, SEQUENCE_LENGTH.name, GENERATION_LOGITS.name],
+            what=what,
+        )
+        return decode_infer_response(result.get_response())
+
+    async def _judge_one(self, doc: _Doc, budget: int, stream: bool, limit: asyncio.Semaphore) -> list[JudgeEvent]:
+        async with limit:
+            if budget > 0:
+                step = await self._generate(doc.prompt_ids, budget, "generate")
+                for k, token in enumerate(step.tokens):
+                    row = step.logits[k] if step.logits is not None and k < len(step.logits) else None
+                    self._feed(doc, token, row, budget, stream=False)
+                    if doc.state is not None:
+                        break
+                if doc.state is None:
+                    self._ended_early(doc)
+            if doc.state == "answered":
+                return self._finish(doc, doc.score, "answered", stream)
+            forced = await self._generate(self._forced_ids(doc), 1, "forced answer")
+            return self._finish(doc, self._forced_score(forced), "forced", stream)
+
+    async def _judge_unary(self, docs: list[_Doc], budget: int, stream: bool) -> AsyncIterator[JudgeEvent]:
+        limit = asyncio.Semaphore(_MAX_CONCURRENT_DOCUMENTS)
+        tasks = [asyncio.ensure_future(self._judge_one(doc, budget, stream, limit)) for doc in docs]
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                for event in await next_done:
+                    yield event
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- streaming (decoupled) -----------------------------------------------------------
+
+    def _request(self, request_id: str, token_ids: list[int], output_len: int, stop: bool = False) -> Any:
+        """One streamed ModelInferRequest (built from the generated protobuf types)."""
+        from tritonclient.grpc import service_pb2
+
+        request = service_pb2.ModelInferRequest(model_name=self._target.model, id=request_id)
+        for spec, array in self._arrays(token_ids, output_len, streaming=True, stop=stop):
+            request.inputs.add(name=spec.name, datatype=spec.datatype, shape=list(array.shape))
+            request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+        for name in (OUTPUT_IDS.name, SEQUENCE_LENGTH.name, GENERATION_LOGITS.name):
+            request.outputs.add(name=name)
+        # Every response then says whether it is its request's last (FINAL_PARAMETER).
+        request.parameters["triton_enable_empty_final_response"].bool_param = True
+        return request
+
+    async def _judge_streaming(
+        self, docs: list[_Doc], budget: int, stream: bool, call: int
+    ) -> AsyncIterator[JudgeEvent]:
+        outgoing: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[Any]:
+            while (request := await outgoing.get()) is not None:
+                yield request
+
+        def send(request_id: str, token_ids: list[int], output_len: int, stop: bool = False) -> None:
+            outgoing.put_nowait(self._request(request_id, token_ids, output_len, stop))
+
+        # Request ids: "<call>:<doc>:g" generates, "<call>:<doc>:f" is the forced step.
+        def rid(doc: _Doc, kind: str) -> str:
+            return f"{call}:{doc.index}:{kind}"
+
+        by_id: dict[str, tuple[_Doc, str]] = {}
+        for doc in docs:
+            by_id[rid(doc, "g")] = (doc, "g")
+            by_id[rid(doc, "f")] = (doc, "f")
+
+        def force(doc: _Doc) -> None:
+            send(rid(doc, "f"), self._forced_ids(doc), 1)
+
+        def stop(doc: _Doc) -> None:
+            # TensorRT-LLM cancels the in-flight request with this id; the request still
+            # carries the inputs Triton requires.
+            send(rid(doc, "g"), [self.manifest.eos_token_id], 1, stop=True)
+
+        for doc in docs:
+            if budget > 0:
+                send(rid(doc, "g"), doc.prompt_ids, budget)
+            else:
+                doc.state = "force"
+                force(doc)
+        try:
+            responses = self._client.stream(requests())
+        except IrgateError:
+            raise
+        except Exception as error:  # noqa: BLE001 - mapped
+            raise self._client.error("judge stream", error) from error
+        iterator = responses.__aiter__()
+        remaining = len(docs)
+        try:
+            while remaining > 0:
+                try:
+                    message = await iterator.__anext__()
+                except StopAsyncIteration:
+                    raise Unavailable(f"{self._client.where} ended the judge stream with {remaining} documents left") from None
+                except Exception as failure:  # noqa: BLE001 - grpc errors of the stream itself
+                    raise self._client.error("judge stream", failure) from failure
+                if message.error_message:
+                    raise FailedPrecondition(
+                        f"{self._client.where}: model {self._target.model!r} failed: {message.error_message}"
+                    )
+                step = decode_stream_response(message)
+                entry = by_id.get(step.request_id)
+                if entry is None:
+                    continue
+                doc, kind = entry
+                if doc.done:
+                    continue  # the answer to a stop request, or a final marker
+                events: list[JudgeEvent] = []
+                if kind == "f":
+                    if not step.tokens:
+                        continue
+                    events = self._finish(doc, self._forced_score(step), "forced", stream)
+                elif doc.state is None:
+                    for k, token in enumerate(step.tokens):
+                        row = step.logits[k] if step.logits is not None and k < len(step.logits) else None
+                        events.extend(self._feed(doc, token, row, budget, stream))
+                        if doc.state is not None:
+                            break
+                    if doc.state is None and step.final:
+                        self._ended_early(doc)
+                    if doc.state == "answered":
+                        if not step.final:  # the engine would go on generating: stop it now
+                            stop(doc)
+                        events.extend(self._finish(doc, doc.score, "answered", stream))
+                    elif doc.state == "force":
+                        if not step.final and len(doc.generated) < budget:
+                            stop(doc)
+                        force(doc)
+                for event in events:
+                    if isinstance(event, JudgeOutcome):
+                        remaining -= 1
+                    yield event
+        finally:
+            # End the request side, then the call: requests still generating are cancelled.
+            outgoing.put_nowait(None)
+            responses.cancel()
+
+
+class _closing:
+    """async with: aclose an async generator when the consumer leaves early."""
+
+    def __init__(self, generator: Any) -> None:
+        self._generator = generator
+
+    async def __aenter__(self) -> Any:
+        return self._generator
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._generator.aclose()
