@@ -33,14 +33,17 @@ from irgate.core.judging import judge_prompt
 from irgate.core.tokenization import TextEncoder, pad_batch
 from irgate.errors import FailedPrecondition, InvalidArgument, Unavailable
 from irgate.models import triton as triton_models
+from conftest import free_port
+from irgate.local_server import LocalServer
 from irgate.models.judge import RANK1_PROMPT_TEMPLATE, prepare_judge
+from irgate_client import Client, Document
 
 REPO = Path(__file__).resolve().parent.parent
 REPOSITORY = REPO / "model_repository"
 sys.path.insert(0, str(Path(__file__).resolve().parent / "triton_peer"))
 
 from generation import GreedyGenerator  # noqa: E402
-from peer import MLServerPeer, free_port  # noqa: E402
+from peer import MLServerPeer  # noqa: E402
 
 # One worked example teaches SmolLM2 to close its thought and answer (as in test_judge.py), so
 # the answered path (score from the answer step's generation logits) runs on real output.
@@ -517,3 +520,26 @@ def test_judge_through_triton_equals_local_judge(peer: MLServerPeer, judge_folde
     with pytest.raises(InvalidArgument, match="max_reasoning_tokens"):
         asyncio.run(run(10**6))
     asyncio.run(judge.close())
+
+
+def test_irgate_serves_through_triton_end_to_end(peer: MLServerPeer, minilm_folder: Path, judge_folder: Path,
+                                                 tmp_path: Path) -> None:
+    """The production topology: `irgate serve --embedder triton://... --judge triton://...` beside the peer."""
+    args = ["--embedder", f"triton://{peer.address}/embedder", "--embedder-folder", str(minilm_folder),
+            "--judge", f"triton://{peer.address}/judge?stream=0", "--judge-folder", str(judge_folder)]
+    local = OnnxEmbedder(minilm_folder, threads=1)
+    encoder = TextEncoder(local.manifest, minilm_folder)
+    ids, mask = pad_batch([e.ids for e in encoder.encode(TEXTS)], local.manifest.pad_token_id)
+    expected = asyncio.run(local.embed(ids, mask))
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    with LocalServer(tmp_path, args) as gateway, Client(gateway.address, timeout=120) as client:
+        info = client.info()
+        assert info.backend == f"triton://{peer.address}/embedder" and info.judge_model
+        got = np.asarray([item.values for item in client.embed(TEXTS)], dtype=np.float32)
+        assert float(np.abs(got - expected).max()) <= 1e-5
+        client.create_collection("through-triton")
+        client.upsert("through-triton", [Document(id=str(i), text=text) for i, text in enumerate(TEXTS)])
+        hits = client.search("through-triton", TEXTS[2], k=2, rerank=2, max_reasoning_tokens=4)
+        assert "2" in {hit.id for hit in hits} and all(hit.verdict is not None for hit in hits)
+        (verdict,) = client.judge("what causes rain", [TEXTS[0]], max_reasoning_tokens=0)
+        assert verdict.ended == "forced" and 0 <= verdict.score <= 1

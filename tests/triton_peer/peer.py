@@ -12,11 +12,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from conftest import free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -26,12 +27,6 @@ MLSERVER_VERSION = "1.7.1"
 # a multi-GB CUDA build); the others follow what the main environment has.
 PACKAGES = [f"mlserver=={MLSERVER_VERSION}", "onnxruntime", "torch==2.13.0", "transformers>=5.0"]
 _STAMP = VENV / ".irgate-peer-installed"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def ensure_venv() -> Path:
