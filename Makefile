@@ -35,6 +35,7 @@ serve: prepare
 	$(VENV)/bin/irgate serve --embedder onnx:$(MODELS)/embedder --judge local:$(MODELS)/judge
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check server clients/python tests
 	$(PY) -m pytest -q -rs
 
 # Everything but the minutes-long checks (full SciFact evaluation).

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from irgate.core.judging import answer_stop, forced_continuation
 from irgate.errors import InvalidArgument, ResourceExhausted, Unavailable
@@ -94,9 +94,33 @@ class JudgeBackend(Protocol):
         ...
 
 
+Step = Literal["going", "answered", "forced"]
+
+
+def check_budget(manifest: JudgeManifest, budget: int) -> None:
+    if not 0 <= budget <= manifest.max_reasoning_tokens:
+        raise InvalidArgument(
+            f"max_reasoning_tokens must be within 0..{manifest.max_reasoning_tokens} for {manifest.name}, got {budget}"
+        )
+
+
+def check_context(manifest: JudgeManifest, prompt_ids: list[list[int]], budget: int) -> None:
+    """Prompt + reasoning + the forced answer must fit the model's positions."""
+    for index, ids in enumerate(prompt_ids):
+        if len(ids) + budget + _FORCED_SLACK_TOKENS > manifest.max_context_tokens:
+            raise InvalidArgument(
+                f"document {index}: {len(ids)} prompt tokens + {budget} reasoning tokens exceed the "
+                f"judge's {manifest.max_context_tokens}-token context; shorten the passage or the budget"
+            )
+
+
 @dataclass
-class _Row:
-    """One document while it is generated."""
+class Judgement:
+    """One document under Rank1's rules while its reasoning is generated, token by token.
+
+    Shared by every judge backend, so the in-process and the Triton judge stop, stream and count
+    exactly alike; the backend only chooses tokens and reads logits.
+    """
 
     index: int
     prompt: str
@@ -112,6 +136,53 @@ class _Row:
     def __post_init__(self) -> None:
         self.tokens = self.prompt_ids[-_DETOKENIZE_CONTEXT:]
         self.read_offset = len(self.tokens)
+
+    def feed(self, token: int, manifest: JudgeManifest, budget: int, decode: Callable[[list[int]], str]) -> Step:
+        """Takes the next generated token: "answered" when the text now holds an answer stop
+        (the logits that chose this token score it), "forced" at EOS or the end of the budget."""
+        self.generated.append(token)
+        if token == manifest.eos_token_id:  # vLLM stops on EOS and leaves it out of the text
+            return "forced"
+        since = len(self.text)
+        self._detokenize(decode)
+        at = answer_stop(self.text, manifest.answer_stops, since)
+        if at is not None:
+            self.text = self.text[:at]
+            return "answered"
+        return "forced" if len(self.generated) >= budget else "going"
+
+    def delta(self, manifest: JudgeManifest) -> ReasoningDelta | None:
+        """Reasoning text safe to stream now: what could still become a stop string is held back."""
+        ready = len(self.text) - (max(len(stop) for stop in manifest.answer_stops) - 1)
+        if ready <= self.streamed:
+            return None
+        delta = ReasoningDelta(self.index, self.text[self.streamed : ready])
+        self.streamed = ready
+        return delta
+
+    def finish(self, score: float, ended: Ended, stream: bool) -> list[JudgeEvent]:
+        """The last reasoning delta (when streaming) and the outcome."""
+        events: list[JudgeEvent] = []
+        if stream and len(self.text) > self.streamed:
+            events.append(ReasoningDelta(self.index, self.text[self.streamed :]))
+            self.streamed = len(self.text)
+        events.append(JudgeOutcome(self.index, score, self.text, len(self.generated), ended))
+        return events
+
+    def _detokenize(self, decode: Callable[[list[int]], str]) -> None:
+        """Appends the newest token's text, waiting while it ends mid-character."""
+        self.tokens.append(self.generated[-1])
+        before = decode(self.tokens[self.prefix_offset : self.read_offset])
+        after = decode(self.tokens[self.prefix_offset :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.text += after[len(before) :]
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)
+
+
+def decoder(tokenizer: Any) -> Callable[[list[int]], str]:
+    """Rank1 keeps special tokens (e.g. </think>) in the text, and no space clean-up that would
+    make a longer decode disagree with a shorter one."""
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -142,6 +213,7 @@ class LocalJudge:
         # Torch's pool is process-wide; cap it so the embedder and the index keep cores.
         torch.set_num_threads(min(threads or cores, cores))
         self._tokenizer = AutoTokenizer.from_pretrained(folder)
+        self._decode_ids = decoder(self._tokenizer)
         # fp32 on CPU (bf16 matmuls are slow there); the checkpoint's own dtype on a GPU.
         dtype = torch.float32 if self._device.type == "cpu" else "auto"
         self._model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(self._device).eval()
@@ -175,11 +247,7 @@ class LocalJudge:
     ) -> AsyncIterator[JudgeEvent]:
         if self._executor is None:
             raise Unavailable(f"judge {self.manifest.name} is closed")
-        if not 0 <= max_reasoning_tokens <= self.manifest.max_reasoning_tokens:
-            raise InvalidArgument(
-                f"max_reasoning_tokens must be within 0..{self.manifest.max_reasoning_tokens} "
-                f"for {self.manifest.name}, got {max_reasoning_tokens}"
-            )
+        check_budget(self.manifest, max_reasoning_tokens)
         if not prompts:
             return
         loop = asyncio.get_running_loop()
@@ -255,13 +323,8 @@ class LocalJudge:
 
         manifest = self.manifest
         ids = [list(row) for row in self._tokenizer(prompts)["input_ids"]]
-        for index, row_ids in enumerate(ids):
-            if len(row_ids) + budget + _FORCED_SLACK_TOKENS > manifest.max_context_tokens:
-                raise InvalidArgument(
-                    f"document {index}: {len(row_ids)} prompt tokens + {budget} reasoning tokens exceed the "
-                    f"judge's {manifest.max_context_tokens}-token context; shorten the passage or the budget"
-                )
-        rows = [_Row(index, prompt, row_ids) for index, (prompt, row_ids) in enumerate(zip(prompts, ids))]
+        check_context(manifest, ids, budget)
+        rows = [Judgement(index, prompt, row_ids) for index, (prompt, row_ids) in enumerate(zip(prompts, ids))]
 
         # The template's text before {query} is the same for every document: run it once.
         # At least one token per row stays outside it, so each row gets its own first logits.
@@ -285,37 +348,20 @@ class LocalJudge:
             return
 
         logits, mask, positions = self._forward(cache, mask, positions, [row.prompt_ids[shared:] for row in rows])
-        stops, eos = manifest.answer_stops, manifest.eos_token_id
-        # Text that might be the start of a stop string is held back from deltas.
-        hold_back = max(len(s) for s in stops) - 1
-        deferred: list[tuple[list[_Row], DynamicCache, torch.Tensor]] = []
+        deferred: list[tuple[list[Judgement], DynamicCache, torch.Tensor]] = []
         while not stop.is_set():
-            chosen = logits.argmax(-1).tolist()
-            answered: list[int] = []
-            forced: list[int] = []
-            going: list[int] = []
-            for k, (row, token) in enumerate(zip(rows, chosen)):
-                row.generated.append(token)
-                if token == eos:  # vLLM stops on EOS and leaves it out of the text
-                    forced.append(k)
-                    continue
-                since = len(row.text)
-                self._detokenize(row)
-                at = answer_stop(row.text, stops, since)
-                if at is not None:
-                    row.text = row.text[:at]
-                    answered.append(k)
-                elif len(row.generated) >= budget:
-                    forced.append(k)
-                else:
-                    going.append(k)
-                    if stream and len(row.text) - hold_back > row.streamed:
-                        emit(ReasoningDelta(row.index, row.text[row.streamed : len(row.text) - hold_back]))
-                        row.streamed = len(row.text) - hold_back
+            steps: dict[Step, list[int]] = {"answered": [], "forced": [], "going": []}
+            for k, (row, token) in enumerate(zip(rows, logits.argmax(-1).tolist())):
+                step = row.feed(token, manifest, budget, self._decode_ids)
+                steps[step].append(k)
+                if step == "going" and stream and (delta := row.delta(manifest)):
+                    emit(delta)
+            answered, forced, going = steps["answered"], steps["forced"], steps["going"]
             if answered:
                 # The logits that chose the answer token are the answer position: no re-run.
                 for k, score in zip(answered, self._scores(logits[answered])):
-                    self._finish(rows[k], score, "answered", stream, emit)
+                    for event in rows[k].finish(score, "answered", stream):
+                        emit(event)
             if forced and not stop.is_set():
                 # Forced answers wait for the batch to end and then share ONE step: on a CPU a
                 # step costs about the same for 1 row as for 16 (the weights are read either way).
@@ -338,7 +384,7 @@ class LocalJudge:
 
     def _force(
         self,
-        rows: list[_Row],
+        rows: list[Judgement],
         cache: DynamicCache,
         mask: torch.Tensor,
         stream: bool,
@@ -367,13 +413,8 @@ class LocalJudge:
             chunks.append(list(forced_ids[common:]))
         logits, _, _ = self._forward(cache, mask, positions, chunks)
         for row, score in zip(rows, self._scores(logits)):
-            self._finish(row, score, "forced", stream, emit)
-
-    def _finish(self, row: _Row, score: float, ended: Ended, stream: bool, emit: Callable[[JudgeEvent], None]) -> None:
-        if stream and len(row.text) > row.streamed:
-            emit(ReasoningDelta(row.index, row.text[row.streamed :]))
-            row.streamed = len(row.text)
-        emit(JudgeOutcome(row.index, score, row.text, len(row.generated), ended))
+            for event in row.finish(score, "forced", stream):
+                emit(event)
 
     def _forward(
         self, cache: DynamicCache, mask: torch.Tensor, positions: torch.Tensor, chunks: list[list[int]]
@@ -411,28 +452,14 @@ class LocalJudge:
         margin = logits[:, self.manifest.true_token_id] - logits[:, self.manifest.false_token_id]
         return torch.sigmoid(margin).tolist()
 
-    def _detokenize(self, row: _Row) -> None:
-        """Append the newest token's text to row.text, waiting while it ends mid-character."""
-        row.tokens.append(row.generated[-1])
-        before = self._text(row.tokens[row.prefix_offset : row.read_offset])
-        after = self._text(row.tokens[row.prefix_offset :])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            row.text += after[len(before) :]
-            row.prefix_offset, row.read_offset = row.read_offset, len(row.tokens)
-
-    def _text(self, ids: list[int]) -> str:
-        # Rank1 keeps special tokens (e.g. </think>) in the text; no space clean-up that would
-        # make a longer decode disagree with a shorter one.
-        return self._tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
     def _new_cache(self) -> DynamicCache:
         from transformers import DynamicCache
 
         return DynamicCache(config=self._model.config)
 
     def _merged(
-        self, parts: list[tuple[list[_Row], DynamicCache, torch.Tensor]]
-    ) -> tuple[list[_Row], DynamicCache, torch.Tensor]:
+        self, parts: list[tuple[list[Judgement], DynamicCache, torch.Tensor]]
+    ) -> tuple[list[Judgement], DynamicCache, torch.Tensor]:
         """One batch from rows that left the decode loop at different steps: caches left padded to one length."""
         import torch
         from torch.nn.functional import pad

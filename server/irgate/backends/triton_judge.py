@@ -26,17 +26,25 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from irgate.backends.judge import Ended, JudgeEvent, JudgeOutcome, ReasoningDelta
+from irgate.backends.judge import (
+    Ended,
+    JudgeEvent,
+    JudgeOutcome,
+    Judgement,
+    check_budget,
+    check_context,
+    decoder,
+)
 from irgate.backends.triton import RetryPolicy, TritonClient, parse_address
 from irgate.backends.triton_embedder import TensorSpec
-from irgate.core.judging import answer_stop, forced_continuation
-from irgate.errors import FailedPrecondition, InvalidArgument, IrgateError, Unavailable
+from irgate.core.judging import forced_continuation
+from irgate.errors import FailedPrecondition, IrgateError, Unavailable
 from irgate.models.judge import JudgeManifest
 
 # The tensor contract of model_repository/judge/config.pbtxt: the names, types and request
@@ -62,11 +70,6 @@ OUTPUTS = (OUTPUT_IDS, SEQUENCE_LENGTH, GENERATION_LOGITS)
 OPTIONAL_INPUTS = frozenset({INPUT_IDS.name, END_ID.name, PAD_ID.name, RUNTIME_TOP_K.name, STREAMING.name, RETURN_GENERATION_LOGITS.name,
                              EXCLUDE_INPUT_IN_OUTPUT.name, STOP.name})
 
-# Prompt tokens decoded ahead of the first generated token (same scheme as the local judge),
-# so a SentencePiece tokenizer's leading-space handling gives the same text.
-_DETOKENIZE_CONTEXT = 5
-# Forced answers re-tokenise prompt + cut reasoning + "\n</think>": room for those few tokens.
-_FORCED_SLACK_TOKENS = 16
 # Documents of one call in flight at once in unary mode (the batcher merges them server-side).
 _MAX_CONCURRENT_DOCUMENTS = 64
 FINAL_PARAMETER = "triton_final_response"
@@ -130,26 +133,13 @@ def p_true(logits: np.ndarray, true_id: int, false_id: int) -> float:
 
 
 @dataclass
-class _Doc:
-    """One document while it is judged: Rank1's rules applied token by token."""
+class _Doc(Judgement):
+    """A document's Rank1 state plus where its Triton requests stand."""
 
-    index: int
-    prompt: str
-    prompt_ids: list[int]
-    generated: list[int] = field(default_factory=list)
-    text: str = ""
-    streamed: int = 0
-    tokens: list[int] = field(default_factory=list)
-    prefix_offset: int = 0
-    read_offset: int = 0
     # None while generating; "answered" with its score; "force" when a forced step is needed.
     state: str | None = None
     score: float = 0.5
     done: bool = False
-
-    def __post_init__(self) -> None:
-        self.tokens = self.prompt_ids[-_DETOKENIZE_CONTEXT:]
-        self.read_offset = len(self.tokens)
 
 
 class TritonJudge:
@@ -178,6 +168,7 @@ class TritonJudge:
         self.streaming = self._target.flag("stream", True) if stream is None else stream
         self._client = TritonClient(self._target, retry=retry, timeout=timeout)
         self._tokenizer = AutoTokenizer.from_pretrained(folder)
+        self._decode_ids = decoder(self._tokenizer)
         self._running = 0
         self._calls = 0
 
@@ -195,22 +186,12 @@ class TritonJudge:
     async def judge(
         self, prompts: list[str], max_reasoning_tokens: int, stream_reasoning: bool = False
     ) -> AsyncIterator[JudgeEvent]:
-        manifest = self.manifest
-        if not 0 <= max_reasoning_tokens <= manifest.max_reasoning_tokens:
-            raise InvalidArgument(
-                f"max_reasoning_tokens must be within 0..{manifest.max_reasoning_tokens} "
-                f"for {manifest.name}, got {max_reasoning_tokens}"
-            )
+        check_budget(self.manifest, max_reasoning_tokens)
         if not prompts:
             return
         self._client.client()  # raises Unavailable when closed
         ids = await asyncio.to_thread(self._encode, list(prompts))
-        for index, row_ids in enumerate(ids):
-            if len(row_ids) + max_reasoning_tokens + _FORCED_SLACK_TOKENS > manifest.max_context_tokens:
-                raise InvalidArgument(
-                    f"document {index}: {len(row_ids)} prompt tokens + {max_reasoning_tokens} reasoning tokens exceed "
-                    f"the judge's {manifest.max_context_tokens}-token context; shorten the passage or the budget"
-                )
+        check_context(self.manifest, ids, max_reasoning_tokens)
         docs = [_Doc(index, prompt, row_ids) for index, (prompt, row_ids) in enumerate(zip(prompts, ids))]
         self._running += 1
         self._calls += 1
@@ -232,31 +213,20 @@ class TritonJudge:
 
     def _feed(self, doc: _Doc, token: int, logits: np.ndarray | None, budget: int, stream: bool) -> list[JudgeEvent]:
         """Apply one generated token; returns deltas to emit. Sets doc.state when the document ends."""
-        doc.generated.append(token)
-        if token == self.manifest.eos_token_id:  # vLLM stops on EOS and leaves it out of the text
-            doc.state = "force"
-            return []
-        since = len(doc.text)
-        self._detokenize(doc)
-        at = answer_stop(doc.text, self.manifest.answer_stops, since)
-        if at is not None:
+        step = doc.feed(token, self.manifest, budget, self._decode_ids)
+        if step == "answered":
             if logits is None:
                 raise FailedPrecondition(
                     f"{self.address} returned no generation logits: build the engine with --gather_generation_logits"
                 )
-            doc.text = doc.text[:at]
             doc.state = "answered"
             doc.score = p_true(logits, self.manifest.true_token_id, self.manifest.false_token_id)
             return []
-        if len(doc.generated) >= budget:
+        if step == "forced":
             doc.state = "force"
             return []
-        hold_back = max(len(stop) for stop in self.manifest.answer_stops) - 1
-        if stream and len(doc.text) - hold_back > doc.streamed:
-            delta = ReasoningDelta(doc.index, doc.text[doc.streamed : len(doc.text) - hold_back])
-            doc.streamed = len(doc.text) - hold_back
-            return [delta]
-        return []
+        delta = doc.delta(self.manifest) if stream else None
+        return [delta] if delta else []
 
     def _ended_early(self, doc: _Doc) -> None:
         """The server finished the request before the budget without an answer: it stopped at
@@ -269,23 +239,7 @@ class TritonJudge:
 
     def _finish(self, doc: _Doc, score: float, ended: Ended, stream: bool) -> list[JudgeEvent]:
         doc.done = True
-        events: list[JudgeEvent] = []
-        if stream and len(doc.text) > doc.streamed:
-            events.append(ReasoningDelta(doc.index, doc.text[doc.streamed :]))
-            doc.streamed = len(doc.text)
-        events.append(JudgeOutcome(doc.index, score, doc.text, len(doc.generated), ended))
-        return events
-
-    def _detokenize(self, doc: _Doc) -> None:
-        """Append the newest token's text to doc.text, waiting while it ends mid-character."""
-        doc.tokens.append(doc.generated[-1])
-        decode: Any = self._tokenizer.decode
-        before = decode(doc.tokens[doc.prefix_offset : doc.read_offset], skip_special_tokens=False,
-                        clean_up_tokenization_spaces=False)
-        after = decode(doc.tokens[doc.prefix_offset :], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            doc.text += after[len(before) :]
-            doc.prefix_offset, doc.read_offset = doc.read_offset, len(doc.tokens)
+        return doc.finish(score, ended, stream)
 
     def _forced_score(self, step: StreamStep) -> float:
         if step.logits is None or len(step.logits) == 0:
