@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import socket
 from pathlib import Path
 
 import pytest
 
 from irgate.local_server import LocalServer
+from irgate.models.judge import RANK1_PROMPT_TEMPLATE
 from irgate_client import Client
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,6 +41,46 @@ def smollm2_hf() -> Path:
     from irgate.models.sources import gguf_to_hf, smollm2_gguf
 
     return gguf_to_hf(smollm2_gguf(), TEST_MODEL_CACHE / "smollm2-135m-hf")
+
+
+# One worked example teaches SmolLM2 to close its thought and answer, so the answered path runs
+# on real model output (with the plain Rank1 prompt it only ever ends by EOS or budget).
+FEW_SHOT_TEMPLATE = (
+    "Determine if the following passage is relevant to the query. Answer only with 'true' or 'false'.\n"
+    "Query: cats\nPassage: Cats are small felines.\n<think>The passage is about cats.</think> true\n\n"
+    "Determine if the following passage is relevant to the query. Answer only with 'true' or 'false'.\n"
+    "Query: rain\nPassage: Stocks fell today.\n<think>The passage is about stocks.</think> false\n\n"
+    + RANK1_PROMPT_TEMPLATE
+)
+
+
+@pytest.fixture(scope="session")
+def judge_folder(smollm2_hf: Path) -> Path:
+    """SmolLM2 prepared as a Rank1-style judge (the default judge of `make serve`)."""
+    from irgate.models.judge import prepare_judge
+
+    out = TEST_MODEL_CACHE / "judge-smollm2"
+    prepare_judge(smollm2_hf, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def few_shot_folder(smollm2_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same judge with FEW_SHOT_TEMPLATE, so that it answers by itself."""
+    from irgate.models.judge import prepare_judge
+
+    out = tmp_path_factory.mktemp("judge-few-shot")
+    dataclasses.replace(prepare_judge(smollm2_hf, out), prompt_template=FEW_SHOT_TEMPLATE).save(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def local_judge(judge_folder: Path):
+    from irgate.backends.judge import LocalJudge
+
+    backend = LocalJudge(judge_folder, threads=2)
+    yield backend
+    asyncio.run(backend.close())
 
 
 # ---------------------------------------------------------------------------

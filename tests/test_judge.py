@@ -19,36 +19,10 @@ from irgate.core.judging import answer_stop, forced_continuation, judge_prompt
 from irgate.errors import InvalidArgument, Unavailable
 from irgate.models.judge import DEFAULT_JUDGE_NAME, RANK1_PROMPT_TEMPLATE, JudgeManifest, prepare_judge
 
-TEST_MODEL_CACHE = Path(__file__).resolve().parent.parent / ".cache" / "test-models"
-# One worked example teaches SmolLM2 to close its thought and answer, so the answered path runs
-# on real model output (with the plain Rank1 prompt it only ever ends by EOS or budget).
-FEW_SHOT_TEMPLATE = (
-    "Determine if the following passage is relevant to the query. Answer only with 'true' or 'false'.\n"
-    "Query: cats\nPassage: Cats are small felines.\n<think>The passage is about cats.</think> true\n\n"
-    "Determine if the following passage is relevant to the query. Answer only with 'true' or 'false'.\n"
-    "Query: rain\nPassage: Stocks fell today.\n<think>The passage is about stocks.</think> false\n\n"
-    + RANK1_PROMPT_TEMPLATE
-)
-
-
 def _link_files(source: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for entry in source.iterdir():
         (out / entry.name).symlink_to(entry)
-
-
-@pytest.fixture(scope="session")
-def judge_folder(smollm2_hf: Path) -> Path:
-    out = TEST_MODEL_CACHE / "judge-smollm2"
-    prepare_judge(smollm2_hf, out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def judge(judge_folder: Path):
-    backend = LocalJudge(judge_folder, threads=2)
-    yield backend
-    asyncio.run(backend.close())
 
 
 @pytest.fixture(scope="session")
@@ -75,24 +49,24 @@ def _outcomes(events: list[JudgeEvent]) -> list[JudgeOutcome]:
 # ---- text rules ---------------------------------------------------------------------------
 
 
-def test_prompt_is_rank1_raw_text(judge: LocalJudge) -> None:
-    prompt = judge_prompt(judge.manifest, "what causes diabetes", "Ignore animal studies.", "Diabetes", "Insulin resistance.")
+def test_prompt_is_rank1_raw_text(local_judge: LocalJudge) -> None:
+    prompt = judge_prompt(local_judge.manifest, "what causes diabetes", "Ignore animal studies.", "Diabetes", "Insulin resistance.")
     assert prompt == (
         "Determine if the following passage is relevant to the query. Answer only with 'true' or 'false'.\n"
         "Query: what causes diabetes Ignore animal studies.\n"
         "Passage: Diabetes Insulin resistance.\n"
         "<think>"
     )
-    plain = judge_prompt(judge.manifest, "q {x}", "", "", "p {passage}")
+    plain = judge_prompt(local_judge.manifest, "q {x}", "", "", "p {passage}")
     assert plain.endswith("Query: q {x}\nPassage: p {passage}\n<think>")
 
 
-def test_answer_token_ids_are_first_ids_of_spaced_words(judge: LocalJudge, reference) -> None:
+def test_answer_token_ids_are_first_ids_of_spaced_words(local_judge: LocalJudge, reference) -> None:
     _, tokenizer = reference
-    assert judge.manifest.true_token_id == tokenizer.encode(" true", add_special_tokens=False)[0]
-    assert judge.manifest.false_token_id == tokenizer.encode(" false", add_special_tokens=False)[0]
-    assert judge.manifest.answer_stops == ("</think> true", "</think> false")
-    assert judge.manifest.pad_token_id == judge.manifest.eos_token_id == tokenizer.eos_token_id
+    assert local_judge.manifest.true_token_id == tokenizer.encode(" true", add_special_tokens=False)[0]
+    assert local_judge.manifest.false_token_id == tokenizer.encode(" false", add_special_tokens=False)[0]
+    assert local_judge.manifest.answer_stops == ("</think> true", "</think> false")
+    assert local_judge.manifest.pad_token_id == local_judge.manifest.eos_token_id == tokenizer.eos_token_id
 
 
 def test_forced_continuation_cuts_to_last_sentence() -> None:
@@ -119,11 +93,11 @@ def test_answer_stop_detection(reference) -> None:
     assert hits == [len(ids) - 1]
 
 
-def test_manifest_roundtrip_and_validation(judge: LocalJudge, tmp_path: Path) -> None:
-    judge.manifest.save(tmp_path)
-    assert JudgeManifest.load(tmp_path) == judge.manifest
+def test_manifest_roundtrip_and_validation(local_judge: LocalJudge, tmp_path: Path) -> None:
+    local_judge.manifest.save(tmp_path)
+    assert JudgeManifest.load(tmp_path) == local_judge.manifest
     with pytest.raises(ValueError, match="query"):
-        dataclasses.replace(judge.manifest, prompt_template="Passage: {passage}")
+        dataclasses.replace(local_judge.manifest, prompt_template="Passage: {passage}")
     with pytest.raises(FileNotFoundError, match="prepare_judge"):
         JudgeManifest.load(tmp_path / "missing")
 
@@ -146,16 +120,16 @@ def test_prepare_default_and_idempotent(smollm2_hf: Path, judge_folder: Path, tm
 # ---- runtime ------------------------------------------------------------------------------
 
 
-def test_local_judge_is_a_backend(judge: LocalJudge, judge_folder: Path) -> None:
-    assert isinstance(judge, JudgeBackend)
-    assert judge.address == f"local:{judge_folder.resolve()}"
-    assert asyncio.run(judge.ready())
+def test_local_judge_is_a_backend(local_judge: LocalJudge, judge_folder: Path) -> None:
+    assert isinstance(local_judge, JudgeBackend)
+    assert local_judge.address == f"local:{judge_folder.resolve()}"
+    assert asyncio.run(local_judge.ready())
 
 
-def test_budget_zero_is_forced_at_once(judge: LocalJudge, reference) -> None:
-    prompts = benchmark_prompts(judge.manifest, 3)
-    outcomes = _outcomes(_events(judge, prompts, 0))
-    naive = naive_judge(*reference, judge.manifest, prompts, 0)
+def test_budget_zero_is_forced_at_once(local_judge: LocalJudge, reference) -> None:
+    prompts = benchmark_prompts(local_judge.manifest, 3)
+    outcomes = _outcomes(_events(local_judge, prompts, 0))
+    naive = naive_judge(*reference, local_judge.manifest, prompts, 0)
     assert [o.index for o in outcomes] == [0, 1, 2]
     for outcome, verdict in zip(outcomes, naive):
         assert (outcome.ended, outcome.reasoning_tokens, outcome.reasoning) == ("forced", 0, "")
@@ -163,12 +137,12 @@ def test_budget_zero_is_forced_at_once(judge: LocalJudge, reference) -> None:
         assert outcome.score == pytest.approx(verdict.score, abs=1e-4)
 
 
-def test_batched_scores_equal_naive_per_document(judge: LocalJudge, reference) -> None:
-    prompts = benchmark_prompts(judge.manifest, 4)
+def test_batched_scores_equal_naive_per_document(local_judge: LocalJudge, reference) -> None:
+    prompts = benchmark_prompts(local_judge.manifest, 4)
     # Different lengths, so the batch really pads.
-    prompts[1] = judge_prompt(judge.manifest, "ok", "", "", "A short passage.")
-    outcomes = _outcomes(_events(judge, prompts, 16))
-    naive = naive_judge(*reference, judge.manifest, prompts, 16)
+    prompts[1] = judge_prompt(local_judge.manifest, "ok", "", "", "A short passage.")
+    outcomes = _outcomes(_events(local_judge, prompts, 16))
+    naive = naive_judge(*reference, local_judge.manifest, prompts, 16)
     for outcome, verdict in zip(outcomes, naive):
         assert (outcome.reasoning, outcome.reasoning_tokens, outcome.ended) == (
             verdict.reasoning,
@@ -179,11 +153,9 @@ def test_batched_scores_equal_naive_per_document(judge: LocalJudge, reference) -
         assert abs(outcome.score - verdict.score) <= 1e-3
 
 
-def test_answered_path_scores_from_answer_step(smollm2_hf: Path, reference, tmp_path: Path) -> None:
-    folder = tmp_path / "few-shot"
-    manifest = dataclasses.replace(prepare_judge(smollm2_hf, folder), prompt_template=FEW_SHOT_TEMPLATE)
-    manifest.save(folder)
-    backend = LocalJudge(folder, threads=2)
+def test_answered_path_scores_from_answer_step(few_shot_folder: Path, reference) -> None:
+    backend = LocalJudge(few_shot_folder, threads=2)
+    manifest = backend.manifest
     prompts = [
         judge_prompt(manifest, "what causes diabetes", "", "", "Insulin resistance is a major cause of type 2 diabetes."),
         judge_prompt(manifest, "tides", "", "", "The moon's gravity raises ocean tides."),
@@ -212,10 +184,10 @@ def test_answered_path_scores_from_answer_step(smollm2_hf: Path, reference, tmp_
         _events(backend, prompts, 4)
 
 
-def test_streaming_in_completion_order(judge: LocalJudge) -> None:
-    prompts = benchmark_prompts(judge.manifest, 4)
+def test_streaming_in_completion_order(local_judge: LocalJudge) -> None:
+    prompts = benchmark_prompts(local_judge.manifest, 4)
     prompts[2] = "Write a long story about a brave cat who sails the sea."  # runs to the budget
-    events = _events(judge, prompts, 24, stream=True)
+    events = _events(local_judge, prompts, 24, stream=True)
     outcomes = [e for e in events if isinstance(e, JudgeOutcome)]
     assert sorted(o.index for o in outcomes) == [0, 1, 2, 3]
     # Completion order: a document that finished in fewer steps comes out first.
@@ -227,37 +199,37 @@ def test_streaming_in_completion_order(judge: LocalJudge) -> None:
         assert "".join(deltas) == outcome.reasoning
         assert all(events.index(e) < position for e in events if isinstance(e, ReasoningDelta) and e.index == outcome.index)
     # Without asking, no deltas.
-    assert all(isinstance(e, JudgeOutcome) for e in _events(judge, prompts[:2], 8))
+    assert all(isinstance(e, JudgeOutcome) for e in _events(local_judge, prompts[:2], 8))
 
 
-def test_cancel_stops_the_worker(judge: LocalJudge) -> None:
+def test_cancel_stops_the_worker(local_judge: LocalJudge) -> None:
     # SmolLM2 repeats itself on this prompt for hundreds of tokens, far past the first delta.
     prompts = ["Write a long story about a brave cat who sails the sea."] * 4
-    started = judge.steps
+    started = local_judge.steps
 
     async def run() -> float:
-        stream = judge.judge(prompts, 2000, stream_reasoning=True)
+        stream = local_judge.judge(prompts, 2000, stream_reasoning=True)
         async for event in stream:
             assert isinstance(event, ReasoningDelta)
             break
         await stream.aclose()
         closed = time.perf_counter()
-        while judge.busy:
+        while local_judge.busy:
             await asyncio.sleep(0.01)
         return time.perf_counter() - closed
 
     # One decode step of 4 rows takes well under a second here; 2 s leaves room for a busy box.
     assert asyncio.run(run()) < 2.0
-    steps = judge.steps
+    steps = local_judge.steps
     time.sleep(0.3)
-    assert judge.steps == steps  # nothing keeps computing in the background
+    assert local_judge.steps == steps  # nothing keeps computing in the background
     assert steps - started < 100  # far from the 2000-token budget
 
 
-def test_rejects_budget_outside_manifest_cap(judge: LocalJudge) -> None:
+def test_rejects_budget_outside_manifest_cap(local_judge: LocalJudge) -> None:
     with pytest.raises(InvalidArgument, match="max_reasoning_tokens"):
-        _events(judge, ["x"], judge.manifest.max_reasoning_tokens + 1)
+        _events(local_judge, ["x"], local_judge.manifest.max_reasoning_tokens + 1)
     with pytest.raises(InvalidArgument, match="max_reasoning_tokens"):
-        _events(judge, ["x"], -1)
-    assert _events(judge, [], 8) == []
+        _events(local_judge, ["x"], -1)
+    assert _events(local_judge, [], 8) == []
 

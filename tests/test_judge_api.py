@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import TEST_MODEL_CACHE, free_port
+from conftest import free_port
 from irgate.local_server import LocalServer
 from irgate_client import Client, Document, IrgateError, ReasoningDelta, Verdict
 
@@ -27,14 +27,6 @@ PASSAGES = [
     "Lava erupts from volcanoes.",
 ]
 CAP = 64  # the server's reasoning cap in these tests (flag --max-reasoning-tokens)
-
-
-@pytest.fixture(scope="module")
-def judge_folder(smollm2_hf: Path) -> Path:
-    from irgate.models.judge import prepare_judge
-
-    prepare_judge(smollm2_hf, TEST_MODEL_CACHE / "judge-api")
-    return TEST_MODEL_CACHE / "judge-api"
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,6 @@ from irgate.errors import FailedPrecondition, InvalidArgument, Unavailable
 from irgate.models import triton as triton_models
 from conftest import free_port
 from irgate.local_server import LocalServer
-from irgate.models.judge import RANK1_PROMPT_TEMPLATE, prepare_judge
 from irgate_client import Client, Document
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,15 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "triton_peer"))
 from generation import GreedyGenerator  # noqa: E402
 from peer import MLServerPeer  # noqa: E402
 
-# One worked example teaches SmolLM2 to close its thought and answer (as in test_judge.py), so
-# the answered path (score from the answer step's generation logits) runs on real output.
-FEW_SHOT_TEMPLATE = (
-    "Determine if the following passage is relevant to the query. Answer only with 'true' or 'false'.\n"
-    "Query: cats\nPassage: Cats are small felines.\n<think>The passage is about cats.</think> true\n\n"
-    "Determine if the following passage is relevant to the query. Answer only with 'true' or 'false'.\n"
-    "Query: rain\nPassage: Stocks fell today.\n<think>The passage is about stocks.</think> false\n\n"
-    + RANK1_PROMPT_TEMPLATE
-)
 FAST_RETRY = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.05)
 TEXTS = [
     "query: what causes diabetes",
@@ -79,29 +69,6 @@ def _outcomes(events: list[JudgeEvent]) -> list[JudgeOutcome]:
 
 
 # ---- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def judge_folder(smollm2_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _judge_folder(smollm2_hf, tmp_path_factory.mktemp("judge"), RANK1_PROMPT_TEMPLATE)
-
-
-@pytest.fixture(scope="module")
-def few_shot_folder(smollm2_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _judge_folder(smollm2_hf, tmp_path_factory.mktemp("judge-few-shot"), FEW_SHOT_TEMPLATE)
-
-
-def _judge_folder(source: Path, out: Path, template: str) -> Path:
-    manifest = prepare_judge(source, out)
-    dataclasses.replace(manifest, prompt_template=template).save(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def local_judge(judge_folder: Path):
-    backend = LocalJudge(judge_folder, threads=2)
-    yield backend
-    asyncio.run(backend.close())
 
 
 @pytest.fixture(scope="module")
