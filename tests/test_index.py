@@ -399,3 +399,16 @@ def test_concurrent_upserts_and_searches(collection: Collection):
     for start in range(0, 800, 20):
         for offset in (0, 19):
             assert collection.search(vectors[start + offset], k=1)[0].id == f"doc{start}-{offset}"
+
+
+def test_metadata_filter_compares_json_values(collection: Collection):
+    vectors = unit_vectors(3)
+    collection.upsert(
+        [DocumentRecord(id="flag", metadata={"v": True}), DocumentRecord(id="one", metadata={"v": 1}),
+         DocumentRecord(id="nested", metadata={"v": {"a": [1, False]}})],
+        vectors,
+    )
+    assert [hit.id for hit in collection.search(vectors[0], k=3, filter={"v": True})] == ["flag"]
+    assert [hit.id for hit in collection.search(vectors[0], k=3, filter={"v": 1.0})] == ["one"]
+    assert [hit.id for hit in collection.search(vectors[0], k=3, filter={"v": {"a": [1, False]}})] == ["nested"]
+    assert collection.search(vectors[0], k=3, filter={"v": {"a": [1, 0]}}) == []

@@ -72,7 +72,9 @@ def test_answer_token_ids_are_first_ids_of_spaced_words(local_judge: LocalJudge,
 def test_forced_continuation_cuts_to_last_sentence() -> None:
     assert forced_continuation("A. B? C") == "\nA. B?\n</think>"
     assert forced_continuation("\nFirst! second") == "\nFirst!\n</think>"
-    assert forced_continuation("no sentence end") == "\n\n</think>"
+    assert forced_continuation("Ends with a sentence.  \n") == "\nEnds with a sentence.\n</think>"
+    # Without any sentence end Rank1 keeps the whole reasoning rather than dropping it.
+    assert forced_continuation("  no sentence end ") == "\nno sentence end\n</think>"
     assert forced_continuation("") == "\n\n</think>"
 
 

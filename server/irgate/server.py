@@ -102,6 +102,8 @@ class App:
 
 
 async def start(settings: Settings) -> App:
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise SystemExit("TLS needs both --tls-cert and --tls-key; refusing to fall back to plaintext")
     embedder = open_embedder(settings)
     manifest = embedder.manifest
     encoder = TextEncoder(manifest, embedder.folder)

@@ -73,10 +73,11 @@ async def _guarded(admission: Admission, method: str, context: grpc.aio.Servicer
         raise
     except Exception as error:
         code = _code_of(error)
+        message = str(error)
         if code is grpc.StatusCode.INTERNAL:
             log.exception("%s failed", method)
-            await context.abort(code, f"internal error in {method}: {type(error).__name__}: {error}")
-        await context.abort(code, str(error))
+            message = f"internal error in {method}: {type(error).__name__}: {error}"
+        await context.abort(code, message)
     finally:
         admission.leave()
         REQUESTS.labels(method, code.name).inc()

@@ -28,7 +28,7 @@ class SearchServicer(pb_grpc.SearchServicer):
                 collection=request.collection,
                 query=request.query,
                 instruction=request.instruction,
-                k=request.k or DEFAULT_K,
+                k=request.k or min(DEFAULT_K, self.pipeline.max_k),
                 filter=convert.struct_to_dict(request.filter) if request.HasField("filter") else None,
                 include_documents=request.include_documents,
                 rerank=RerankOptions(

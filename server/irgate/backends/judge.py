@@ -332,6 +332,10 @@ class LocalJudge:
         for other in ids[1:]:
             shared = min(shared, _common_prefix(ids[0], other))
         cache = self._new_cache()
+        # A call that was cancelled while it waited behind another costs nothing, and one cancelled
+        # during the prefill stops before the next forward pass.
+        if stop.is_set():
+            return
         if shared > 0:
             self._model(
                 input_ids=torch.tensor([ids[0][:shared]], device=self._device),
@@ -343,6 +347,8 @@ class LocalJudge:
             cache.batch_repeat_interleave(len(rows))
         mask = torch.ones((len(rows), shared), dtype=torch.long, device=self._device)
         positions = torch.full((len(rows),), shared, dtype=torch.long, device=self._device)
+        if stop.is_set():
+            return
         if budget == 0:
             self._force(rows, cache, mask, stream, emit)
             return

@@ -17,7 +17,7 @@ import numpy as np
 
 from irgate.backends.embedder import EmbedderBackend
 from irgate.core.tokenization import pad_batch
-from irgate.errors import ResourceExhausted
+from irgate.errors import ResourceExhausted, Unavailable
 
 # Texts are sorted by length across this many batches' worth of waiting work: a wider window pads
 # less (512 SciFact docs through the server: 38 -> 45 docs/s going from 1 to 8 on 2 cores), at the price of
@@ -129,11 +129,14 @@ class BatchingQueue:
         for request, _ in batch:
             if not request.started_ns:
                 request.started_ns = start
-        input_ids, attention_mask = pad_batch(
-            [request.ids[index] for request, index in batch], self.backend.manifest.pad_token_id
-        )
         try:
+            input_ids, attention_mask = pad_batch(
+                [request.ids[index] for request, index in batch], self.backend.manifest.pad_token_id
+            )
             vectors = await self.backend.embed(input_ids, attention_mask)
+            expected = (len(batch), self.backend.manifest.dimension)
+            if vectors.shape != expected:
+                raise Unavailable(f"the embedder returned vectors of shape {vectors.shape}, expected {expected}")
         except Exception as error:  # one failed batch fails its requests, never the worker
             for request, _ in batch:
                 if not request.future.done():

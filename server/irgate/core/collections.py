@@ -58,9 +58,12 @@ class CollectionService:
                     f"vector of document '{document.id}' has {document.vector.size} values; "
                     f"the collection's dimension is {dimension}"
                 )
-            vectors[position] = document.vector
-            if self._embedding.manifest.normalize:
-                vectors[position] /= max(float(np.linalg.norm(document.vector)), 1e-12)
+            norm = float(np.linalg.norm(document.vector.astype(np.float64)))  # float32 overflows past ~1e19
+            if not np.isfinite(norm) or norm == 0.0:
+                raise InvalidArgument(
+                    f"vector of document '{document.id}' has norm {norm}; give finite values, not all zero"
+                )
+            vectors[position] = document.vector / norm if self._embedding.manifest.normalize else document.vector
         tokens = 0
         if to_embed:
             embedded = await self._embedding.embed(

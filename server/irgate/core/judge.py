@@ -62,10 +62,14 @@ class JudgeService:
             raise InvalidArgument("documents are given by id but no collection is named; set collection")
         found = await asyncio.to_thread(self._store.get, collection)
         records = {record.id: record for record in await asyncio.to_thread(found.get, wanted)}
-        return [
+        resolved = [
             Passage(id=p.id, text=records[p.id].text, title=records[p.id].title) if p.from_collection else p
             for p in passages
         ]
+        for passage in resolved:
+            if not passage.text.strip():
+                raise InvalidArgument(f"document '{passage.id}' has no text to judge (it was stored with a vector only)")
+        return resolved
 
     async def judge(
         self,

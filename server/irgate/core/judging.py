@@ -35,9 +35,11 @@ def answer_stop(text: str, stops: Sequence[str], since: int = 0) -> int | None:
 def forced_continuation(reasoning_text: str, think_end: str = THINK_END) -> str:
     """What to append to the prompt when the reasoning ran out of budget.
 
-    Rank1 cuts the reasoning back to its last complete sentence (stripped) and closes the
-    thought, then reads one more token: prompt + "\\n" + cut + "\\n</think>". Reasoning without
-    a sentence end leaves nothing.
+    Rank1 cuts the reasoning back to its last complete sentence, keeps all of it when it has no
+    sentence end, strips it and closes the thought, then reads one more token:
+    prompt + "\n" + cut + "\n</think>".
     """
-    end = max(reasoning_text.rfind(mark) for mark in _SENTENCE_ENDS)
-    return "\n" + reasoning_text[: end + 1].strip() + "\n" + think_end
+    text = reasoning_text.rstrip()
+    end = max(text.rfind(mark) for mark in _SENTENCE_ENDS)
+    cut = text[: end + 1] if end >= 0 else text
+    return "\n" + cut.strip() + "\n" + think_end

@@ -75,8 +75,11 @@ class SearchPipeline:
         found = await asyncio.to_thread(collection.search, embedded.vectors[0], max(query.k, top_n), query.filter)
         hits = [SearchHit(id=item.id, score=item.score, dense_score=item.score) for item in found]
         if (query.include_documents or top_n) and hits:
-            documents = await asyncio.to_thread(collection.get, [hit.id for hit in hits])
-            hits = [replace(hit, document=document) for hit, document in zip(hits, documents)]
+            documents = {
+                document.id: document
+                for document in await asyncio.to_thread(collection.get, [hit.id for hit in hits], skip_missing=True)
+            }
+            hits = [replace(hit, document=documents[hit.id]) for hit in hits if hit.id in documents]
         if top_n and hits:
             hits = await self._rerank(query, hits)
         if not query.include_documents:
@@ -87,8 +90,13 @@ class SearchPipeline:
     async def _rerank(self, query: SearchQuery, hits: list[SearchHit]) -> list[SearchHit]:
         """Judged hits first, by judge score then dense score; the rest keep their dense order."""
         assert self._judge is not None
-        judged, rest = hits[: query.rerank.top_n], hits[query.rerank.top_n :]
+        top, rest = hits[: query.rerank.top_n], hits[query.rerank.top_n :]
+        # A document stored with a vector only has no text to judge: it joins the unjudged rest.
+        judged = [hit for hit in top if hit.document is not None and hit.document.text.strip()]
         passages = [Passage(id=hit.id, text=hit.document.text, title=hit.document.title) for hit in judged if hit.document]
+        rest = [hit for hit in top if hit.id not in {p.id for p in passages}] + rest
+        if not judged:
+            return hits
         verdicts = await self._judge.judge_all(
             query.query,
             query.instruction,
@@ -96,6 +104,6 @@ class SearchPipeline:
             query.rerank.max_reasoning_tokens,
             return_reasoning=query.rerank.return_reasoning,
         )
-        judged = [replace(hit, score=verdict.score, verdict=verdict) for hit, verdict in zip(judged, verdicts)]
+        judged = [replace(hit, score=verdict.score, verdict=verdict) for hit, verdict in zip(judged, verdicts, strict=True)]
         judged.sort(key=lambda hit: (-hit.score, -hit.dense_score))
         return judged + rest

@@ -99,7 +99,9 @@ async def evaluate(
             async with limit:
                 hits = await client.search(collection, text, instruction=instruction, k=k, rerank=rerank,
                                            max_reasoning_tokens=max_reasoning_tokens, timeout=3600)
-            return [ir_measures.ScoredDoc(query_id, hit.id, hit.score) for hit in hits]
+            # Score by rank: with rerank, judge scores of the top hits and dense scores of the rest
+            # are on different scales, and ir-measures would re-sort by them.
+            return [ir_measures.ScoredDoc(query_id, hit.id, float(len(hits) - rank)) for rank, hit in enumerate(hits)]
 
         runs = await asyncio.gather(*(search(query_id, text) for query_id, text in data.queries.items()))
         search_seconds = time.perf_counter() - started

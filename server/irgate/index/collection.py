@@ -61,6 +61,19 @@ CREATE TABLE changes (
 # Below this many documents a search is brute force (exact) instead of HNSW (approximate).
 EXACT_SEARCH_BELOW = 10_000
 
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality of JSON values: unlike Python's ==, true is not 1 and false is not 0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(json_equal(a[key], b[key]) for key in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b  # 1 and 1.0 are one JSON number (protobuf Struct carries every number as a double)
+    return type(a) is type(b) and a == b
+
 @dataclass(frozen=True)
 class DocumentRecord:
     id: str
@@ -246,8 +259,12 @@ class Collection:
             self._snapshot_if_due()
         return UpsertResult(upserted=len(rows), replaced=len(old_keys))
 
-    def get(self, ids: Sequence[str], include_vectors: bool = False) -> list[DocumentRecord]:
-        """Returns the documents in request order; raises NotFound naming the first missing id."""
+    def get(self, ids: Sequence[str], include_vectors: bool = False, skip_missing: bool = False) -> list[DocumentRecord]:
+        """Returns the documents in request order; raises NotFound naming the first missing id.
+
+        skip_missing leaves missing ids out instead: for search hits whose documents a concurrent
+        delete removed after the index was searched.
+        """
         for document_id in ids:
             validate_document_id(document_id)
         vector_column = "vector" if include_vectors else "NULL"
@@ -267,10 +284,11 @@ class Collection:
                     (json.dumps(list(ids)),),
                 )
             }
-        for document_id in ids:
-            if document_id not in found:
-                raise NotFound(f"document '{document_id}' does not exist in collection '{self.name}'")
-        return [found[document_id] for document_id in ids]
+        if not skip_missing:
+            for document_id in ids:
+                if document_id not in found:
+                    raise NotFound(f"document '{document_id}' does not exist in collection '{self.name}'")
+        return [found[document_id] for document_id in ids if document_id in found]
 
     def delete(self, ids: Sequence[str]) -> tuple[int, int]:
         """Deletes documents by id; returns (deleted, not_found), each id counted once."""
@@ -449,7 +467,7 @@ class Collection:
                 continue
             if wanted:
                 metadata = json.loads(row[1])
-                if any(name not in metadata or metadata[name] != value for name, value in wanted.items()):
+                if any(name not in metadata or not json_equal(metadata[name], value) for name, value in wanted.items()):
                     continue
             hits.append(ScoredKey(id=row[0], score=1.0 - float(distance)))
             if len(hits) == k:
