@@ -313,3 +313,22 @@ def test_tls_end_to_end(minilm_folder: Path, tmp_path: Path) -> None:
             assert client.info().dimension == 384
         with Client(secured.address, timeout=5) as plaintext:
             assert status_of(plaintext.info)[0] == grpc.StatusCode.UNAVAILABLE
+
+
+def test_bytes_that_are_not_a_valid_message_are_invalid_argument(server: LocalServer) -> None:
+    # SearchRequest{collection: "x", query: <bytes ff fe, not UTF-8>}, encoded by hand.
+    payload = b"\x0a\x01x" + b"\x12\x02\xff\xfe"
+    with grpc.insecure_channel(server.address) as channel:
+        search = channel.unary_unary("/irgate.v1.Search/Search")
+        with pytest.raises(grpc.RpcError) as raised:
+            search(payload, timeout=10)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "UTF-8" in raised.value.details()
+        upsert = channel.stream_unary("/irgate.v1.Collections/UpsertDocuments")
+        with pytest.raises(grpc.RpcError) as raised:
+            upsert(iter([b"\x0a\x02\xff\xfe"]), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        stream = channel.unary_stream("/irgate.v1.Judge/JudgeStream")
+        with pytest.raises(grpc.RpcError) as raised:
+            list(stream(b"\x0a\x02\xff\xfe", timeout=10))
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT

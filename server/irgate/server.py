@@ -18,6 +18,7 @@ from irgate.api.collections import CollectionsServicer
 from irgate.api.embed import EmbedServicer
 from irgate.api.info import InfoServicer
 from irgate.api.judge import JudgeServicer
+from irgate.api.malformed import MalformedRequestInterceptor
 from irgate.api.metrics import JUDGE_BUSY, QUEUED_TEXTS, serve_metrics
 from irgate.api.rpc import Admission
 from irgate.api.search import SearchServicer
@@ -121,7 +122,8 @@ async def start(settings: Settings) -> App:
         else None
     )
 
-    interceptors = [ApiKeyInterceptor(settings.api_key)] if settings.api_key else []
+    interceptors: list[grpc.aio.ServerInterceptor] = [ApiKeyInterceptor(settings.api_key)] if settings.api_key else []
+    interceptors.append(MalformedRequestInterceptor())
     message_bytes = settings.max_message_mb * 1024 * 1024
     server = grpc.aio.server(
         interceptors=interceptors,

@@ -1,0 +1,84 @@
+"""Requests whose bytes are not a valid message (e.g. invalid UTF-8 in a string field) get
+INVALID_ARGUMENT. Left to grpc, a failing deserializer answers UNKNOWN with a server traceback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+
+class _Malformed:
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:  # protobuf raises DecodeError, or others for some inputs
+            return _Malformed(error)
+
+    return parse
+
+
+async def _reject(context: grpc.aio.ServicerContext, method: str, request: _Malformed) -> None:
+    await context.abort(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"the request to {method} is not a valid protobuf message ({request.error}); "
+        "string fields must be valid UTF-8",
+    )
+
+
+class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        method = details.method
+        codecs = {
+            "request_deserializer": _tolerant(handler.request_deserializer),
+            "response_serializer": handler.response_serializer,
+        }
+
+        async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for request in requests:
+                if isinstance(request, _Malformed):
+                    await _reject(context, method, request)
+                yield request
+
+        if handler.request_streaming and handler.response_streaming:
+
+            async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async for response in handler.stream_stream(checked(requests, context), context):
+                    yield response
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream, **codecs)
+        if handler.request_streaming:
+
+            async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                return await handler.stream_unary(checked(requests, context), context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, **codecs)
+        if handler.response_streaming:
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                if isinstance(request, _Malformed):
+                    await _reject(context, method, request)
+                async for response in handler.unary_stream(request, context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, **codecs)
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Malformed):
+                await _reject(context, method, request)
+            return await handler.unary_unary(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, **codecs)
