@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
@@ -35,7 +37,7 @@ from irgate.errors import FailedPrecondition, InvalidArgument, Unavailable
 from irgate.models import triton as triton_models
 from conftest import free_port
 from irgate.local_server import LocalServer
-from irgate_client import Client, Document
+from irgate_client import Client, Document, IrgateError
 
 REPO = Path(__file__).resolve().parent.parent
 REPOSITORY = REPO / "model_repository"
@@ -510,3 +512,16 @@ def test_irgate_serves_through_triton_end_to_end(peer: MLServerPeer, minilm_fold
         assert "2" in {hit.id for hit in hits} and all(hit.verdict is not None for hit in hits)
         (verdict,) = client.judge("what causes rain", [TEXTS[0]], max_reasoning_tokens=0)
         assert verdict.ended == "forced" and 0 <= verdict.score <= 1
+
+
+def test_gateway_reports_not_serving_while_triton_is_down(minilm_folder: Path, tmp_path: Path) -> None:
+    dead = f"triton://127.0.0.1:{free_port()}/embedder?attempts=1"
+    args = ["--embedder", dead, "--embedder-folder", str(minilm_folder), "--judge", "none"]
+    with LocalServer(tmp_path, args) as gateway:
+        with grpc.insecure_channel(gateway.address) as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="irgate.v1.Embed"))
+        assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        with Client(gateway.address, timeout=30) as client:
+            with pytest.raises(IrgateError) as raised:
+                client.embed(["rain"])
+        assert raised.value.code == grpc.StatusCode.UNAVAILABLE and "127.0.0.1" in raised.value.message

@@ -40,6 +40,7 @@ SERVICES = ("irgate.v1.Info", "irgate.v1.Embed", "irgate.v1.Collections", "irgat
 JUDGE_SERVICE = "irgate.v1.Judge"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+HEALTH_INTERVAL_S = 5.0
 
 
 TRITON = "triton://"
@@ -90,8 +91,26 @@ class App:
     embedder: EmbedderBackend
     judge: JudgeBackend | None
     health: health.aio.HealthServicer
+    _watch: asyncio.Task[None] | None = None
+
+    async def report_health(self) -> None:
+        """Health follows the backends: a Triton that goes down turns its services NOT_SERVING."""
+        for service in ("", *SERVICES):
+            backend: EmbedderBackend | JudgeBackend | None = self.judge if service == JUDGE_SERVICE else self.embedder
+            ready = backend is not None and await backend.ready()
+            await self.health.set(service, SERVING if ready else NOT_SERVING)
+
+    def watch_health(self, every: float = HEALTH_INTERVAL_S) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(every)
+                await self.report_health()
+
+        self._watch = asyncio.get_running_loop().create_task(loop(), name="irgate-health")
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         for service in ("", *SERVICES):
             await self.health.set(service, NOT_SERVING)
         await self.server.stop(grace)
@@ -147,17 +166,16 @@ async def start(settings: Settings) -> App:
     else:
         port = server.add_insecure_port(settings.address)
     await server.start()
-    for service in ("", *SERVICES):
-        backend: EmbedderBackend | JudgeBackend | None = judge_backend if service == JUDGE_SERVICE else embedder
-        ready = backend is not None and await backend.ready()
-        await health_servicer.set(service, SERVING if ready else NOT_SERVING)
     if settings.metrics_port:
         serve_metrics(settings.host, settings.metrics_port)
     QUEUED_TEXTS.set_function(lambda: queue.queued_texts)
     if judge_backend is not None:
         JUDGE_BUSY.set_function(lambda: float(judge_backend.busy))
-    return App(server=server, port=port, queue=queue, store=store, embedder=embedder, judge=judge_backend,
-               health=health_servicer)
+    app = App(server=server, port=port, queue=queue, store=store, embedder=embedder, judge=judge_backend,
+              health=health_servicer)
+    await app.report_health()
+    app.watch_health()
+    return app
 
 
 async def serve(settings: Settings) -> None:
