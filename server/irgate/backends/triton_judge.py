@@ -234,8 +234,10 @@ class TritonJudge:
         doc.generated.append(self.manifest.eos_token_id)
         doc.state = "force"
 
-    def _forced_ids(self, doc: _Doc) -> list[int]:
-        return self._encode([doc.prompt + forced_continuation(doc.text, self.manifest.think_end)])[0]
+    async def _forced_ids(self, doc: _Doc) -> list[int]:
+        # A prompt can hold thousands of tokens: tokenise off the event loop.
+        text = doc.prompt + forced_continuation(doc.text, self.manifest.think_end)
+        return (await asyncio.to_thread(self._encode, [text]))[0]
 
     def _finish(self, doc: _Doc, score: float, ended: Ended, stream: bool) -> list[JudgeEvent]:
         doc.done = True
@@ -300,7 +302,7 @@ class TritonJudge:
                     self._ended_early(doc)
             if doc.state == "answered":
                 return self._finish(doc, doc.score, "answered", stream)
-            forced = await self._generate(self._forced_ids(doc), 1, "forced answer")
+            forced = await self._generate(await self._forced_ids(doc), 1, "forced answer")
             return self._finish(doc, self._forced_score(forced), "forced", stream)
 
     async def _judge_unary(self, docs: list[_Doc], budget: int, stream: bool) -> AsyncIterator[JudgeEvent]:
@@ -352,8 +354,8 @@ class TritonJudge:
             by_id[rid(doc, "g")] = (doc, "g")
             by_id[rid(doc, "f")] = (doc, "f")
 
-        def force(doc: _Doc) -> None:
-            send(rid(doc, "f"), self._forced_ids(doc), 1)
+        async def force(doc: _Doc) -> None:
+            send(rid(doc, "f"), await self._forced_ids(doc), 1)
 
         def stop(doc: _Doc) -> None:
             # TensorRT-LLM cancels the in-flight request with this id; the request still
@@ -365,7 +367,7 @@ class TritonJudge:
                 send(rid(doc, "g"), doc.prompt_ids, budget)
             else:
                 doc.state = "force"
-                force(doc)
+                await force(doc)
         try:
             responses = self._client.stream(requests())
         except IrgateError:
@@ -413,7 +415,7 @@ class TritonJudge:
                     elif doc.state == "force":
                         if not step.final and len(doc.generated) < budget:
                             stop(doc)
-                        force(doc)
+                        await force(doc)
                 for event in events:
                     if isinstance(event, JudgeOutcome):
                         remaining -= 1
