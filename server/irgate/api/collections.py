@@ -10,7 +10,7 @@ from irgate.api import convert
 from irgate.api.metrics import EMBEDDED_TOKENS
 from irgate.api.rpc import Admission, unary
 from irgate.core.collections import CollectionService
-from irgate.errors import InvalidArgument, IrgateError
+from irgate.errors import InvalidArgument
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 
@@ -58,7 +58,7 @@ class CollectionsServicer(pb_grpc.CollectionsServicer):
                 convert.check_count("documents", len(request.documents), self.max_batch_size)
                 records = [convert.document_record(document) for document in request.documents]
                 result, spent = await self.collections.upsert(name, records, convert.truncation(request.truncation))
-            except IrgateError as error:
+            except Exception as error:
                 if upserted:
                     # Say what is durable, so that the client resumes instead of re-sending everything.
                     error.args = (f"{error} ({upserted} documents of earlier messages were committed)",)

@@ -13,6 +13,8 @@ snapshot is missing, corrupt or does not match).
 
 from __future__ import annotations
 
+import logging
+
 import json
 import os
 import sqlite3
@@ -57,6 +59,8 @@ CREATE TABLE changes (
     key INTEGER NOT NULL
 );
 """
+
+log = logging.getLogger("irgate.index")
 
 # Below this many documents a search is brute force (exact) instead of HNSW (approximate).
 EXACT_SEARCH_BELOW = 10_000
@@ -256,7 +260,7 @@ class Collection:
             self._index.remove(old_keys)
             self._index.add(np.asarray(new_keys, dtype=np.uint64), vectors[list(last_position.values())])
             self._count = len(self._index)
-            self._snapshot_if_due()
+            self._snapshot_if_due_safely()
         return UpsertResult(upserted=len(rows), replaced=len(old_keys))
 
     def get(self, ids: Sequence[str], include_vectors: bool = False, skip_missing: bool = False) -> list[DocumentRecord]:
@@ -308,7 +312,7 @@ class Collection:
                 self._log_changes("remove", keys)
             self._index.remove(keys)
             self._count = len(self._index)
-            self._snapshot_if_due()
+            self._snapshot_if_due_safely()
         return len(keys), len(distinct) - len(keys)
 
     def search(self, vector: np.ndarray, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
@@ -473,6 +477,14 @@ class Collection:
             if len(hits) == k:
                 break
         return hits
+
+    def _snapshot_if_due_safely(self) -> None:
+        """After a commit the write is durable: a failed snapshot (say, a full disk) is logged, not
+        reported as a failed write; the changes log still covers it."""
+        try:
+            self._snapshot_if_due()
+        except Exception:
+            log.exception("snapshot of collection %s failed; its changes log covers the writes", self.name)
 
     def _snapshot_if_due(self) -> None:
         if self._last_seq() - self._snapshot_seq >= self._snapshot_every:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import re
 import shutil
 import threading
@@ -15,6 +17,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 # Work folders start with "." so they can never be taken for a collection (names start with a letter or digit).
 _STAGING_PREFIX = ".creating-"
 _DELETING_PREFIX = ".deleting-"
+log = logging.getLogger("irgate.index")
 
 
 def validate_collection_name(name: str) -> None:
@@ -78,13 +81,14 @@ class CollectionStore:
         validate_collection_name(name)
         with self._lock:
             collection = self._collections.pop(name, None)
-            if collection is None:
-                raise NotFound(f"collection '{name}' does not exist")
-            # Waits for calls in flight on it; later calls through old references raise NotFound.
-            collection.close(snapshot=False)
-            # Renamed first so a crash during the removal cannot leave a broken collection behind.
-            doomed = self.root / f"{_DELETING_PREFIX}{name}-{uuid.uuid4().hex}"
-            (self.root / name).rename(doomed)
+        if collection is None:
+            raise NotFound(f"collection '{name}' does not exist")
+        # Outside the store's lock: waiting for this collection's calls in flight must not hold up
+        # the others. Later calls through old references raise NotFound.
+        collection.close(snapshot=False)
+        # Renamed first so a crash during the removal cannot leave a broken collection behind.
+        doomed = self.root / f"{_DELETING_PREFIX}{name}-{uuid.uuid4().hex}"
+        (self.root / name).rename(doomed)
         shutil.rmtree(doomed, ignore_errors=True)
 
     def close(self) -> None:
@@ -92,7 +96,10 @@ class CollectionStore:
             collections = list(self._collections.values())
             self._collections.clear()
         for collection in collections:
-            collection.close()
+            try:
+                collection.close()
+            except Exception:  # one failed snapshot must not leave the other databases open
+                log.exception("closing collection %s failed; its changes log will be replayed at start", collection.name)
 
     def _open(self, folder: Path) -> Collection:
         return Collection(folder, serving_model=self.model, snapshot_every=self._snapshot_every)
