@@ -56,7 +56,8 @@ FEW_SHOT_TEMPLATE = (
 
 @pytest.fixture(scope="session")
 def judge_folder(smollm2_hf: Path) -> Path:
-    """SmolLM2 prepared as a Rank1-style judge (the default judge of `make serve`)."""
+    """SmolLM2 prepared as a Rank1-style judge from its HF folder (reasoning cap 8192, unlike the
+    256 of the packaged default that `make serve` prepares)."""
     from irgate.models.judge import prepare_judge
 
     out = TEST_MODEL_CACHE / "judge-smollm2"

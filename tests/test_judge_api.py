@@ -27,6 +27,8 @@ PASSAGES = [
     "Lava erupts from volcanoes.",
 ]
 CAP = 64  # the server's reasoning cap in these tests (flag --max-reasoning-tokens)
+# A query SmolLM2 keeps "reasoning" about until the budget runs out: counting.
+COUNTING = "List the numbers from 1 to 200, one per line."
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +143,7 @@ def judge_busy(port: int) -> float:
 
 def test_cancelling_a_stream_stops_generation(judging_server: LocalServer, judge_metrics_port: int) -> None:
     with Client(judging_server.address, timeout=300) as client:
-        stream = client.judge_stream("what causes rain", PASSAGES * 1 + PASSAGES[:1], max_reasoning_tokens=CAP,
-                                     return_reasoning=True)
+        stream = client.judge_stream(COUNTING, ["1\n2\n3\n4"] * 4, max_reasoning_tokens=CAP, return_reasoning=True)
         next(stream)  # the judge is now generating
         assert judge_busy(judge_metrics_port) == 1.0
         stream.close()  # cancels the call
@@ -173,3 +174,14 @@ def test_bench_judge_reports_the_ratio_to_the_naive_loop(judge_folder: Path) -> 
                                "--max-reasoning-tokens", "8", "--repeats", "1", "--json"))
     assert report["judge_vs_naive"] > 0 and report["documents"] == 4
     assert report["max_score_diff"] < 1e-3  # the fast path judges exactly like the naive one
+
+
+def test_a_passed_deadline_stops_the_judge(judging_server: LocalServer, judge_metrics_port: int) -> None:
+    with Client(judging_server.address) as client:
+        with pytest.raises(IrgateError) as raised:
+            client.judge(COUNTING, ["1\n2\n3\n4"] * 4, max_reasoning_tokens=CAP, timeout=1.0)
+    assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 10
+    while judge_busy(judge_metrics_port) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert judge_busy(judge_metrics_port) == 0.0

@@ -260,11 +260,6 @@ def test_metrics_count_requests(client: Client, metrics_port: int) -> None:
     assert 'irgate_requests_total{code="OK",method="GetInfo"}' in body
 
 
-def test_a_passed_deadline_is_deadline_exceeded(client: Client) -> None:
-    code, _ = status_of(lambda: client.embed(["rain " * 200] * 8, timeout=0.001))
-    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-
-
 def test_api_key_is_required_when_configured(minilm_folder: Path, tmp_path: Path) -> None:
     with LocalServer(tmp_path, ["--embedder", f"onnx:{minilm_folder}", "--judge", "none"], env={"IRGATE_API_KEY": "s3cret"}) as secured:
         with Client(secured.address) as anonymous:
@@ -332,3 +327,24 @@ def test_bytes_that_are_not_a_valid_message_are_invalid_argument(server: LocalSe
         with pytest.raises(grpc.RpcError) as raised:
             list(stream(b"\x0a\x02\xff\xfe", timeout=10))
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_sdk_reports_a_document_it_cannot_encode(client: Client, papers: str) -> None:
+    documents = [Document(id="fine", text="Comets are icy."), Document(id="bad", text="x", metadata={"when": object()})]
+    with pytest.raises(ValueError, match="document 2 could not be encoded.*the 1 documents sent before it were committed"):
+        client.upsert(papers, documents, batch_size=1)
+    assert client.get(papers, ["fine"])[0].text == "Comets are icy."
+    with pytest.raises(ValueError, match="precision 'f8'"):
+        client.create_collection("never", precision="f8")
+
+
+def test_titles_are_embedded_with_the_text(client: Client) -> None:
+    titled = client.embed([Document(id="", title="Precipitation", text="Rain forms when vapour condenses.")])[0]
+    joined = client.embed(["Precipitation Rain forms when vapour condenses."])[0]
+    assert max(abs(a - b) for a, b in zip(titled.values, joined.values)) < 1e-6
+
+
+def test_info_reports_limits(client: Client) -> None:
+    info = client.info()
+    assert (info.max_concurrent_requests, info.max_judge_documents) == (512, 100)
+    assert info.judge_model == "" and info.max_reasoning_tokens == 0  # this server runs without a judge

@@ -27,14 +27,22 @@ def truncation(truncate: bool) -> int:
     return pb.TRUNCATION_END if truncate else pb.TRUNCATION_NONE
 
 
-def embed_request(texts: Sequence[str | Query], truncate: bool, raw: bool) -> pb.EmbedRequest:
-    inputs = [
-        pb.EmbedInput(kind=pb.TEXT_KIND_QUERY, text=item.text, instruction=item.instruction)
-        if isinstance(item, Query)
-        else pb.EmbedInput(kind=pb.TEXT_KIND_DOCUMENT, text=item)
-        for item in texts
-    ]
-    return pb.EmbedRequest(inputs=inputs, truncation=truncation(truncate), raw=raw)
+def embed_input(item: str | Query | Document) -> pb.EmbedInput:
+    if isinstance(item, Query):
+        return pb.EmbedInput(kind=pb.TEXT_KIND_QUERY, text=item.text, instruction=item.instruction)
+    if isinstance(item, Document):
+        return pb.EmbedInput(kind=pb.TEXT_KIND_DOCUMENT, text=item.text, title=item.title)
+    return pb.EmbedInput(kind=pb.TEXT_KIND_DOCUMENT, text=item)
+
+
+def embed_request(texts: Sequence[str | Query | Document], truncate: bool, raw: bool) -> pb.EmbedRequest:
+    return pb.EmbedRequest(inputs=[embed_input(item) for item in texts], truncation=truncation(truncate), raw=raw)
+
+
+def precision(name: str) -> int:
+    if name not in PRECISIONS:
+        raise ValueError(f"precision {name!r} is not one of {sorted(PRECISIONS)}")
+    return PRECISIONS[name]
 
 
 def embeddings(response: pb.EmbedResponse) -> list[Embedding]:
@@ -51,8 +59,12 @@ def server_info(response: pb.GetInfoResponse) -> ServerInfo:
         pooling=response.embedder.pooling,
         supports_instructions=response.embedder.supports_instructions,
         judge_model=response.judge.model,
+        judge_backend=response.judge.backend,
+        max_reasoning_tokens=response.judge.max_reasoning_tokens,
         max_batch_size=response.limits.max_batch_size,
+        max_concurrent_requests=response.limits.max_concurrent_requests,
         max_k=response.limits.max_k,
+        max_judge_documents=response.limits.max_judge_documents,
     )
 
 
@@ -82,17 +94,45 @@ def document(message: pb.Document) -> Document:
     )
 
 
-def upsert_requests(
-    collection: str, documents: Iterable[Document], batch_size: int, truncate: bool
-) -> Iterator[pb.UpsertDocumentsRequest]:
-    batch: list[pb.Document] = []
-    for item in documents:
-        batch.append(document_message(item))
-        if len(batch) == batch_size:
-            yield pb.UpsertDocumentsRequest(collection=collection, documents=batch, truncation=truncation(truncate))
-            batch = []
-    if batch:
-        yield pb.UpsertDocumentsRequest(collection=collection, documents=batch, truncation=truncation(truncate))
+class UpsertStream:
+    """The request messages of one upsert, built as the stream is consumed.
+
+    gRPC turns an exception raised while it iterates requests into a bare UNKNOWN, so a document
+    that cannot be encoded ends the stream instead and is reported by `check` after the call.
+    """
+
+    def __init__(self, collection: str, documents: Iterable[Document], batch_size: int, truncate: bool):
+        self._collection = collection
+        self._documents = documents
+        self._batch_size = batch_size
+        self._truncation = truncation(truncate)
+        self.sent = 0
+        self.error: Exception | None = None
+
+    def __iter__(self) -> Iterator[pb.UpsertDocumentsRequest]:
+        batch: list[pb.Document] = []
+        try:
+            for item in self._documents:
+                batch.append(document_message(item))
+                if len(batch) == self._batch_size:
+                    yield self._message(batch)
+                    batch = []
+        except Exception as error:  # reported by check(): never half a batch
+            self.error = error
+            return
+        if batch:
+            yield self._message(batch)
+
+    def _message(self, batch: list[pb.Document]) -> pb.UpsertDocumentsRequest:
+        self.sent += len(batch)
+        return pb.UpsertDocumentsRequest(collection=self._collection, documents=batch, truncation=self._truncation)
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise ValueError(
+                f"document {self.sent + 1} could not be encoded ({type(self.error).__name__}: {self.error}); "
+                f"the {self.sent} documents sent before it were committed"
+            ) from self.error
 
 
 def upsert_result(response: pb.UpsertDocumentsResponse) -> UpsertResult:

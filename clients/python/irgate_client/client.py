@@ -125,15 +125,16 @@ class Client:
 
     @_raising
     def embed(
-        self, texts: Sequence[str | Query], *, truncate: bool = True, raw: bool = False, timeout: float | None = None
+        self, texts: Sequence[str | Query | Document], *, truncate: bool = True, raw: bool = False,
+        timeout: float | None = None,
     ) -> list[Embedding]:
-        """Embeds documents (plain strings) and queries (`Query`, with optional instruction)."""
+        """Embeds documents (plain strings, or `Document` with a title) and queries (`Query`, with an instruction)."""
         request = messages.embed_request(texts, truncate, raw)
         return messages.embeddings(self._embed.Embed(request, **self._connection.call_options(timeout)))
 
     @_raising
     def create_collection(self, name: str, *, precision: str = "f16", timeout: float | None = None) -> CollectionInfo:
-        request = pb.CreateCollectionRequest(name=name, precision=messages.PRECISIONS[precision])
+        request = pb.CreateCollectionRequest(name=name, precision=messages.precision(precision))
         return messages.collection_info(self._collections.CreateCollection(request, **self._connection.call_options(timeout)))
 
     @_raising
@@ -161,8 +162,12 @@ class Client:
         timeout: float | None = None,
     ) -> UpsertResult:
         """Streams the documents in batches; an existing id is replaced."""
-        requests = messages.upsert_requests(collection, documents, batch_size, truncate)
-        return messages.upsert_result(self._collections.UpsertDocuments(requests, **self._connection.call_options(timeout)))
+        stream = messages.UpsertStream(collection, documents, batch_size, truncate)
+        try:
+            response = self._collections.UpsertDocuments(iter(stream), **self._connection.call_options(timeout))
+        finally:
+            stream.check()  # a document that could not be encoded explains the call's outcome best
+        return messages.upsert_result(response)
 
     @_raising
     def get(
@@ -279,14 +284,15 @@ class AsyncClient:
 
     @_raising_async
     async def embed(
-        self, texts: Sequence[str | Query], *, truncate: bool = True, raw: bool = False, timeout: float | None = None
+        self, texts: Sequence[str | Query | Document], *, truncate: bool = True, raw: bool = False,
+        timeout: float | None = None,
     ) -> list[Embedding]:
         request = messages.embed_request(texts, truncate, raw)
         return messages.embeddings(await self._embed.Embed(request, **self._connection.call_options(timeout)))
 
     @_raising_async
     async def create_collection(self, name: str, *, precision: str = "f16", timeout: float | None = None) -> CollectionInfo:
-        request = pb.CreateCollectionRequest(name=name, precision=messages.PRECISIONS[precision])
+        request = pb.CreateCollectionRequest(name=name, precision=messages.precision(precision))
         return messages.collection_info(await self._collections.CreateCollection(request, **self._connection.call_options(timeout)))
 
     @_raising_async
@@ -313,8 +319,12 @@ class AsyncClient:
         truncate: bool = True,
         timeout: float | None = None,
     ) -> UpsertResult:
-        requests = messages.upsert_requests(collection, documents, batch_size, truncate)
-        return messages.upsert_result(await self._collections.UpsertDocuments(requests, **self._connection.call_options(timeout)))
+        stream = messages.UpsertStream(collection, documents, batch_size, truncate)
+        try:
+            response = await self._collections.UpsertDocuments(iter(stream), **self._connection.call_options(timeout))
+        finally:
+            stream.check()
+        return messages.upsert_result(response)
 
     @_raising_async
     async def get(

@@ -51,9 +51,13 @@ class ServerInfo:
     max_tokens: int
     pooling: str
     supports_instructions: bool
-    judge_model: str
+    judge_model: str  # empty when the server runs without a judge
+    judge_backend: str
+    max_reasoning_tokens: int  # the server's cap per judged document
     max_batch_size: int
+    max_concurrent_requests: int
     max_k: int
+    max_judge_documents: int
 
 
 @dataclass(frozen=True)
