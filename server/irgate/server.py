@@ -24,6 +24,7 @@ from irgate.api.rpc import Admission
 from irgate.api.search import SearchServicer
 from irgate.backends.embedder import EmbedderBackend, OnnxEmbedder
 from irgate.backends.judge import JudgeBackend, LocalJudge
+from irgate.backends.triton import is_triton_address  # tritonclient itself is imported only when used
 from irgate.config import Settings
 from irgate.core.batching import BatchingQueue
 from irgate.core.collections import CollectionService
@@ -43,9 +44,6 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 HEALTH_INTERVAL_S = 5.0
 
 
-TRITON = "triton://"
-
-
 def _prepared(folder: Path, what: str, flag: str) -> Path:
     if not (folder / "manifest.json").exists():
         raise SystemExit(f"no prepared {what} at {folder}: run `irgate prepare` first (or set {flag})")
@@ -55,7 +53,7 @@ def _prepared(folder: Path, what: str, flag: str) -> Path:
 def open_embedder(settings: Settings) -> EmbedderBackend:
     """`onnx:FOLDER` -> in-process ONNX Runtime; `triton://HOST:PORT/MODEL` -> Triton (KServe v2)."""
     address = settings.embedder
-    if address.startswith(TRITON):
+    if is_triton_address(address):
         from irgate.backends.triton_embedder import TritonEmbedder  # the [triton] extra
 
         return TritonEmbedder(address, _prepared(settings.embedder_folder, "embedder", "--embedder-folder"))
@@ -70,7 +68,7 @@ def open_judge(settings: Settings) -> JudgeBackend | None:
     address = settings.judge
     if address in ("", "none"):
         return None
-    if address.startswith(TRITON):
+    if is_triton_address(address):
         from irgate.backends.triton_judge import TritonJudge  # the [triton] extra
 
         return TritonJudge(address, _prepared(settings.judge_folder, "judge", "--judge-folder"))
