@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -82,6 +83,22 @@ def local_judge(judge_folder: Path):
     backend = LocalJudge(judge_folder, threads=2)
     yield backend
     asyncio.run(backend.close())
+
+
+def judge_events(backend: Any, prompts: list[str], budget: int, stream: bool = False) -> list[Any]:
+    """Every event a judge backend yields for one call (outcomes and reasoning deltas)."""
+
+    async def run() -> list[Any]:
+        return [event async for event in backend.judge(prompts, budget, stream_reasoning=stream)]
+
+    return asyncio.run(run())
+
+
+def outcomes_of(events: list[Any]) -> list[Any]:
+    """The outcomes among judge events, in request order."""
+    from irgate.backends.judge import JudgeOutcome
+
+    return sorted((e for e in events if isinstance(e, JudgeOutcome)), key=lambda outcome: outcome.index)
 
 
 # ---------------------------------------------------------------------------

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from irgate.backends.judge import JudgeBackend, JudgeEvent, JudgeOutcome, LocalJudge, ReasoningDelta
+from conftest import judge_events, outcomes_of
+
+from irgate.backends.judge import JudgeBackend, JudgeOutcome, LocalJudge, ReasoningDelta
 from irgate.bench.judge import benchmark_prompts, naive_judge
 from irgate.core.judging import answer_stop, forced_continuation, judge_prompt
 from irgate.errors import InvalidArgument, Unavailable
@@ -33,17 +35,6 @@ def reference(judge_folder: Path):
 
     model = AutoModelForCausalLM.from_pretrained(judge_folder, dtype=torch.float32).eval()
     return model, AutoTokenizer.from_pretrained(judge_folder)
-
-
-def _events(backend: LocalJudge, prompts: list[str], budget: int, stream: bool = False) -> list[JudgeEvent]:
-    async def run() -> list[JudgeEvent]:
-        return [event async for event in backend.judge(prompts, budget, stream_reasoning=stream)]
-
-    return asyncio.run(run())
-
-
-def _outcomes(events: list[JudgeEvent]) -> list[JudgeOutcome]:
-    return sorted((e for e in events if isinstance(e, JudgeOutcome)), key=lambda outcome: outcome.index)
 
 
 # ---- text rules ---------------------------------------------------------------------------
@@ -130,7 +121,7 @@ def test_local_judge_is_a_backend(local_judge: LocalJudge, judge_folder: Path) -
 
 def test_budget_zero_is_forced_at_once(local_judge: LocalJudge, reference) -> None:
     prompts = benchmark_prompts(local_judge.manifest, 3)
-    outcomes = _outcomes(_events(local_judge, prompts, 0))
+    outcomes = outcomes_of(judge_events(local_judge, prompts, 0))
     naive = naive_judge(*reference, local_judge.manifest, prompts, 0)
     assert [o.index for o in outcomes] == [0, 1, 2]
     for outcome, verdict in zip(outcomes, naive):
@@ -143,7 +134,7 @@ def test_batched_scores_equal_naive_per_document(local_judge: LocalJudge, refere
     prompts = benchmark_prompts(local_judge.manifest, 4)
     # Different lengths, so the batch really pads.
     prompts[1] = judge_prompt(local_judge.manifest, "ok", "", "", "A short passage.")
-    outcomes = _outcomes(_events(local_judge, prompts, 16))
+    outcomes = outcomes_of(judge_events(local_judge, prompts, 16))
     naive = naive_judge(*reference, local_judge.manifest, prompts, 16)
     for outcome, verdict in zip(outcomes, naive):
         assert (outcome.reasoning, outcome.reasoning_tokens, outcome.ended) == (
@@ -162,7 +153,7 @@ def test_answered_path_scores_from_answer_step(few_shot_folder: Path, reference)
         judge_prompt(manifest, "what causes diabetes", "", "", "Insulin resistance is a major cause of type 2 diabetes."),
         judge_prompt(manifest, "tides", "", "", "The moon's gravity raises ocean tides."),
     ]
-    outcomes = _outcomes(_events(backend, prompts, 48))
+    outcomes = outcomes_of(judge_events(backend, prompts, 48))
     naive = naive_judge(*reference, manifest, prompts, 48)
     for outcome, verdict in zip(outcomes, naive):
         assert outcome.ended == verdict.ended == "answered"
@@ -183,13 +174,13 @@ def test_answered_path_scores_from_answer_step(few_shot_folder: Path, reference)
     asyncio.run(close_mid_batch())
     assert not asyncio.run(backend.ready())
     with pytest.raises(Unavailable):
-        _events(backend, prompts, 4)
+        judge_events(backend, prompts, 4)
 
 
 def test_streaming_in_completion_order(local_judge: LocalJudge) -> None:
     prompts = benchmark_prompts(local_judge.manifest, 4)
     prompts[2] = "Write a long story about a brave cat who sails the sea."  # runs to the budget
-    events = _events(local_judge, prompts, 24, stream=True)
+    events = judge_events(local_judge, prompts, 24, stream=True)
     outcomes = [e for e in events if isinstance(e, JudgeOutcome)]
     assert sorted(o.index for o in outcomes) == [0, 1, 2, 3]
     # Completion order: a document that finished in fewer steps comes out first.
@@ -201,7 +192,7 @@ def test_streaming_in_completion_order(local_judge: LocalJudge) -> None:
         assert "".join(deltas) == outcome.reasoning
         assert all(events.index(e) < position for e in events if isinstance(e, ReasoningDelta) and e.index == outcome.index)
     # Without asking, no deltas.
-    assert all(isinstance(e, JudgeOutcome) for e in _events(local_judge, prompts[:2], 8))
+    assert all(isinstance(e, JudgeOutcome) for e in judge_events(local_judge, prompts[:2], 8))
 
 
 def test_cancel_stops_the_worker(local_judge: LocalJudge) -> None:
@@ -230,8 +221,8 @@ def test_cancel_stops_the_worker(local_judge: LocalJudge) -> None:
 
 def test_rejects_budget_outside_manifest_cap(local_judge: LocalJudge) -> None:
     with pytest.raises(InvalidArgument, match="max_reasoning_tokens"):
-        _events(local_judge, ["x"], local_judge.manifest.max_reasoning_tokens + 1)
+        judge_events(local_judge, ["x"], local_judge.manifest.max_reasoning_tokens + 1)
     with pytest.raises(InvalidArgument, match="max_reasoning_tokens"):
-        _events(local_judge, ["x"], -1)
-    assert _events(local_judge, [], 8) == []
+        judge_events(local_judge, ["x"], -1)
+    assert judge_events(local_judge, [], 8) == []
 

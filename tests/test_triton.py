@@ -35,7 +35,7 @@ from irgate.core.judging import judge_prompt
 from irgate.core.tokenization import TextEncoder, pad_batch
 from irgate.errors import FailedPrecondition, InvalidArgument, Unavailable
 from irgate.models import triton as triton_models
-from conftest import free_port
+from conftest import free_port, judge_events, outcomes_of
 from irgate.local_server import LocalServer
 from irgate_client import Client, Document, IrgateError
 
@@ -57,17 +57,6 @@ TEXTS = [
 
 def _config(model: str) -> model_config_pb2.ModelConfig:
     return text_format.Parse((REPOSITORY / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-
-
-def _collect(judge: Any, prompts: list[str], budget: int, stream: bool = False) -> list[JudgeEvent]:
-    async def run() -> list[JudgeEvent]:
-        return [event async for event in judge.judge(prompts, budget, stream_reasoning=stream)]
-
-    return asyncio.run(run())
-
-
-def _outcomes(events: list[JudgeEvent]) -> list[JudgeOutcome]:
-    return sorted((e for e in events if isinstance(e, JudgeOutcome)), key=lambda outcome: outcome.index)
 
 
 # ---- fixtures ------------------------------------------------------------------------------
@@ -396,8 +385,8 @@ def test_streamed_judge_equals_local_judge(judge_folder: Path, few_shot_folder: 
     prompts = benchmark_prompts(local_judge.manifest, 3)
     for budget in (0, 8):
         events, _ = _streamed(judge_folder, generator, prompts, budget, stream=True)
-        _assert_same(_outcomes(events), _outcomes(_collect(local_judge, prompts, budget)))
-        for outcome in _outcomes(events):  # deltas concatenate to the reasoning
+        _assert_same(outcomes_of(events), outcomes_of(judge_events(local_judge, prompts, budget)))
+        for outcome in outcomes_of(events):  # deltas concatenate to the reasoning
             deltas = "".join(e.text for e in events if isinstance(e, ReasoningDelta) and e.index == outcome.index)
             assert deltas == outcome.reasoning
 
@@ -408,11 +397,11 @@ def test_streamed_judge_equals_local_judge(judge_folder: Path, few_shot_folder: 
             judge_prompt(few_shot.manifest, "what causes diabetes", "", "", "Insulin resistance is a major cause of type 2 diabetes."),
             judge_prompt(few_shot.manifest, "tides", "", "", "The moon's gravity raises ocean tides."),
         ]
-        expected = _outcomes(_collect(few_shot, prompts, 48))
+        expected = outcomes_of(judge_events(few_shot, prompts, 48))
     finally:
         asyncio.run(few_shot.close())
     events, fake = _streamed(few_shot_folder, generator, prompts, 48, stream=False)
-    outcomes = _outcomes(events)
+    outcomes = outcomes_of(events)
     _assert_same(outcomes, expected)
     assert {o.ended for o in outcomes} == {"answered"}
     # A document that answered is stopped (the last one ends with the stream's cancel): the
@@ -479,7 +468,7 @@ def test_judge_through_triton_equals_local_judge(peer: MLServerPeer, judge_folde
     worst = 0.0
     for budget in (0, 8):
         events = asyncio.run(run(budget))
-        outcomes, expected = _outcomes(events), _outcomes(_collect(local_judge, prompts, budget))
+        outcomes, expected = outcomes_of(events), outcomes_of(judge_events(local_judge, prompts, budget))
         _assert_same(outcomes, expected)
         worst = max(worst, *(abs(o.score - e.score) for o, e in zip(outcomes, expected)))
         for outcome in outcomes:
