@@ -19,6 +19,8 @@ from irgate.core.tokenization import TextEncoder, pad_batch
 from irgate.models.manifest import EmbedderManifest
 from irgate.models.prepare import export_embedder, prepare_default_embedder
 from irgate.models.sources import minilm_checkpoint
+from irgate.local_server import LocalServer
+from irgate_client import Client, Document, Query
 
 TOLERANCE = 1e-4
 TEXTS = [
@@ -190,3 +192,26 @@ def test_promptriever_truncation_keeps_eos(promptriever_folder: Path) -> None:
     (long,) = TextEncoder(manifest, promptriever_folder).encode([format_document(manifest, "", "cat " * 300)])
     assert long.truncated and long.original_length > manifest.max_tokens
     assert len(long.ids) == manifest.max_tokens and long.ids[-1] == manifest.eos_token_id
+
+
+def test_served_promptriever_formats_as_trained(smollm2_hf: Path, random_lora: Path, promptriever_folder: Path,
+                                                tmp_path: Path) -> None:
+    """Through a real server: the query and passage strings are exactly Promptriever's (REFERENCE §1)."""
+    from peft import PeftModel
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_hf)
+    eos = tokenizer.eos_token_id
+    trained = ["query:  what is a cat? Think carefully about relevance", "passage:  Cats Cats are small mammals."]
+    ids = [tokenizer(text)["input_ids"] + [eos] for text in trained]
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained(smollm2_hf), random_lora).eval()
+    expected = _eos_pooled(model, ids, eos)
+
+    args = ["--embedder", f"onnx:{promptriever_folder}", "--judge", "none"]
+    with LocalServer(tmp_path, args) as server, Client(server.address) as client:
+        assert client.info().supports_instructions
+        served = client.embed([Query("what is a cat", instruction="Think carefully about relevance"),
+                               Document(id="", title="Cats", text="Cats are small mammals.")])
+    got = np.asarray([item.values for item in served], dtype=np.float32)
+    assert [item.tokens for item in served] == [len(i) for i in ids]
+    assert np.abs(got - expected).max() <= TOLERANCE
