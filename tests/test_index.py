@@ -412,3 +412,11 @@ def test_metadata_filter_compares_json_values(collection: Collection):
     assert [hit.id for hit in collection.search(vectors[0], k=3, filter={"v": 1.0})] == ["one"]
     assert [hit.id for hit in collection.search(vectors[0], k=3, filter={"v": {"a": [1, False]}})] == ["nested"]
     assert collection.search(vectors[0], k=3, filter={"v": {"a": [1, 0]}}) == []
+
+
+def test_one_store_per_directory(tmp_path: Path):
+    first = CollectionStore(tmp_path / "collections", dimension=DIM, model=MODEL)
+    with pytest.raises(AlreadyExists, match="in use by another irgate process"):
+        CollectionStore(tmp_path / "collections", dimension=DIM, model=MODEL)
+    first.close()
+    CollectionStore(tmp_path / "collections", dimension=DIM, model=MODEL).close()  # free again once closed

@@ -348,3 +348,12 @@ def test_info_reports_limits(client: Client) -> None:
     info = client.info()
     assert (info.max_concurrent_requests, info.max_judge_documents) == (512, 100)
     assert info.judge_model == "" and info.max_reasoning_tokens == 0  # this server runs without a judge
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(minilm_folder: Path, tmp_path: Path) -> None:
+    args = ["--embedder", f"onnx:{minilm_folder}", "--judge", "none"]
+    with LocalServer(tmp_path, args):
+        second = LocalServer(tmp_path, args, start_timeout=60)
+        with pytest.raises(RuntimeError) as raised:
+            second.start()
+        assert "in use by another irgate process" in str(raised.value)

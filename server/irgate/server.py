@@ -32,6 +32,7 @@ from irgate.core.embedding import EmbeddingService
 from irgate.core.judge import JudgeService
 from irgate.core.search import SearchPipeline
 from irgate.core.tokenization import TextEncoder
+from irgate.errors import AlreadyExists
 from irgate.index.store import CollectionStore
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 
@@ -128,9 +129,12 @@ async def start(settings: Settings) -> App:
     queue = BatchingQueue(embedder, max_batch_tokens=settings.max_batch_tokens)
     queue.start()
     embedding = EmbeddingService(embedder, encoder, queue)
-    store = CollectionStore(
-        settings.data_dir / "collections", manifest.dimension, manifest.name, snapshot_every=settings.snapshot_every
-    )
+    try:
+        store = CollectionStore(
+            settings.data_dir / "collections", manifest.dimension, manifest.name, snapshot_every=settings.snapshot_every
+        )
+    except AlreadyExists as error:
+        raise SystemExit(str(error)) from None
     admission = Admission(settings.max_concurrent_requests)
     judge_backend = open_judge(settings)
     judge = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 
 import re
@@ -17,6 +18,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 # Work folders start with "." so they can never be taken for a collection (names start with a letter or digit).
 _STAGING_PREFIX = ".creating-"
 _DELETING_PREFIX = ".deleting-"
+_LOCK_FILE = ".lock"
 log = logging.getLogger("irgate.index")
 
 
@@ -39,6 +41,15 @@ class CollectionStore:
         self._snapshot_every = snapshot_every
         self._lock = threading.Lock()
         self.root.mkdir(parents=True, exist_ok=True)
+        # Two servers on one directory would each keep their own index of the same documents and
+        # overwrite each other's snapshots: the second one is refused. The OS drops the lock when
+        # the process dies, so a crash never leaves a stale lock behind.
+        self._owner = (self.root / _LOCK_FILE).open("a")
+        try:
+            fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._owner.close()
+            raise AlreadyExists(f"{self.root} is in use by another irgate process; give each server its own --data-dir") from None
         # Leftovers of a create or delete interrupted by a crash: neither is a collection.
         for folder in self.root.iterdir():
             if folder.name.startswith((_STAGING_PREFIX, _DELETING_PREFIX)):
@@ -100,6 +111,7 @@ class CollectionStore:
                 collection.close()
             except Exception:  # one failed snapshot must not leave the other databases open
                 log.exception("closing collection %s failed; its changes log will be replayed at start", collection.name)
+        self._owner.close()  # releases the directory lock
 
     def _open(self, folder: Path) -> Collection:
         return Collection(folder, serving_model=self.model, snapshot_every=self._snapshot_every)
