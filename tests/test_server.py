@@ -357,3 +357,12 @@ def test_a_second_server_on_the_same_data_dir_is_refused(minilm_folder: Path, tm
         with pytest.raises(RuntimeError) as raised:
             second.start()
         assert "in use by another irgate process" in str(raised.value)
+
+
+def test_a_taken_port_is_refused_not_shared(server: LocalServer, minilm_folder: Path, tmp_path: Path) -> None:
+    port = server.address.rsplit(":", 1)[1]
+    second = LocalServer(tmp_path, ["--embedder", f"onnx:{minilm_folder}", "--judge", "none", "--port", port],
+                         start_timeout=60)
+    with pytest.raises(RuntimeError) as raised:
+        second.start()
+    assert f"cannot listen on 127.0.0.1:{port}" in str(raised.value)

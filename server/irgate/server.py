@@ -148,7 +148,12 @@ async def start(settings: Settings) -> App:
     message_bytes = settings.max_message_mb * 1024 * 1024
     server = grpc.aio.server(
         interceptors=interceptors,
-        options=[("grpc.max_receive_message_length", message_bytes), ("grpc.max_send_message_length", message_bytes)],
+        options=[
+            ("grpc.max_receive_message_length", message_bytes),
+            ("grpc.max_send_message_length", message_bytes),
+            # gRPC's default SO_REUSEPORT would let a second server share the port silently.
+            ("grpc.so_reuseport", 0),
+        ],
     )
     pb_grpc.add_InfoServicer_to_server(InfoServicer(embedding, judge, settings, admission), server)
     pb_grpc.add_EmbedServicer_to_server(EmbedServicer(embedding, admission, settings.max_batch_size), server)
@@ -160,16 +165,20 @@ async def start(settings: Settings) -> App:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    if settings.tls_cert and settings.tls_key:
-        credentials = grpc.ssl_server_credentials(
-            [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())]
-        )
-        port = server.add_secure_port(settings.address, credentials)
-    else:
-        port = server.add_insecure_port(settings.address)
-    await server.start()
-    if settings.metrics_port:
-        serve_metrics(settings.host, settings.metrics_port)
+    try:
+        if settings.tls_cert and settings.tls_key:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())]
+            )
+            port = server.add_secure_port(settings.address, credentials)
+        else:
+            port = server.add_insecure_port(settings.address)
+        await server.start()
+        if settings.metrics_port:
+            serve_metrics(settings.host, settings.metrics_port)
+    except (RuntimeError, OSError) as error:  # the port is taken, or the address is not ours
+        store.close()
+        raise SystemExit(f"cannot listen on {settings.address} (metrics port {settings.metrics_port}): {error}") from None
     QUEUED_TEXTS.set_function(lambda: queue.queued_texts)
     if judge_backend is not None:
         JUDGE_BUSY.set_function(lambda: float(judge_backend.busy))
