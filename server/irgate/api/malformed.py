@@ -33,52 +33,63 @@ async def _reject(context: grpc.aio.ServicerContext, method: str, request: _Malf
 
 
 class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self) -> None:
+        # Registered handlers never change, so each method is wrapped once, not on every call.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        if details.method in self._wrapped:
+            return self._wrapped[details.method]
         handler = await continuation(details)
         if handler is None or handler.request_deserializer is None:
             return handler
-        method = details.method
-        codecs = {
-            "request_deserializer": _tolerant(handler.request_deserializer),
-            "response_serializer": handler.response_serializer,
-        }
+        self._wrapped[details.method] = _wrap(handler, details.method)
+        return self._wrapped[details.method]
 
-        async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async for request in requests:
-                if isinstance(request, _Malformed):
-                    await _reject(context, method, request)
-                yield request
 
-        if handler.request_streaming and handler.response_streaming:
+def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """The same handler, with a deserializer that cannot fail and a check of its result."""
+    codecs = {
+        "request_deserializer": _tolerant(handler.request_deserializer),
+        "response_serializer": handler.response_serializer,
+    }
 
-            async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async for response in handler.stream_stream(checked(requests, context), context):
-                    yield response
-
-            return grpc.stream_stream_rpc_method_handler(stream_stream, **codecs)
-        if handler.request_streaming:
-
-            async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-                return await handler.stream_unary(checked(requests, context), context)
-
-            return grpc.stream_unary_rpc_method_handler(stream_unary, **codecs)
-        if handler.response_streaming:
-
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                if isinstance(request, _Malformed):
-                    await _reject(context, method, request)
-                async for response in handler.unary_stream(request, context):
-                    yield response
-
-            return grpc.unary_stream_rpc_method_handler(unary_stream, **codecs)
-
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for request in requests:
             if isinstance(request, _Malformed):
                 await _reject(context, method, request)
-            return await handler.unary_unary(request, context)
+            yield request
 
-        return grpc.unary_unary_rpc_method_handler(unary_unary, **codecs)
+    if handler.request_streaming and handler.response_streaming:
+
+        async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async for response in handler.stream_stream(checked(requests, context), context):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, **codecs)
+    if handler.request_streaming:
+
+        async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            return await handler.stream_unary(checked(requests, context), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, **codecs)
+    if handler.response_streaming:
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if isinstance(request, _Malformed):
+                await _reject(context, method, request)
+            async for response in handler.unary_stream(request, context):
+                yield response
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **codecs)
+
+    async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Malformed):
+            await _reject(context, method, request)
+        return await handler.unary_unary(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(unary_unary, **codecs)
