@@ -48,7 +48,7 @@ class BatchingQueue:
 
     backend: EmbedderBackend
     max_batch_tokens: int = 16384
-    max_batch_size: int = 128
+    max_batch_texts: int = 128  # texts per model call (the API's own per-request limit is separate)
     max_queued_texts: int = 65536
     _pending: deque[tuple[_Request, int]] = field(default_factory=deque, init=False)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, init=False)
@@ -112,7 +112,7 @@ class BatchingQueue:
         for item in taken:
             longest = len(item[0].ids[item[1]])  # sorted: this item is the longest so far
             if current and (
-                (len(current) + 1) * longest > self.max_batch_tokens or len(current) >= self.max_batch_size
+                (len(current) + 1) * longest > self.max_batch_tokens or len(current) >= self.max_batch_texts
             ):
                 batches.append(current)
                 current = []

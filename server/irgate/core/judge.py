@@ -60,8 +60,8 @@ class JudgeService:
             return list(passages)
         if not collection:
             raise InvalidArgument("documents are given by id but no collection is named; set collection")
-        found = await asyncio.to_thread(self._store.get, collection)
-        records = {record.id: record for record in await asyncio.to_thread(found.get, wanted)}
+        stored = await asyncio.to_thread(self._store.get, collection)
+        records = {record.id: record for record in await asyncio.to_thread(stored.get, wanted)}
         resolved = [
             Passage(id=p.id, text=records[p.id].text, title=records[p.id].title) if p.from_collection else p
             for p in passages

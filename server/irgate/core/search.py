@@ -93,10 +93,11 @@ class SearchPipeline:
         top, rest = hits[: query.rerank.top_n], hits[query.rerank.top_n :]
         # A document stored with a vector only has no text to judge: it joins the unjudged rest.
         judged = [hit for hit in top if hit.document is not None and hit.document.text.strip()]
-        passages = [Passage(id=hit.id, text=hit.document.text, title=hit.document.title) for hit in judged if hit.document]
-        rest = [hit for hit in top if hit.id not in {p.id for p in passages}] + rest
         if not judged:
             return hits
+        judged_ids = {hit.id for hit in judged}
+        rest = [hit for hit in top if hit.id not in judged_ids] + rest
+        passages = [Passage(id=hit.id, text=hit.document.text, title=hit.document.title) for hit in judged if hit.document]
         verdicts = await self._judge.judge_all(
             query.query,
             query.instruction,

@@ -13,9 +13,8 @@ snapshot is missing, corrupt or does not match).
 
 from __future__ import annotations
 
-import logging
-
 import json
+import logging
 import os
 import sqlite3
 import threading
