@@ -20,6 +20,7 @@ end early are deferred and scored in one shared step (4.5x -> 4.9x single-run be
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -177,6 +178,15 @@ class Judgement:
         if len(after) > len(before) and not after.endswith("\ufffd"):
             self.text += after[len(before) :]
             self.prefix_offset, self.read_offset = self.read_offset, len(self.tokens)
+
+
+def p_true(true_logit: float, false_logit: float) -> float:
+    """Rank1's score from the " true" and " false" logits of one step: p(true) restricted to
+    {true, false}, exp(l_t) / (exp(l_t) + exp(l_f)) = sigmoid(l_t - l_f), without overflow."""
+    margin = float(true_logit) - float(false_logit)
+    if margin >= 0:
+        return 1.0 / (1.0 + math.exp(-margin))
+    return math.exp(margin) / (1.0 + math.exp(margin))
 
 
 def decoder(tokenizer: Any) -> Callable[[list[int]], str]:
@@ -452,11 +462,9 @@ class LocalJudge:
         return out.logits[:, -1].float(), mask, positions + lengths
 
     def _scores(self, logits: torch.Tensor) -> list[float]:
-        """p(true) restricted to {true, false}: exp(lp_t)/(exp(lp_t)+exp(lp_f)) = sigmoid(l_t - l_f)."""
-        import torch
-
-        margin = logits[:, self.manifest.true_token_id] - logits[:, self.manifest.false_token_id]
-        return torch.sigmoid(margin).tolist()
+        true_logits = logits[:, self.manifest.true_token_id].tolist()
+        false_logits = logits[:, self.manifest.false_token_id].tolist()
+        return [p_true(t, f) for t, f in zip(true_logits, false_logits)]
 
     def _new_cache(self) -> DynamicCache:
         from transformers import DynamicCache

@@ -24,7 +24,6 @@ Two transports, one decoding:
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from irgate.backends.judge import (
     check_budget,
     check_context,
     decoder,
+    p_true,
 )
 from irgate.backends.triton import RetryPolicy, TritonClient, parse_address
 from irgate.backends.triton_embedder import TensorSpec
@@ -121,15 +121,6 @@ def decode_stream_response(message: Any) -> StreamStep:
     if message.error_message:
         raise FailedPrecondition(f"the judge model failed: {message.error_message}")
     return decode_infer_response(message.infer_response, final_default=False)
-
-
-def p_true(logits: np.ndarray, true_id: int, false_id: int) -> float:
-    """p(true) restricted to {true, false}: exp(l_t) / (exp(l_t) + exp(l_f)) = sigmoid(l_t - l_f)."""
-    margin = float(logits[true_id]) - float(logits[false_id])
-    if margin >= 0:
-        return 1.0 / (1.0 + math.exp(-margin))
-    exp = math.exp(margin)
-    return exp / (1.0 + exp)
 
 
 @dataclass
@@ -220,7 +211,7 @@ class TritonJudge:
                     f"{self.address} returned no generation logits: build the engine with --gather_generation_logits"
                 )
             doc.state = "answered"
-            doc.score = p_true(logits, self.manifest.true_token_id, self.manifest.false_token_id)
+            doc.score = p_true(logits[self.manifest.true_token_id], logits[self.manifest.false_token_id])
             return []
         if step == "forced":
             doc.state = "force"
@@ -249,7 +240,7 @@ class TritonJudge:
                 f"{self.address} returned no generation logits for the forced answer: build the engine with "
                 "--gather_generation_logits and keep return_generation_logits in the model config"
             )
-        return p_true(step.logits[0], self.manifest.true_token_id, self.manifest.false_token_id)
+        return p_true(step.logits[0][self.manifest.true_token_id], step.logits[0][self.manifest.false_token_id])
 
     # ---- requests ------------------------------------------------------------------------
 
