@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 MODELS := models
 SHARED ?= ../shared
 
-.PHONY: install proto prepare serve test test-fast eval bench clean
+.PHONY: install proto prepare serve serve-triton triton test test-fast eval bench clean
 
 install: $(STAMP)
 
@@ -34,12 +34,35 @@ prepare: $(STAMP)
 serve: prepare
 	$(VENV)/bin/irgate serve --embedder onnx:$(MODELS)/embedder --judge local:$(MODELS)/judge
 
-test: $(STAMP)
+# NVIDIA Triton Inference Server 2.51 (CPU build, python backend) from PyPI's nvidia-pytriton
+# wheel, pinned by version: only the server binary, its libraries, the python backend and the
+# stub of the venv's Python are unpacked (--no-deps: pytriton's own package pins numpy<2 and
+# is not used). Nothing is downloaded at run time.
+TRITON_DIR := .cache/triton
+TRITON := $(TRITON_DIR)/.installed-stamp
+TRITON_WHEEL := nvidia-pytriton==0.7.0
+
+triton: $(TRITON)
+
+$(TRITON): $(STAMP)
+	rm -rf $(TRITON_DIR)
+	$(PY) -m pip download --quiet --no-deps --dest $(TRITON_DIR)/wheel $(TRITON_WHEEL)
+	$(PY) -m irgate.models.tritonserver unpack $(TRITON_DIR)/wheel/nvidia_pytriton-*.whl $(TRITON_DIR)
+	touch $@
+
+# The same gateway in front of a real tritonserver (CPU flavour of the model repository):
+# Triton on 127.0.0.1:8000-8002, irgate on 127.0.0.1:50051; Ctrl-C stops both.
+serve-triton: prepare $(TRITON)
+	$(VENV)/bin/irgate prepare --out $(MODELS) --triton --triton-flavour cpu --model-repository $(MODELS)/triton
+	$(PY) -m irgate.models.tritonserver serve --model-repository $(MODELS)/triton \
+		--embedder-folder $(MODELS)/embedder --judge-folder $(MODELS)/judge
+
+test: $(STAMP) $(TRITON)
 	$(VENV)/bin/ruff check server clients/python tests
 	$(PY) -m pytest -q -rs
 
 # Everything but the minutes-long checks (full SciFact evaluation).
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(TRITON)
 	$(PY) -m pytest -q -m "not slow"
 
 # Side-by-side speed runs; JSON reports land in benchmarks/results/ (git-ignored).

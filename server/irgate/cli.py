@@ -54,8 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--max-tokens", type=int, help="override the model's input limit")
     prepare.add_argument("--judge-source", type=Path, help="a local Hugging Face causal LM (e.g. rank1-7b) instead of SmolLM2")
     prepare.add_argument("--no-judge", action="store_true", help="prepare the embedder only")
-    prepare.add_argument("--triton", action="store_true", help="also put the embedder into the Triton model repository")
-    prepare.add_argument("--model-repository", type=Path, default=Path("model_repository"), help="Triton model repository")
+    prepare.add_argument("--triton", action="store_true", help="also fill a Triton model repository")
+    prepare.add_argument("--triton-flavour", choices=("gpu", "cpu"), default="gpu",
+                         help="gpu: the embedder for the onnxruntime backend (judge: build-judge-engine); cpu: embedder and "
+                              "judge as python-backend models that run anywhere (default: %(default)s)")
+    prepare.add_argument("--model-repository", type=Path,
+                         help="Triton model repository (default: model_repository for gpu, OUT/triton for cpu)")
 
     engine = commands.add_parser("build-judge-engine",
                                  help="on a CUDA machine with TensorRT-LLM: build the judge engine for Triton (trtllm-build)")
@@ -154,16 +158,19 @@ def _prepare(args: argparse.Namespace) -> None:
     else:
         manifest = prepare_default_embedder(target)
     console.print(f"embedder ready: {manifest.name}, {manifest.dimension} dims, {manifest.pooling} pooling -> {target}")
-    if args.triton:
-        from irgate.models.triton import prepare_triton_repository
-
-        config = prepare_triton_repository(target, args.model_repository)
-        console.print(f"Triton embedder ready: {config}")
     if not args.no_judge:
         from irgate.models.judge import prepare_judge
 
         judge = prepare_judge(args.judge_source, args.out / "judge")
         console.print(f"judge ready: {judge.name}, reasoning cap {judge.max_reasoning_tokens} tokens -> {args.out / 'judge'}")
+    if args.triton:
+        from irgate.models.triton import prepare_triton_repository
+
+        cpu = args.triton_flavour == "cpu"
+        repository = args.model_repository or (args.out / "triton" if cpu else Path("model_repository"))
+        config = prepare_triton_repository(target, repository, flavour=args.triton_flavour,
+                                           judge_folder=args.out / "judge" if cpu and not args.no_judge else None)
+        console.print(f"Triton repository ready ({args.triton_flavour} flavour): {config.parent.parent}")
 
 
 def _build_judge_engine(args: argparse.Namespace) -> None:

@@ -9,6 +9,12 @@ the version folders (model_repository/*/1/, git-ignored).
 - judge: `build_judge_engine` runs TensorRT-LLM's checkpoint conversion and `trtllm-build`
   (only on a CUDA machine with TensorRT-LLM installed) into judge/1/engine and points the
   config at it. The gateway tokenises, so no tokenizer goes to Triton.
+
+Two flavours, one source of truth. The GPU flavour is the configs above. The CPU flavour
+(`prepare_triton_repository(..., flavour="cpu")`, into a repository of its own) runs both models
+in Triton's python backend (irgate.triton_python) and is rendered FROM the GPU configs by
+`render_cpu_config`: the same inputs, outputs, batching and transaction policy, only the
+backend, instances and parameters differ, so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,6 +42,9 @@ SOURCE_REPOSITORY = Path(__file__).resolve().parents[3] / "model_repository"
 # Batch size the TensorRT optimisation profile is tuned for (the largest comes from the config).
 _OPT_BATCH = 32
 _OPT_LENGTH = 128
+FLAVOURS = ("gpu", "cpu")
+# The python-backend shim every CPU-flavour model loads as <model>/1/model.py.
+_PYTHON_MODEL = Path(__file__).resolve().parents[1] / "triton_python" / "model.py"
 
 _console = Console(stderr=True)
 
@@ -141,17 +151,91 @@ def _place(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def prepare_triton_repository(embedder_folder: Path, repository: Path, engine_cache: Path | None = None) -> Path:
-    """Put the prepared embedder into `repository/embedder/` for Triton; returns the config path.
+def _python_path() -> str:
+    """The site directories of this environment, for the python-backend stub's sys.path."""
+    import irgate
 
-    Copies model.onnx into version 1 and fills the config's dimension and TensorRT profile
-    shapes from the folder's manifest. Idempotent.
+    folders = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], str(Path(irgate.__file__).resolve().parents[1])]
+    return os.pathsep.join(dict.fromkeys(folders))
+
+
+def render_cpu_config(gpu_config: str, model: str, parameters: dict[str, str], instances: int = 1) -> str:
+    """The CPU flavour of a model: its GPU config with the python backend (irgate.triton_python)
+    on `instances` CPU instances. Inputs, outputs, max_batch_size, batching and the transaction
+    policy are the GPU config's, untouched; the GPU-only parts (accelerators, TensorRT-LLM
+    parameters) go; `parameters` (plus `irgate_model` and `irgate_python_path`) come in."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = parse_config(gpu_config, f"the {model} config")
+    config.backend = "python"
+    for name in ("optimization", "instance_group", "parameters"):
+        config.ClearField(name)
+    config.instance_group.add(count=instances, kind=model_config_pb2.ModelInstanceGroup.KIND_CPU)
+    for key, value in {"irgate_model": model, "irgate_python_path": _python_path(), **parameters}.items():
+        config.parameters[key].string_value = str(value)
+    header = (f"# irgate {model}, CPU flavour: written by `irgate prepare --triton --triton-flavour cpu` from the GPU\n"
+              f"# config (model_repository/{model}/config.pbtxt). Edit that one and prepare again.\n")
+    text = header + text_format.MessageToString(config)
+    parse_config(text, f"the rendered CPU {model} config")
+    return text
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+
+
+def _python_model(repository: Path, model: str, config: str) -> Path:
+    _write(repository / model / VERSION / "model.py", _PYTHON_MODEL.read_text(encoding="utf-8"))
+    path = repository / model / CONFIG_FILE
+    _write(path, config)
+    return path
+
+
+def prepare_triton_repository(
+    embedder_folder: Path,
+    repository: Path,
+    engine_cache: Path | None = None,
+    *,
+    flavour: str = "gpu",
+    judge_folder: Path | None = None,
+    device: str = "cpu",
+    threads: int = 0,
+) -> Path:
+    """Put the prepared embedder (and, CPU flavour, the judge) into `repository` for Triton;
+    returns the embedder's config path. Idempotent.
+
+    - "gpu": copies model.onnx into embedder/1 and fills the config's dimension and TensorRT
+      profile shapes from the folder's manifest (the judge engine is built separately);
+    - "cpu": the same model.onnx and, with `judge_folder`, the judge, both as python-backend
+      models rendered from the GPU configs of the source tree (`render_cpu_config`). The judge
+      runs irgate's judge engine on `device` ("cpu", "cuda") with the judge folder's weights.
+      `threads`: ONNX Runtime / torch threads per model (0: the machine's cores).
     """
+    if flavour not in FLAVOURS:
+        raise InvalidArgument(f"unknown Triton flavour {flavour!r}; choose one of {', '.join(FLAVOURS)}")
     folder = Path(embedder_folder)
     repository = Path(repository)
     manifest = EmbedderManifest.load(folder)
-    template = _template(repository, EMBEDDER_MODEL)
-    text = render_embedder_config(template, manifest, engine_cache)
+    if flavour == "cpu":
+        if repository.resolve() == SOURCE_REPOSITORY:
+            raise InvalidArgument(
+                f"{repository} holds the GPU configs the CPU flavour is rendered from: "
+                "write the CPU flavour into a repository of its own (e.g. models/triton)")
+        gpu_embedder = render_embedder_config(_template(SOURCE_REPOSITORY, EMBEDDER_MODEL), manifest)
+        text = render_cpu_config(gpu_embedder, EMBEDDER_MODEL, {"threads": str(threads)})
+        _python_model(repository, EMBEDDER_MODEL, text)
+        if judge_folder is not None:
+            judge = Path(judge_folder).resolve()
+            if not (judge / "manifest.json").is_file():
+                raise FailedPrecondition(f"{judge} is not a prepared judge folder (no manifest.json): run irgate prepare")
+            judge_config = render_cpu_config(_template(SOURCE_REPOSITORY, JUDGE_MODEL), JUDGE_MODEL,
+                                             {"folder": str(judge), "device": device, "threads": str(threads)})
+            _python_model(repository, JUDGE_MODEL, judge_config)
+    else:
+        text = render_embedder_config(_template(repository, EMBEDDER_MODEL), manifest, engine_cache)
     version = repository / EMBEDDER_MODEL / VERSION
     for source in _onnx_files(folder, manifest.onnx_file):
         if not source.is_file():
@@ -160,10 +244,9 @@ def prepare_triton_repository(embedder_folder: Path, repository: Path, engine_ca
         name = "model.onnx" if source.name == manifest.onnx_file else source.name
         _place(source, version / name)
     config = repository / EMBEDDER_MODEL / CONFIG_FILE
-    config.parent.mkdir(parents=True, exist_ok=True)
-    if not config.is_file() or config.read_text(encoding="utf-8") != text:
-        config.write_text(text, encoding="utf-8")
-    _console.log(f"wrote {version / 'model.onnx'} and {config} (dim {manifest.dimension}, max {manifest.max_tokens} tokens)")
+    _write(config, text)
+    _console.log(f"wrote the {flavour} flavour: {version / 'model.onnx'} and {config} "
+                 f"(dim {manifest.dimension}, max {manifest.max_tokens} tokens)")
     return config
 
 

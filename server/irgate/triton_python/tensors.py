@@ -1,0 +1,44 @@
+"""Tensors between Triton's python backend and numpy, through DLPack only.
+
+The stub's numpy paths (`Tensor.as_numpy()`, `pb_utils.Tensor(name, ndarray)`) are compiled
+against numpy 1.x and corrupt data under numpy 2 ("output tensor shape does not match size of
+output"); DLPack is ABI-stable, so it is the only path used here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+_KDLCPU = (1, 0)
+
+
+class _Exported:
+    """What numpy.from_dlpack takes: an object with __dlpack__ (the stub's Tensor has only to_dlpack)."""
+
+    def __init__(self, tensor: pb_utils.Tensor) -> None:
+        self._tensor = tensor
+
+    def __dlpack__(self, **_: object) -> object:
+        return self._tensor.to_dlpack()
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return _KDLCPU
+
+
+def to_numpy(tensor: pb_utils.Tensor) -> np.ndarray:
+    """A CPU input tensor as a numpy array (a copy: the request's memory goes with the request)."""
+    return np.array(np.from_dlpack(_Exported(tensor)))
+
+
+def from_numpy(name: str, array: np.ndarray) -> pb_utils.Tensor:
+    return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array).__dlpack__())
+
+
+def input_array(request: pb_utils.InferenceRequest, name: str) -> np.ndarray | None:
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    return None if tensor is None else to_numpy(tensor)
+
+
+def error_response(message: str) -> pb_utils.InferenceResponse:
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
