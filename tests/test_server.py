@@ -174,13 +174,15 @@ def test_metadata_filter_keeps_matching_documents_only(client: Client, papers: s
     assert [hit.id for hit in hits] == ["volcano"]
 
 
-def test_search_checks_its_arguments(client: Client, papers: str) -> None:
+def test_search_checks_its_arguments(server: LocalServer, client: Client, papers: str) -> None:
     assert status_of(lambda: client.search(papers, "rain", k=101)) == (
         grpc.StatusCode.INVALID_ARGUMENT, "k is 101; it must be between 1 and 100")
     assert status_of(lambda: client.search(papers, "  "))[0] == grpc.StatusCode.INVALID_ARGUMENT
     code, message = status_of(lambda: client.search("no-such-collection", "rain"))
     assert code == grpc.StatusCode.NOT_FOUND and "no-such-collection" in message
-    assert len(client.search(papers, "rain", k=0)) == 4  # 0 means the default, 10, capped by the 4 documents
+    with grpc.insecure_channel(server.address) as channel:  # in the proto, k 0 means the default, 10
+        assert len(pb_grpc.SearchStub(channel).Search(pb.SearchRequest(collection=papers, query="rain")).hits) == 4
+    assert status_of(lambda: client.search(papers, "rain", k=0))[0] == grpc.StatusCode.INVALID_ARGUMENT  # the SDK says
 
 
 def test_rerank_without_a_judge_is_a_failed_precondition(server: LocalServer, papers: str) -> None:
@@ -203,11 +205,11 @@ def test_judge_needs_a_judge_backend(server: LocalServer) -> None:
 
 
 def test_get_and_delete_documents(client: Client, papers: str) -> None:
-    documents = client.get(papers, ["insulin", "rain"], include_vectors=True)
-    assert [document.id for document in documents] == ["insulin", "rain"]
+    documents, missing = client.get(papers, ["insulin", "rain"], include_vectors=True)
+    assert [document.id for document in documents] == ["insulin", "rain"] and missing == []
     assert len(documents[0].vector) == 384
-    code, message = status_of(lambda: client.get(papers, ["rain", "missing"]))
-    assert code == grpc.StatusCode.NOT_FOUND and "missing" in message
+    documents, missing = client.get(papers, ["rain", "missing", "insulin"])  # like Delete: reported, not an error
+    assert [document.id for document in documents] == ["rain", "insulin"] and missing == ["missing"]
     assert client.delete(papers, ["rain", "missing"]) == (1, 1)
     assert "rain" not in [hit.id for hit in client.search(papers, "what causes rain", k=4)]
     assert client.describe_collection(papers).documents == 3
@@ -216,7 +218,7 @@ def test_get_and_delete_documents(client: Client, papers: str) -> None:
 def test_upsert_replaces_existing_ids(client: Client, papers: str) -> None:
     result = client.upsert(papers, [Document(id="rain", text="Snow is frozen precipitation made of ice crystals.")])
     assert (result.upserted, result.replaced, result.documents) == (1, 1, 4)
-    assert client.get(papers, ["rain"])[0].text.startswith("Snow")
+    assert client.get(papers, ["rain"])[0][0].text.startswith("Snow")
 
 
 def test_upsert_accepts_client_vectors(client: Client, papers: str) -> None:
@@ -229,9 +231,8 @@ def test_upsert_accepts_client_vectors(client: Client, papers: str) -> None:
 @pytest.mark.parametrize(
     ("document", "expected"),
     [
-        (Document(id="", text="x"), "document 0 has no id"),
-        (Document(id="empty"), "document 'empty' has neither text nor vector"),
-        (Document(id="short", vector=[0.1] * 12), "vector of document 'short' has 12 values"),
+        (Document(id="", text="x"), "documents[0].id is empty"),
+        (Document(id="short", vector=[0.1] * 12), "documents[0].vector (document 'short') has 12 values"),
         (Document(id="x" * 257, text="x"), "256"),
     ],
 )
@@ -251,7 +252,7 @@ def test_upsert_stream_reports_what_was_committed_before_an_error(server: LocalS
             pb_grpc.CollectionsStub(channel).UpsertDocuments(iter(messages))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "one stream per collection" in raised.value.details() and "1 documents" in raised.value.details()
-    assert client.get(papers, ["new"])[0].text == "Comets are icy bodies."
+    assert client.get(papers, ["new"])[0][0].text == "Comets are icy bodies."
 
 
 def test_metrics_count_requests(client: Client, metrics_port: int) -> None:
@@ -290,7 +291,7 @@ def test_documents_survive_a_restart(minilm_folder: Path, tmp_path: Path, stop: 
         first.kill() if stop == "crash" else first.stop()
     with LocalServer(tmp_path, args) as second, Client(second.address) as client:
         assert client.describe_collection("notes").documents == 300
-        assert len(client.get("notes", [document.id for document in documents[:200]])) == 200
+        assert len(client.get("notes", [document.id for document in documents[:200]])[0]) == 200
         for document in documents[::37]:
             assert client.search("notes", document.text, k=1)[0].id == document.id
 
@@ -331,10 +332,10 @@ def test_bytes_that_are_not_a_valid_message_are_invalid_argument(server: LocalSe
 
 def test_sdk_reports_a_document_it_cannot_encode(client: Client, papers: str) -> None:
     documents = [Document(id="fine", text="Comets are icy."), Document(id="bad", text="x", metadata={"when": object()})]
-    with pytest.raises(ValueError, match="document 2 could not be encoded.*the 1 documents sent before it were committed"):
+    with pytest.raises(IrgateError, match="document 2 could not be encoded.*the 1 documents sent before it were committed"):
         client.upsert(papers, documents, batch_size=1)
-    assert client.get(papers, ["fine"])[0].text == "Comets are icy."
-    with pytest.raises(ValueError, match="precision 'f8'"):
+    assert client.get(papers, ["fine"])[0][0].text == "Comets are icy."
+    with pytest.raises(IrgateError, match="precision 'f8'"):
         client.create_collection("never", precision="f8")
 
 

@@ -1,10 +1,15 @@
-"""Protobuf messages <-> SDK types, shared by the sync and the asyncio client."""
+"""Protobuf messages <-> SDK types, shared by the sync and the asyncio client.
+
+Arguments are checked here, before anything is sent, so that a wrong one raises IrgateError
+(INVALID_ARGUMENT) naming it, instead of a bare TypeError or ValueError from protobuf.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import grpc
 from google.protobuf import json_format, struct_pb2
 
 from irgate_client.types import (
@@ -12,6 +17,7 @@ from irgate_client.types import (
     Document,
     Embedding,
     Hit,
+    IrgateError,
     Query,
     ReasoningDelta,
     ServerInfo,
@@ -21,6 +27,36 @@ from irgate_client.types import (
 from irgate_client.v1 import irgate_pb2 as pb
 
 PRECISIONS = {"f16": pb.VECTOR_PRECISION_F16, "f32": pb.VECTOR_PRECISION_F32, "i8": pb.VECTOR_PRECISION_I8}
+UINT32_MAX = 2**32 - 1
+
+
+def invalid(message: str) -> IrgateError:
+    return IrgateError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def whole_number(name: str, value: object, minimum: int, allowed: str) -> int:
+    """`value` as a uint32 field of at least `minimum`; `allowed` tells the caller what to give."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(f"{name} is {value!r}; give a whole number: {allowed}")
+    if not minimum <= value <= UINT32_MAX:
+        raise invalid(f"{name} is {value}; {allowed}")
+    return value
+
+
+def text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise invalid(f"{name} is a {type(value).__name__}; give a str")
+    return value
+
+
+def texts(name: str, values: object) -> list[str]:
+    """A list of strings; one bare string is refused (it would be sent as one id per character)."""
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise invalid(f"{name} is a {type(values).__name__}; give a list of str (e.g. [{values!r}])")
+    items = list(values)
+    for position, item in enumerate(items):
+        text(f"{name}[{position}]", item)
+    return items
 
 
 def truncation(truncate: bool) -> int:
@@ -35,13 +71,18 @@ def embed_input(item: str | Query | Document) -> pb.EmbedInput:
     return pb.EmbedInput(kind=pb.TEXT_KIND_DOCUMENT, text=item)
 
 
-def embed_request(texts: Sequence[str | Query | Document], truncate: bool, raw: bool) -> pb.EmbedRequest:
-    return pb.EmbedRequest(inputs=[embed_input(item) for item in texts], truncation=truncation(truncate), raw=raw)
+def embed_request(items: Sequence[str | Query | Document], truncate: bool, raw: bool) -> pb.EmbedRequest:
+    if isinstance(items, str) or not isinstance(items, Sequence) or not items:
+        raise invalid("texts must be a non-empty list of str, Query or Document")
+    for position, item in enumerate(items):
+        if not isinstance(item, (str, Query, Document)):
+            raise invalid(f"texts[{position}] is a {type(item).__name__}; give a str, Query or Document")
+    return pb.EmbedRequest(inputs=[embed_input(item) for item in items], truncation=truncation(truncate), raw=raw)
 
 
 def precision(name: str) -> int:
     if name not in PRECISIONS:
-        raise ValueError(f"precision {name!r} is not one of {sorted(PRECISIONS)}")
+        raise invalid(f"precision {name!r} is not one of {', '.join(PRECISIONS)}")
     return PRECISIONS[name]
 
 
@@ -76,6 +117,8 @@ def collection_info(message: pb.CollectionInfo) -> CollectionInfo:
 
 
 def document_message(document: Document) -> pb.Document:
+    if not isinstance(document, Document):
+        raise TypeError(f"got a {type(document).__name__}; upsert takes Document(id=..., text=...)")
     message = pb.Document(id=document.id, text=document.text, title=document.title)
     if document.metadata:
         message.metadata.update(dict(document.metadata))
@@ -102,9 +145,11 @@ class UpsertStream:
     """
 
     def __init__(self, collection: str, documents: Iterable[Document], batch_size: int, truncate: bool):
-        self._collection = collection
+        if isinstance(documents, (str, Document)) or not isinstance(documents, Iterable):
+            raise invalid(f"documents is a {type(documents).__name__}; give an iterable of Document")
+        self._collection = text("collection", collection)
         self._documents = documents
-        self._batch_size = batch_size
+        self._batch_size = whole_number("batch_size", batch_size, 1, "1 to the server's max_batch_size (see info())")
         self._truncation = truncation(truncate)
         self.sent = 0
         self.error: Exception | None = None
@@ -129,14 +174,37 @@ class UpsertStream:
 
     def check(self) -> None:
         if self.error is not None:
-            raise ValueError(
+            raise invalid(
                 f"document {self.sent + 1} could not be encoded ({type(self.error).__name__}: {self.error}); "
                 f"the {self.sent} documents sent before it were committed"
             ) from self.error
 
+    def failed(self, error: IrgateError) -> IrgateError:
+        """The call's error, saying what was sent: a rerun skips what the server had committed."""
+        return IrgateError(
+            error.code,
+            f"{error.message} [upsert: {self.sent} documents sent before the failure; documents the server "
+            "committed stay committed, and rerunning the same upsert resumes: stored unchanged documents are skipped]",
+        )
+
 
 def upsert_result(response: pb.UpsertDocumentsResponse) -> UpsertResult:
-    return UpsertResult(response.upserted, response.replaced, response.total_tokens, response.documents)
+    return UpsertResult(
+        response.upserted, response.replaced, response.total_tokens, response.documents, response.unchanged
+    )
+
+
+def get_request(collection: str, ids: Sequence[str], include_vectors: bool) -> pb.GetDocumentsRequest:
+    return pb.GetDocumentsRequest(collection=text("collection", collection), ids=texts("ids", ids),
+                                  include_vectors=include_vectors)
+
+
+def get_result(response: pb.GetDocumentsResponse) -> tuple[list[Document], list[str]]:
+    return [document(item) for item in response.documents], list(response.not_found)
+
+
+def delete_request(collection: str, ids: Sequence[str]) -> pb.DeleteDocumentsRequest:
+    return pb.DeleteDocumentsRequest(collection=text("collection", collection), ids=texts("ids", ids))
 
 
 def search_request(
@@ -151,10 +219,16 @@ def search_request(
     max_reasoning_tokens: int,
     return_reasoning: bool,
 ) -> pb.SearchRequest:
+    whole_number("k", k, 1, "1 to the server's max_k (see info())")
+    whole_number("rerank", rerank, 0, "the number of top hits the judge reranks, 0 for none")
+    if max_reasoning_tokens is not None:
+        whole_number("max_reasoning_tokens", max_reasoning_tokens, 0, "reasoning tokens per judged document")
+    if filter is not None and not isinstance(filter, Mapping):
+        raise invalid(f"filter is a {type(filter).__name__}; give a dict of metadata key -> required value")
     request = pb.SearchRequest(
-        collection=collection,
-        query=query,
-        instruction=instruction,
+        collection=text("collection", collection),
+        query=text("query", query),
+        instruction=text("instruction", instruction),
         k=k,
         include_documents=include_documents,
         truncation=truncation(truncate),
@@ -164,7 +238,10 @@ def search_request(
     )
     if filter:
         request.filter.CopyFrom(struct_pb2.Struct())
-        request.filter.update(dict(filter))
+        try:
+            request.filter.update(dict(filter))
+        except (TypeError, ValueError) as error:
+            raise invalid(f"filter cannot be sent ({error}); use str keys and JSON values") from None
     return request
 
 

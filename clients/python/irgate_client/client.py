@@ -1,9 +1,13 @@
 """Sync and asyncio clients for irgate. Both take the same arguments and return the same types.
 
     with Client("127.0.0.1:50051") as client:
-        client.create_collection("papers")
+        client.create_collection("papers", exist_ok=True)
         client.upsert("papers", [Document(id="1", text="Rain forms when vapour condenses.")])
         hits = client.search("papers", "what causes rain", instruction="prefer physics papers")
+
+Deadlines: every call takes `timeout` (seconds; None for no deadline). Left out, a call uses the
+client's `timeout` (60 s unless given), except `upsert`, which has no deadline unless given one:
+a bulk ingest takes as long as the corpus needs.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from irgate_client import _messages as messages
 from irgate_client.types import (
@@ -33,9 +38,32 @@ from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 60.0
 UPSERT_BATCH = 128
+HEALTH_SERVICES = ("", "irgate.v1.Info", "irgate.v1.Embed", "irgate.v1.Collections", "irgate.v1.Search", "irgate.v1.Judge")
+DEADLINE_HINT = (
+    " (the call ran past its deadline; give it more time with timeout=SECONDS, or timeout=None for no deadline, "
+    "on the call or on the client)"
+)
+
+
+class _ClientTimeout:
+    """The default of every call's `timeout`: use the client's."""
+
+    def __repr__(self) -> str:
+        return "CLIENT_TIMEOUT"
+
+
+CLIENT_TIMEOUT: Any = _ClientTimeout()
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def _check_timeout(timeout: object) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise messages.invalid(f"timeout is {timeout!r}; give seconds greater than 0, or None for no deadline")
+    return float(timeout)
 
 
 class _Connection:
@@ -50,10 +78,10 @@ class _Connection:
         timeout: float | None,
         options: Sequence[tuple[str, Any]],
     ):
-        self.target = target
+        self.target = messages.text("target", target)
         self.credentials = grpc.ssl_channel_credentials(root_certificates) if tls or root_certificates else None
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        self.timeout = timeout
+        self.timeout = _check_timeout(timeout)
         self.options = [
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -61,7 +89,21 @@ class _Connection:
         ]
 
     def call_options(self, timeout: float | None) -> dict[str, Any]:
-        return {"metadata": self.metadata, "timeout": self.timeout if timeout is None else timeout}
+        return {"metadata": self.metadata, "timeout": self.timeout if timeout is CLIENT_TIMEOUT else _check_timeout(timeout)}
+
+
+def _error(code: grpc.StatusCode, details: str | None) -> IrgateError:
+    message = details or code.name.replace("_", " ").lower()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        message += DEADLINE_HINT
+    return IrgateError(code, message)
+
+
+def _health_error(error: IrgateError, service: str) -> IrgateError:
+    if error.code != grpc.StatusCode.NOT_FOUND:
+        return error
+    known = ", ".join(repr(name) for name in HEALTH_SERVICES)
+    return IrgateError(error.code, f"the server reports no health for service {service!r}; known services: {known}")
 
 
 def _raising(method: Callable[P, R]) -> Callable[P, R]:
@@ -70,7 +112,7 @@ def _raising(method: Callable[P, R]) -> Callable[P, R]:
         try:
             return method(*args, **kwargs)
         except grpc.RpcError as error:
-            raise IrgateError(error.code(), error.details()) from None  # type: ignore[attr-defined]
+            raise _error(error.code(), error.details()) from None  # type: ignore[attr-defined]
 
     return wrapper
 
@@ -81,13 +123,13 @@ def _raising_async(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
         try:
             return await method(*args, **kwargs)
         except grpc.aio.AioRpcError as error:
-            raise IrgateError(error.code(), error.details() or "") from None
+            raise _error(error.code(), error.details()) from None
 
     return wrapper
 
 
 class Client:
-    """Blocking client. Every method takes `timeout` (seconds) to override the default deadline."""
+    """Blocking client. Every method takes `timeout` (seconds; None: no deadline) to override the client's."""
 
     def __init__(
         self,
@@ -109,6 +151,7 @@ class Client:
         self._collections = pb_grpc.CollectionsStub(self._channel)
         self._search = pb_grpc.SearchStub(self._channel)
         self._judge = pb_grpc.JudgeStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -120,36 +163,55 @@ class Client:
         self._channel.close()
 
     @_raising
-    def info(self, *, timeout: float | None = None) -> ServerInfo:
+    def health(self, service: str = "", *, timeout: float | None = CLIENT_TIMEOUT) -> str:
+        """The grpc.health.v1 status of the server ("") or one service ("irgate.v1.Search"): "SERVING" or "NOT_SERVING"."""
+        request = health_pb2.HealthCheckRequest(service=messages.text("service", service))
+        try:
+            response = self._health.Check(request, **self._connection.call_options(timeout))
+        except grpc.RpcError as error:
+            raise _health_error(_error(error.code(), error.details()), service) from None  # type: ignore[attr-defined]
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    @_raising
+    def info(self, *, timeout: float | None = CLIENT_TIMEOUT) -> ServerInfo:
         return messages.server_info(self._info.GetInfo(pb.GetInfoRequest(), **self._connection.call_options(timeout)))
 
     @_raising
     def embed(
         self, texts: Sequence[str | Query | Document], *, truncate: bool = True, raw: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = CLIENT_TIMEOUT,
     ) -> list[Embedding]:
         """Embeds documents (plain strings, or `Document` with a title) and queries (`Query`, with an instruction)."""
         request = messages.embed_request(texts, truncate, raw)
         return messages.embeddings(self._embed.Embed(request, **self._connection.call_options(timeout)))
 
     @_raising
-    def create_collection(self, name: str, *, precision: str = "f16", timeout: float | None = None) -> CollectionInfo:
-        request = pb.CreateCollectionRequest(name=name, precision=messages.precision(precision))
-        return messages.collection_info(self._collections.CreateCollection(request, **self._connection.call_options(timeout)))
+    def create_collection(
+        self, name: str, *, precision: str = "f16", exist_ok: bool = False, timeout: float | None = CLIENT_TIMEOUT
+    ) -> CollectionInfo:
+        """Creates an empty collection; with exist_ok=True an existing one is returned as it is."""
+        request = pb.CreateCollectionRequest(name=messages.text("name", name), precision=messages.precision(precision))
+        try:
+            return messages.collection_info(self._collections.CreateCollection(request, **self._connection.call_options(timeout)))
+        except grpc.RpcError as error:
+            if exist_ok and error.code() == grpc.StatusCode.ALREADY_EXISTS:  # type: ignore[attr-defined]
+                return self.describe_collection(name, timeout=timeout)
+            raise
 
     @_raising
-    def list_collections(self, *, timeout: float | None = None) -> list[CollectionInfo]:
+    def list_collections(self, *, timeout: float | None = CLIENT_TIMEOUT) -> list[CollectionInfo]:
         response = self._collections.ListCollections(pb.ListCollectionsRequest(), **self._connection.call_options(timeout))
         return [messages.collection_info(item) for item in response.collections]
 
     @_raising
-    def describe_collection(self, name: str, *, timeout: float | None = None) -> CollectionInfo:
-        request = pb.DescribeCollectionRequest(name=name)
+    def describe_collection(self, name: str, *, timeout: float | None = CLIENT_TIMEOUT) -> CollectionInfo:
+        request = pb.DescribeCollectionRequest(name=messages.text("name", name))
         return messages.collection_info(self._collections.DescribeCollection(request, **self._connection.call_options(timeout)))
 
     @_raising
-    def delete_collection(self, name: str, *, timeout: float | None = None) -> None:
-        self._collections.DeleteCollection(pb.DeleteCollectionRequest(name=name), **self._connection.call_options(timeout))
+    def delete_collection(self, name: str, *, timeout: float | None = CLIENT_TIMEOUT) -> None:
+        request = pb.DeleteCollectionRequest(name=messages.text("name", name))
+        self._collections.DeleteCollection(request, **self._connection.call_options(timeout))
 
     @_raising
     def upsert(
@@ -161,26 +223,33 @@ class Client:
         truncate: bool = True,
         timeout: float | None = None,
     ) -> UpsertResult:
-        """Streams the documents in batches; an existing id is replaced."""
+        """Streams the documents in batches; an existing id is replaced, an unchanged document skipped.
+
+        No deadline unless `timeout` is given. If the call fails, the batches the server committed
+        stay committed and the error says how many documents were sent: rerun the same upsert to
+        resume (stored documents with the same title, text and metadata are not embedded again).
+        """
         stream = messages.UpsertStream(collection, documents, batch_size, truncate)
         try:
             response = self._collections.UpsertDocuments(iter(stream), **self._connection.call_options(timeout))
-        finally:
+        except grpc.RpcError as error:
             stream.check()  # a document that could not be encoded explains the call's outcome best
+            raise stream.failed(_error(error.code(), error.details())) from None  # type: ignore[attr-defined]
+        stream.check()
         return messages.upsert_result(response)
 
     @_raising
     def get(
-        self, collection: str, ids: Sequence[str], *, include_vectors: bool = False, timeout: float | None = None
-    ) -> list[Document]:
-        request = pb.GetDocumentsRequest(collection=collection, ids=ids, include_vectors=include_vectors)
-        response = self._collections.GetDocuments(request, **self._connection.call_options(timeout))
-        return [messages.document(item) for item in response.documents]
+        self, collection: str, ids: Sequence[str], *, include_vectors: bool = False, timeout: float | None = CLIENT_TIMEOUT
+    ) -> tuple[list[Document], list[str]]:
+        """Returns (the documents found, in request order; the ids that do not exist)."""
+        request = messages.get_request(collection, ids, include_vectors)
+        return messages.get_result(self._collections.GetDocuments(request, **self._connection.call_options(timeout)))
 
     @_raising
-    def delete(self, collection: str, ids: Sequence[str], *, timeout: float | None = None) -> tuple[int, int]:
+    def delete(self, collection: str, ids: Sequence[str], *, timeout: float | None = CLIENT_TIMEOUT) -> tuple[int, int]:
         """Returns (deleted, not_found)."""
-        request = pb.DeleteDocumentsRequest(collection=collection, ids=ids)
+        request = messages.delete_request(collection, ids)
         response = self._collections.DeleteDocuments(request, **self._connection.call_options(timeout))
         return response.deleted, response.not_found
 
@@ -198,7 +267,7 @@ class Client:
         rerank: int = 0,
         max_reasoning_tokens: int = 0,
         return_reasoning: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = CLIENT_TIMEOUT,
     ) -> list[Hit]:
         request = messages.search_request(
             collection, query, instruction, k, filter, include_documents, truncate, rerank, max_reasoning_tokens, return_reasoning
@@ -215,7 +284,7 @@ class Client:
         collection: str = "",
         max_reasoning_tokens: int = 0,
         return_reasoning: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = CLIENT_TIMEOUT,
     ) -> list[Verdict]:
         """Judges each document (a passage, or a `Document` id in `collection`); verdicts in request order."""
         request = messages.judge_request(query, documents, instruction, collection, max_reasoning_tokens, return_reasoning)
@@ -231,7 +300,7 @@ class Client:
         collection: str = "",
         max_reasoning_tokens: int = 0,
         return_reasoning: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = CLIENT_TIMEOUT,
     ) -> Iterator[Verdict | ReasoningDelta]:
         """Verdicts as each is ready (with reasoning deltas when asked); closing the iterator cancels the work."""
         request = messages.judge_request(query, documents, instruction, collection, max_reasoning_tokens, return_reasoning)
@@ -240,7 +309,7 @@ class Client:
             for message in call:
                 yield messages.judge_event(message)
         except grpc.RpcError as error:
-            raise IrgateError(error.code(), error.details()) from None  # type: ignore[attr-defined]
+            raise _error(error.code(), error.details()) from None  # type: ignore[attr-defined]
         finally:
             call.cancel()
 
@@ -268,6 +337,7 @@ class AsyncClient:
         self._collections = pb_grpc.CollectionsStub(self._channel)
         self._search = pb_grpc.SearchStub(self._channel)
         self._judge = pb_grpc.JudgeStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -279,35 +349,54 @@ class AsyncClient:
         await self._channel.close()
 
     @_raising_async
-    async def info(self, *, timeout: float | None = None) -> ServerInfo:
+    async def health(self, service: str = "", *, timeout: float | None = CLIENT_TIMEOUT) -> str:
+        request = health_pb2.HealthCheckRequest(service=messages.text("service", service))
+        try:
+            response = await self._health.Check(request, **self._connection.call_options(timeout))
+        except grpc.aio.AioRpcError as error:
+            raise _health_error(_error(error.code(), error.details()), service) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    @_raising_async
+    async def info(self, *, timeout: float | None = CLIENT_TIMEOUT) -> ServerInfo:
         return messages.server_info(await self._info.GetInfo(pb.GetInfoRequest(), **self._connection.call_options(timeout)))
 
     @_raising_async
     async def embed(
         self, texts: Sequence[str | Query | Document], *, truncate: bool = True, raw: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = CLIENT_TIMEOUT,
     ) -> list[Embedding]:
         request = messages.embed_request(texts, truncate, raw)
         return messages.embeddings(await self._embed.Embed(request, **self._connection.call_options(timeout)))
 
     @_raising_async
-    async def create_collection(self, name: str, *, precision: str = "f16", timeout: float | None = None) -> CollectionInfo:
-        request = pb.CreateCollectionRequest(name=name, precision=messages.precision(precision))
-        return messages.collection_info(await self._collections.CreateCollection(request, **self._connection.call_options(timeout)))
+    async def create_collection(
+        self, name: str, *, precision: str = "f16", exist_ok: bool = False, timeout: float | None = CLIENT_TIMEOUT
+    ) -> CollectionInfo:
+        request = pb.CreateCollectionRequest(name=messages.text("name", name), precision=messages.precision(precision))
+        try:
+            return messages.collection_info(
+                await self._collections.CreateCollection(request, **self._connection.call_options(timeout))
+            )
+        except grpc.aio.AioRpcError as error:
+            if exist_ok and error.code() == grpc.StatusCode.ALREADY_EXISTS:
+                return await self.describe_collection(name, timeout=timeout)
+            raise
 
     @_raising_async
-    async def list_collections(self, *, timeout: float | None = None) -> list[CollectionInfo]:
+    async def list_collections(self, *, timeout: float | None = CLIENT_TIMEOUT) -> list[CollectionInfo]:
         response = await self._collections.ListCollections(pb.ListCollectionsRequest(), **self._connection.call_options(timeout))
         return [messages.collection_info(item) for item in response.collections]
 
     @_raising_async
-    async def describe_collection(self, name: str, *, timeout: float | None = None) -> CollectionInfo:
-        request = pb.DescribeCollectionRequest(name=name)
+    async def describe_collection(self, name: str, *, timeout: float | None = CLIENT_TIMEOUT) -> CollectionInfo:
+        request = pb.DescribeCollectionRequest(name=messages.text("name", name))
         return messages.collection_info(await self._collections.DescribeCollection(request, **self._connection.call_options(timeout)))
 
     @_raising_async
-    async def delete_collection(self, name: str, *, timeout: float | None = None) -> None:
-        await self._collections.DeleteCollection(pb.DeleteCollectionRequest(name=name), **self._connection.call_options(timeout))
+    async def delete_collection(self, name: str, *, timeout: float | None = CLIENT_TIMEOUT) -> None:
+        request = pb.DeleteCollectionRequest(name=messages.text("name", name))
+        await self._collections.DeleteCollection(request, **self._connection.call_options(timeout))
 
     @_raising_async
     async def upsert(
@@ -322,21 +411,22 @@ class AsyncClient:
         stream = messages.UpsertStream(collection, documents, batch_size, truncate)
         try:
             response = await self._collections.UpsertDocuments(iter(stream), **self._connection.call_options(timeout))
-        finally:
+        except grpc.aio.AioRpcError as error:
             stream.check()
+            raise stream.failed(_error(error.code(), error.details())) from None
+        stream.check()
         return messages.upsert_result(response)
 
     @_raising_async
     async def get(
-        self, collection: str, ids: Sequence[str], *, include_vectors: bool = False, timeout: float | None = None
-    ) -> list[Document]:
-        request = pb.GetDocumentsRequest(collection=collection, ids=ids, include_vectors=include_vectors)
-        response = await self._collections.GetDocuments(request, **self._connection.call_options(timeout))
-        return [messages.document(item) for item in response.documents]
+        self, collection: str, ids: Sequence[str], *, include_vectors: bool = False, timeout: float | None = CLIENT_TIMEOUT
+    ) -> tuple[list[Document], list[str]]:
+        request = messages.get_request(collection, ids, include_vectors)
+        return messages.get_result(await self._collections.GetDocuments(request, **self._connection.call_options(timeout)))
 
     @_raising_async
-    async def delete(self, collection: str, ids: Sequence[str], *, timeout: float | None = None) -> tuple[int, int]:
-        request = pb.DeleteDocumentsRequest(collection=collection, ids=ids)
+    async def delete(self, collection: str, ids: Sequence[str], *, timeout: float | None = CLIENT_TIMEOUT) -> tuple[int, int]:
+        request = messages.delete_request(collection, ids)
         response = await self._collections.DeleteDocuments(request, **self._connection.call_options(timeout))
         return response.deleted, response.not_found
 
@@ -354,7 +444,7 @@ class AsyncClient:
         rerank: int = 0,
         max_reasoning_tokens: int = 0,
         return_reasoning: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = CLIENT_TIMEOUT,
     ) -> list[Hit]:
         request = messages.search_request(
             collection, query, instruction, k, filter, include_documents, truncate, rerank, max_reasoning_tokens, return_reasoning
@@ -371,7 +461,7 @@ class AsyncClient:
         collection: str = "",
         max_reasoning_tokens: int = 0,
         return_reasoning: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = CLIENT_TIMEOUT,
     ) -> list[Verdict]:
         request = messages.judge_request(query, documents, instruction, collection, max_reasoning_tokens, return_reasoning)
         response = await self._judge.Judge(request, **self._connection.call_options(timeout))
@@ -386,7 +476,7 @@ class AsyncClient:
         collection: str = "",
         max_reasoning_tokens: int = 0,
         return_reasoning: bool = False,
-        timeout: float | None = None,
+        timeout: float | None = CLIENT_TIMEOUT,
     ) -> AsyncIterator[Verdict | ReasoningDelta]:
         request = messages.judge_request(query, documents, instruction, collection, max_reasoning_tokens, return_reasoning)
         call = self._judge.JudgeStream(request, **self._connection.call_options(timeout))
@@ -394,6 +484,6 @@ class AsyncClient:
             async for message in call:
                 yield messages.judge_event(message)
         except grpc.aio.AioRpcError as error:
-            raise IrgateError(error.code(), error.details() or "") from None
+            raise _error(error.code(), error.details()) from None
         finally:
             call.cancel()

@@ -10,7 +10,11 @@ import grpc
 
 
 class IrgateError(Exception):
-    """A call failed; `code` is the gRPC status code, `message` the server's explanation."""
+    """A call failed; `code` is the gRPC status code, `message` the server's explanation.
+
+    Arguments the SDK can check before sending (a negative k, ids given as one string, ...) raise
+    it too, with INVALID_ARGUMENT and a message that names the argument, as the server would.
+    """
 
     def __init__(self, code: grpc.StatusCode, message: str):
         super().__init__(f"{code.name}: {message}")
@@ -72,10 +76,11 @@ class CollectionInfo:
 
 @dataclass(frozen=True)
 class UpsertResult:
-    upserted: int
-    replaced: int
-    total_tokens: int
-    documents: int
+    upserted: int  # documents written, replacements included
+    replaced: int  # of those, documents that replaced a stored one with the same id
+    total_tokens: int  # tokens embedded
+    documents: int  # documents in the collection afterwards
+    unchanged: int = 0  # skipped: already stored with the same title, text and metadata
 
 
 @dataclass(frozen=True)

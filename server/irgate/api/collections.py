@@ -45,7 +45,7 @@ class CollectionsServicer(pb_grpc.CollectionsServicer):
         self, requests: AsyncIterator[pb.UpsertDocumentsRequest], context: grpc.aio.ServicerContext
     ) -> pb.UpsertDocumentsResponse:
         name: str | None = None
-        upserted = replaced = tokens = 0
+        upserted = replaced = unchanged = tokens = 0
         async for request in requests:
             try:
                 if name is None:
@@ -57,27 +57,36 @@ class CollectionsServicer(pb_grpc.CollectionsServicer):
                     )
                 convert.check_count("documents", len(request.documents), self.max_batch_size)
                 records = [convert.document_record(document) for document in request.documents]
-                result, spent = await self.collections.upsert(name, records, convert.truncation(request.truncation))
+                outcome = await self.collections.upsert(name, records, convert.truncation(request.truncation))
             except Exception as error:
                 if upserted:
                     # Say what is durable, so that the client resumes instead of re-sending everything.
                     error.args = (f"{error} ({upserted} documents of earlier messages were committed)",)
                 raise
-            upserted += result.upserted
-            replaced += result.replaced
-            tokens += spent
-            EMBEDDED_TOKENS.inc(spent)
+            upserted += outcome.upserted
+            replaced += outcome.replaced
+            unchanged += outcome.unchanged
+            tokens += outcome.tokens
+            EMBEDDED_TOKENS.inc(outcome.tokens)
         if name is None:
             raise InvalidArgument("the stream sent no documents; send at least one UpsertDocumentsRequest")
         return pb.UpsertDocumentsResponse(
-            upserted=upserted, replaced=replaced, total_tokens=tokens, documents=await self.collections.count(name)
+            upserted=upserted,
+            replaced=replaced,
+            unchanged=unchanged,
+            total_tokens=tokens,
+            documents=await self.collections.count(name),
         )
 
     @unary("GetDocuments")
     async def GetDocuments(self, request: pb.GetDocumentsRequest, context: grpc.aio.ServicerContext) -> pb.GetDocumentsResponse:
         convert.check_count("ids", len(request.ids), self.max_batch_size)
         records = await self.collections.get(request.collection, list(request.ids), request.include_vectors)
-        return pb.GetDocumentsResponse(documents=[convert.document(record) for record in records])
+        found = {record.id for record in records}
+        return pb.GetDocumentsResponse(
+            documents=[convert.document(record) for record in records],
+            not_found=[document_id for document_id in dict.fromkeys(request.ids) if document_id not in found],
+        )
 
     @unary("DeleteDocuments")
     async def DeleteDocuments(self, request: pb.DeleteDocumentsRequest, context: grpc.aio.ServicerContext) -> pb.DeleteDocumentsResponse:

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import numpy as np
 
 from irgate.core.embedding import EmbeddingService, TextInput, Truncation
 from irgate.errors import InvalidArgument
-from irgate.index.collection import CollectionInfo, DocumentRecord, UpsertResult
+from irgate.index.collection import CollectionInfo, DocumentRecord, json_equal
 from irgate.index.store import CollectionStore
+
+
+@dataclass(frozen=True)
+class UpsertOutcome:
+    upserted: int  # documents written, replacements included
+    replaced: int  # of those, how many replaced a stored document
+    unchanged: int  # documents skipped: already stored with the same title, text and metadata
+    tokens: int  # tokens embedded
+
+
+def same_content(stored: DocumentRecord, given: DocumentRecord) -> bool:
+    return stored.title == given.title and stored.text == given.text and json_equal(stored.metadata, given.metadata)
 
 
 class CollectionService:
@@ -34,23 +47,28 @@ class CollectionService:
 
     async def upsert(
         self, name: str, documents: list[DocumentRecord], truncation: Truncation = Truncation.END
-    ) -> tuple[UpsertResult, int]:
+    ) -> UpsertOutcome:
         """Embeds the documents that carry no vector, then commits all of them in one transaction.
 
-        Returns the write counts and the number of tokens embedded.
+        A document stored already with the same title, text and metadata is skipped, not embedded
+        again: rerunning an interrupted bulk ingest resumes where it stopped. A client vector is
+        always written (it may change while the text does not).
         """
         collection = await asyncio.to_thread(self.store.get, name)
+        latest = {document.id: document for document in documents if document.id}  # a repeated id: the last wins
+        candidates = [document.id for document in latest.values() if document.vector is None]
+        stored = await asyncio.to_thread(collection.get, candidates, False, True) if candidates else []
+        unchanged = {record.id for record in stored if same_content(record, latest[record.id])}
+        documents = [document for document in documents if document.id not in unchanged]
+        if not documents:
+            return UpsertOutcome(upserted=0, replaced=0, unchanged=len(unchanged), tokens=0)
         dimension = self._embedding.manifest.dimension
         vectors = np.empty((len(documents), dimension), dtype=np.float32)
         to_embed: list[int] = []
         for position, document in enumerate(documents):
             if not document.id:
                 raise InvalidArgument(f"document {position} has no id; ids are 1 to 256 characters")
-            if document.vector is None:
-                if not document.text.strip():
-                    raise InvalidArgument(
-                        f"document '{document.id}' has neither text nor vector; give one of them"
-                    )
+            if document.vector is None:  # an empty text is embedded as the empty string, as BEIR/MTEB do
                 to_embed.append(position)
                 continue
             if document.vector.shape != (dimension,):
@@ -74,11 +92,12 @@ class CollectionService:
             vectors[to_embed] = embedded.vectors
             tokens = sum(embedded.tokens)
         result = await asyncio.to_thread(collection.upsert, documents, vectors)
-        return result, tokens
+        return UpsertOutcome(upserted=result.upserted, replaced=result.replaced, unchanged=len(unchanged), tokens=tokens)
 
     async def get(self, name: str, ids: list[str], include_vectors: bool = False) -> list[DocumentRecord]:
+        """The documents found, in request order; ids that do not exist are left out."""
         collection = await asyncio.to_thread(self.store.get, name)
-        return await asyncio.to_thread(collection.get, ids, include_vectors)
+        return await asyncio.to_thread(collection.get, ids, include_vectors, True)
 
     async def delete_documents(self, name: str, ids: list[str]) -> tuple[int, int]:
         collection = await asyncio.to_thread(self.store.get, name)

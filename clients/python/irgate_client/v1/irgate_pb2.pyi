@@ -229,16 +229,18 @@ class UpsertDocumentsRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., truncation: _Optional[_Union[Truncation, str]] = ...) -> None: ...
 
 class UpsertDocumentsResponse(_message.Message):
-    __slots__ = ("upserted", "replaced", "total_tokens", "documents")
+    __slots__ = ("upserted", "replaced", "total_tokens", "documents", "unchanged")
     UPSERTED_FIELD_NUMBER: _ClassVar[int]
     REPLACED_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     upserted: int
     replaced: int
     total_tokens: int
     documents: int
-    def __init__(self, upserted: _Optional[int] = ..., replaced: _Optional[int] = ..., total_tokens: _Optional[int] = ..., documents: _Optional[int] = ...) -> None: ...
+    unchanged: int
+    def __init__(self, upserted: _Optional[int] = ..., replaced: _Optional[int] = ..., total_tokens: _Optional[int] = ..., documents: _Optional[int] = ..., unchanged: _Optional[int] = ...) -> None: ...
 
 class GetDocumentsRequest(_message.Message):
     __slots__ = ("collection", "ids", "include_vectors")
@@ -251,10 +253,12 @@ class GetDocumentsRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., include_vectors: _Optional[bool] = ...) -> None: ...
 
 class GetDocumentsResponse(_message.Message):
-    __slots__ = ("documents",)
+    __slots__ = ("documents", "not_found")
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
     documents: _containers.RepeatedCompositeFieldContainer[Document]
-    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
+    not_found: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., not_found: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteDocumentsRequest(_message.Message):
     __slots__ = ("collection", "ids")

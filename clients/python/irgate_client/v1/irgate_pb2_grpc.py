@@ -299,15 +299,17 @@ class CollectionsServicer:
     def UpsertDocuments(self, request_iterator, context):
         """Bulk ingest: the client streams batches of documents; each batch is embedded and committed
         in turn, and the server answers once with the totals when the client closes the stream. A
-        document whose id exists is replaced. Batches committed before an error stay committed, and
-        the error message says how many documents were.
+        document whose id exists is replaced, unless its title, text and metadata equal the stored
+        ones: then it is skipped without being embedded again (counted in `unchanged`), so rerunning
+        an interrupted ingest resumes where it stopped. Batches committed before an error stay
+        committed, and the error message says how many documents were.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetDocuments(self, request, context):
-        """Fetches documents by id. NOT_FOUND names the first id that does not exist.
+        """Fetches documents by id. Ids that do not exist are listed in `not_found`, not an error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
