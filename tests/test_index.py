@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from irgate.errors import AlreadyExists, InvalidArgument, NotFound
+from irgate.errors import AlreadyExists, DataDirInUse, InvalidArgument, NotFound
 from irgate.index.collection import Collection, DocumentRecord, ScoredKey
 from irgate.index.store import CollectionStore, validate_collection_name
 
@@ -416,7 +416,7 @@ def test_metadata_filter_compares_json_values(collection: Collection):
 
 def test_one_store_per_directory(tmp_path: Path):
     first = CollectionStore(tmp_path / "collections", dimension=DIM, model=MODEL)
-    with pytest.raises(AlreadyExists, match="in use by another irgate process"):
+    with pytest.raises(DataDirInUse, match="in use by another irgate process"):
         CollectionStore(tmp_path / "collections", dimension=DIM, model=MODEL)
     first.close()
     CollectionStore(tmp_path / "collections", dimension=DIM, model=MODEL).close()  # free again once closed

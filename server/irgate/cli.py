@@ -17,6 +17,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from irgate.errors import IrgateError as ServerSideError
+from irgate.errors import StartupError
 from irgate_client import AsyncClient, Client, Document, IrgateError, Verdict
 
 console = Console(stderr=True)
@@ -29,11 +30,18 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
                         help="HOST:PORT of a running irgate (env IRGATE_SERVER)")
     parser.add_argument("--api-key", default=os.environ.get("IRGATE_API_KEY", ""), help="API key (env IRGATE_API_KEY)")
     parser.add_argument("--tls", action="store_true", help="connect with TLS (system roots)")
+    parser.add_argument("--ca-cert", type=Path, default=os.environ.get("IRGATE_CA_CERT") or None,
+                        help="PEM CA certificate to trust instead of the system roots; implies --tls (env IRGATE_CA_CERT)")
     parser.add_argument("--timeout", type=float, default=120.0, help="deadline per call in seconds")
 
 
+def _root_certificates(args: argparse.Namespace) -> bytes | None:
+    return Path(args.ca_cert).read_bytes() if args.ca_cert else None
+
+
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.server, api_key=args.api_key or None, tls=args.tls, timeout=args.timeout)
+    return Client(args.server, api_key=args.api_key or None, tls=args.tls, timeout=args.timeout,
+                  root_certificates=_root_certificates(args))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
         if action == "create":
             sub.add_argument("--precision", choices=("f16", "f32", "i8"), default="f16")
     _client_options(collection_commands.add_parser("list"))
+    check = collection_commands.add_parser(
+        "check", help="verify that a collection's store and index agree (reads the files; stop the server first)")
+    check.add_argument("name")
+    check.add_argument("--data-dir", type=Path, default=Path(os.environ.get("IRGATE_DATA_DIR", "data")),
+                       help="the server's --data-dir (env IRGATE_DATA_DIR; default: %(default)s)")
 
     index = commands.add_parser("index", help="upsert a BEIR corpus file (.jsonl or .jsonl.gz) into a collection")
     index.add_argument("collection")
@@ -181,7 +194,21 @@ def _build_judge_engine(args: argparse.Namespace) -> None:
     console.print(f"judge engine built: {engine}; serve with tritonserver --model-repository {args.model_repository}")
 
 
+def _check_collection(args: argparse.Namespace) -> None:
+    from irgate.index.store import check_collection
+
+    problems = check_collection(args.data_dir / "collections", args.name)
+    for problem in problems:
+        print(f"{args.name}: {problem}")
+    if problems:
+        sys.exit(1)
+    print(f"{args.name}: store and index agree")
+
+
 def _collection(args: argparse.Namespace) -> None:
+    if args.action == "check":
+        _check_collection(args)
+        return
     with _client(args) as client:
         if args.action == "create":
             info = client.create_collection(args.name, precision=args.precision)
@@ -240,7 +267,9 @@ def _health(args: argparse.Namespace) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    channel = grpc.secure_channel(args.server, grpc.ssl_channel_credentials()) if args.tls else grpc.insecure_channel(args.server)
+    secure = args.tls or args.ca_cert
+    channel = (grpc.secure_channel(args.server, grpc.ssl_channel_credentials(_root_certificates(args))) if secure
+               else grpc.insecure_channel(args.server))
     with channel:
         response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
@@ -331,6 +360,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         COMMANDS[args.command](args)
     # The user's to fix (a status from the server, a missing file, a tool that is not installed): no traceback.
-    except (IrgateError, ServerSideError, FileNotFoundError, ValueError) as error:
+    except (IrgateError, ServerSideError, StartupError, FileNotFoundError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}")
         sys.exit(2)

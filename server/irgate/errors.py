@@ -1,4 +1,6 @@
-"""Domain errors raised below the api layer; the api layer maps each to one gRPC status code."""
+"""Typed errors. IrgateError and its kinds are request errors raised below the api layer, which maps
+each to one gRPC status code. StartupError and its kinds stop `irgate serve` before it serves; only
+the CLI turns them into an exit code."""
 
 
 class IrgateError(Exception):
@@ -27,3 +29,23 @@ class Unavailable(IrgateError):
 
 class FailedPrecondition(IrgateError):
     """The server is not set up for this request, e.g. reranking without a judge (FAILED_PRECONDITION)."""
+
+
+class DeadlineExceeded(IrgateError):
+    """A server-side time limit passed, e.g. a client stream idle for too long (DEADLINE_EXCEEDED)."""
+
+
+class DataLoss(IrgateError):
+    """Stored data is damaged, e.g. a collection whose database file is corrupt (DATA_LOSS)."""
+
+
+class StartupError(Exception):
+    """The server cannot start; the message is one line that says what to change."""
+
+
+class ConfigError(StartupError):
+    """A setting is invalid: the message names the flag (or IRGATE_* variable) and what is allowed."""
+
+
+class DataDirInUse(StartupError):
+    """Another irgate process serves the same --data-dir."""

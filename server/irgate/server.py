@@ -32,7 +32,7 @@ from irgate.core.embedding import EmbeddingService
 from irgate.core.judge import JudgeService
 from irgate.core.search import SearchPipeline
 from irgate.core.tokenization import TextEncoder
-from irgate.errors import AlreadyExists
+from irgate.errors import ConfigError, StartupError
 from irgate.index.store import CollectionStore
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 
@@ -47,7 +47,7 @@ HEALTH_INTERVAL_S = 5.0
 
 def _prepared(folder: Path, what: str, flag: str) -> Path:
     if not (folder / "manifest.json").exists():
-        raise SystemExit(f"no prepared {what} at {folder}: run `irgate prepare` first (or set {flag})")
+        raise ConfigError(f"no prepared {what} at {folder}: run `irgate prepare` first (or set {flag})")
     return folder
 
 
@@ -61,7 +61,7 @@ def open_embedder(settings: Settings) -> EmbedderBackend:
     scheme, _, target = address.partition(":")
     if scheme == "onnx" and target:
         return OnnxEmbedder(_prepared(Path(target), "embedder", "--embedder"), threads=settings.threads or None)
-    raise SystemExit(f"--embedder {address!r} is not supported; use onnx:FOLDER or triton://HOST:PORT/MODEL")
+    raise ConfigError(f"--embedder {address!r} is not supported; use onnx:FOLDER or triton://HOST:PORT/MODEL")
 
 
 def open_judge(settings: Settings) -> JudgeBackend | None:
@@ -76,7 +76,7 @@ def open_judge(settings: Settings) -> JudgeBackend | None:
     scheme, _, target = address.partition(":")
     if scheme == "local" and target:
         return LocalJudge(_prepared(Path(target), "judge", "--judge"), threads=settings.threads or None)
-    raise SystemExit(f"--judge {address!r} is not supported; use local:FOLDER, triton://HOST:PORT/MODEL or none")
+    raise ConfigError(f"--judge {address!r} is not supported; use local:FOLDER, triton://HOST:PORT/MODEL or none")
 
 
 @dataclass
@@ -121,20 +121,19 @@ class App:
 
 
 async def start(settings: Settings) -> App:
-    if bool(settings.tls_cert) != bool(settings.tls_key):
-        raise SystemExit("TLS needs both --tls-cert and --tls-key; refusing to fall back to plaintext")
+    """Builds and starts every layer; raises a StartupError (ConfigError: a setting) that says what to change."""
+    settings = settings.validated()
     embedder = open_embedder(settings)
     manifest = embedder.manifest
     encoder = TextEncoder(manifest, embedder.folder)
     queue = BatchingQueue(embedder, max_batch_tokens=settings.max_batch_tokens)
     queue.start()
     embedding = EmbeddingService(embedder, encoder, queue)
-    try:
-        store = CollectionStore(
-            settings.data_dir / "collections", manifest.dimension, manifest.name, snapshot_every=settings.snapshot_every
-        )
-    except AlreadyExists as error:
-        raise SystemExit(str(error)) from None
+    store = CollectionStore(
+        settings.data_dir / "collections", manifest.dimension, manifest.name, snapshot_every=settings.snapshot_every
+    )
+    for reason in store.unavailable.values():
+        log.error("%s", reason)
     admission = Admission(settings.max_concurrent_requests)
     judge_backend = open_judge(settings)
     judge = (
@@ -158,9 +157,15 @@ async def start(settings: Settings) -> App:
     pb_grpc.add_InfoServicer_to_server(InfoServicer(embedding, judge, settings, admission), server)
     pb_grpc.add_EmbedServicer_to_server(EmbedServicer(embedding, admission, settings.max_batch_size), server)
     pb_grpc.add_CollectionsServicer_to_server(
-        CollectionsServicer(CollectionService(store, embedding), admission, settings.max_batch_size), server
+        CollectionsServicer(
+            CollectionService(store, embedding), admission, settings.max_batch_size, manifest.dimension, settings.stream_idle_s
+        ),
+        server,
     )
-    pb_grpc.add_SearchServicer_to_server(SearchServicer(SearchPipeline(embedding, store, settings.max_k, judge), admission), server)
+    max_rerank = judge.max_documents if judge is not None else 0
+    pb_grpc.add_SearchServicer_to_server(
+        SearchServicer(SearchPipeline(embedding, store, judge), admission, settings.max_k, max_rerank), server
+    )
     pb_grpc.add_JudgeServicer_to_server(JudgeServicer(judge, admission), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -175,10 +180,15 @@ async def start(settings: Settings) -> App:
             port = server.add_insecure_port(settings.address)
         await server.start()
         if settings.metrics_port:
-            serve_metrics(settings.host, settings.metrics_port)
+            serve_metrics(
+                settings.metrics_host or settings.host,
+                settings.metrics_port,
+                api_key=settings.api_key,
+                tls=(settings.tls_cert, settings.tls_key) if settings.tls_cert else None,
+            )
     except (RuntimeError, OSError) as error:  # the port is taken, or the address is not ours
         store.close()
-        raise SystemExit(f"cannot listen on {settings.address} (metrics port {settings.metrics_port}): {error}") from None
+        raise StartupError(f"cannot listen on {settings.address} (metrics port {settings.metrics_port}): {error}") from None
     QUEUED_TEXTS.set_function(lambda: queue.queued_texts)
     if judge_backend is not None:
         JUDGE_BUSY.set_function(lambda: float(judge_backend.busy))

@@ -23,8 +23,12 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith(OPEN_PREFIXES):
             return handler
-        given = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(given.encode() if isinstance(given, str) else given, self._expected):
+        given = [value for key, value in details.invocation_metadata or () if key == "authorization"]
+        if len(given) > 1:
+            # Proxies and libraries disagree on which of several copies wins: refuse rather than guess.
+            return _denying(handler, f"{len(given)} 'authorization' headers were sent; send exactly one")
+        key = given[0] if given else ""
+        if hmac.compare_digest(key.encode() if isinstance(key, str) else key, self._expected):
             return handler
         return _denying(handler, "missing or wrong API key; send metadata 'authorization: Bearer <key>'")
 

@@ -8,22 +8,27 @@ import grpc
 
 from irgate.api import convert
 from irgate.api.metrics import EMBEDDED_TOKENS
-from irgate.api.rpc import Admission, unary
+from irgate.api.rpc import Admission, client_streaming, note, stream_messages, unary
 from irgate.core.collections import CollectionService
 from irgate.errors import InvalidArgument
+from irgate.identifiers import shown
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 
 
 class CollectionsServicer(pb_grpc.CollectionsServicer):
-    def __init__(self, collections: CollectionService, admission: Admission, max_batch_size: int):
+    def __init__(
+        self, collections: CollectionService, admission: Admission, max_batch_size: int, dimension: int, stream_idle_s: float
+    ):
         self.collections = collections
         self.admission = admission
         self.max_batch_size = max_batch_size
+        self.dimension = dimension  # of the embedder: client vectors must have as many values
+        self.stream_idle_s = stream_idle_s
 
     @unary("CreateCollection")
     async def CreateCollection(self, request: pb.CreateCollectionRequest, context: grpc.aio.ServicerContext) -> pb.CollectionInfo:
-        info = await self.collections.create(request.name, convert.precision(request.precision))
+        info = await self.collections.create(convert.collection_name(request.name, "name"), convert.precision(request.precision))
         return convert.collection_info(info)
 
     @unary("ListCollections")
@@ -33,41 +38,49 @@ class CollectionsServicer(pb_grpc.CollectionsServicer):
 
     @unary("DescribeCollection")
     async def DescribeCollection(self, request: pb.DescribeCollectionRequest, context: grpc.aio.ServicerContext) -> pb.CollectionInfo:
-        return convert.collection_info(await self.collections.describe(request.name))
+        return convert.collection_info(await self.collections.describe(convert.collection_name(request.name, "name")))
 
     @unary("DeleteCollection")
     async def DeleteCollection(self, request: pb.DeleteCollectionRequest, context: grpc.aio.ServicerContext) -> pb.DeleteCollectionResponse:
-        await self.collections.delete(request.name)
+        await self.collections.delete(convert.collection_name(request.name, "name"))
         return pb.DeleteCollectionResponse()
 
-    @unary("UpsertDocuments")
+    @client_streaming("UpsertDocuments")
     async def UpsertDocuments(
         self, requests: AsyncIterator[pb.UpsertDocumentsRequest], context: grpc.aio.ServicerContext
     ) -> pb.UpsertDocumentsResponse:
         name: str | None = None
         upserted = replaced = unchanged = tokens = 0
-        async for request in requests:
-            try:
+        try:
+            async for request in stream_messages(requests, self.stream_idle_s, "UpsertDocuments"):
                 if name is None:
-                    name = request.collection
+                    name = convert.collection_name(request.collection)
+                    note(collection=name)
                 elif request.collection != name:
                     raise InvalidArgument(
-                        f"message names collection '{request.collection}' but this stream writes to '{name}'; "
+                        f"message names collection '{shown(request.collection)}' but this stream writes to '{name}'; "
                         "use one stream per collection"
                     )
                 convert.check_count("documents", len(request.documents), self.max_batch_size)
-                records = [convert.document_record(document) for document in request.documents]
-                outcome = await self.collections.upsert(name, records, convert.truncation(request.truncation))
-            except Exception as error:
-                if upserted:
-                    # Say what is durable, so that the client resumes instead of re-sending everything.
-                    error.args = (f"{error} ({upserted} documents of earlier messages were committed)",)
-                raise
-            upserted += outcome.upserted
-            replaced += outcome.replaced
-            unchanged += outcome.unchanged
-            tokens += outcome.tokens
-            EMBEDDED_TOKENS.inc(outcome.tokens)
+                documents = [
+                    convert.document(document, f"documents[{position}]", self.dimension)
+                    for position, document in enumerate(request.documents)
+                ]
+                truncation = convert.truncation(request.truncation)
+                # A slot per message, not per stream: a stream waiting for its next message holds none.
+                with self.admission.slot():
+                    outcome = await self.collections.upsert(name, documents, truncation)
+                upserted += outcome.upserted
+                replaced += outcome.replaced
+                unchanged += outcome.unchanged
+                tokens += outcome.tokens
+                note(upserted=upserted, unchanged=unchanged)
+                EMBEDDED_TOKENS.inc(outcome.tokens)
+        except Exception as error:
+            if upserted:
+                # Say what is durable, so that the client resumes instead of re-sending everything.
+                error.add_note(f"{upserted} documents of earlier messages were committed")
+            raise
         if name is None:
             raise InvalidArgument("the stream sent no documents; send at least one UpsertDocumentsRequest")
         return pb.UpsertDocumentsResponse(
@@ -80,16 +93,16 @@ class CollectionsServicer(pb_grpc.CollectionsServicer):
 
     @unary("GetDocuments")
     async def GetDocuments(self, request: pb.GetDocumentsRequest, context: grpc.aio.ServicerContext) -> pb.GetDocumentsResponse:
-        convert.check_count("ids", len(request.ids), self.max_batch_size)
-        records = await self.collections.get(request.collection, list(request.ids), request.include_vectors)
+        ids = convert.document_ids(request.ids, "ids", self.max_batch_size)
+        records = await self.collections.get(convert.collection_name(request.collection), ids, request.include_vectors)
         found = {record.id for record in records}
         return pb.GetDocumentsResponse(
-            documents=[convert.document(record) for record in records],
-            not_found=[document_id for document_id in dict.fromkeys(request.ids) if document_id not in found],
+            documents=[convert.document_message(record) for record in records],
+            not_found=[document_id for document_id in dict.fromkeys(ids) if document_id not in found],
         )
 
     @unary("DeleteDocuments")
     async def DeleteDocuments(self, request: pb.DeleteDocumentsRequest, context: grpc.aio.ServicerContext) -> pb.DeleteDocumentsResponse:
-        convert.check_count("ids", len(request.ids), self.max_batch_size)
-        deleted, not_found = await self.collections.delete_documents(request.collection, list(request.ids))
+        ids = convert.document_ids(request.ids, "ids", self.max_batch_size)
+        deleted, not_found = await self.collections.delete_documents(convert.collection_name(request.collection), ids)
         return pb.DeleteDocumentsResponse(deleted=deleted, not_found=not_found)

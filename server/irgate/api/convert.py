@@ -1,16 +1,20 @@
-"""Protobuf messages <-> domain types. Field-level validation that needs the proto lives here."""
+"""Protobuf messages <-> domain types. Requests are validated here, at the edge: what reaches
+core is a domain type whose names, ids, numbers and sizes have been checked (see irgate.identifiers)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
+from irgate.core.documents import CollectionInfo, Document
 from irgate.core.embedding import Timing, Truncation
 from irgate.core.judge import Verdict
 from irgate.errors import InvalidArgument
-from irgate.index.collection import CollectionInfo, DocumentRecord
+from irgate.identifiers import check_collection_name, check_document_id, check_key, shown
 from irgate_client.v1 import irgate_pb2 as pb
 
 PRECISIONS = {
@@ -41,8 +45,68 @@ def check_count(field: str, count: int, limit: int) -> None:
         raise InvalidArgument(f"{field} has {count} entries; send 1 to {limit}")
 
 
-def struct_to_dict(message: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(message)
+def collection_name(name: str, field: str = "collection") -> str:
+    return check_collection_name(name, field)
+
+
+def document_ids(ids: Sequence[str], field: str, limit: int) -> list[str]:
+    check_count(field, len(ids), limit)
+    return [check_document_id(value, f"{field}[{position}]") for position, value in enumerate(ids)]
+
+
+def struct_to_dict(message: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    """A Struct as JSON values; field names the Struct in error messages (e.g. "filter").
+
+    Numbers must be finite: JSON has no NaN or infinity. Keys follow irgate.identifiers.
+    """
+    return {check_key(key, field): _json_value(value, f"{field}.{shown(key)}") for key, value in message.fields.items()}
+
+
+def _json_value(value: struct_pb2.Value, field: str) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            raise InvalidArgument(f"{field} is {number}; JSON numbers must be finite (no NaN or infinity)")
+        # Whole numbers read back as ints (2001, not 2001.0); -0.0 stays a float so it round-trips.
+        if number.is_integer() and abs(number) <= 2**53 and math.copysign(1.0, number) > 0:
+            return int(number)
+        return number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "null_value":
+        return None
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value, field)
+    if kind == "list_value":
+        return [_json_value(item, f"{field}[{position}]") for position, item in enumerate(value.list_value.values)]
+    raise InvalidArgument(f"{field} has no value; set null, a number, a string, a bool, a list or an object")
+
+
+def document(message: pb.Document, field: str, dimension: int) -> Document:
+    """A validated Document. field names it in errors, e.g. "documents[3]"."""
+    document_id = check_document_id(message.id, f"{field}.id")
+    vector = None
+    if len(message.vector):
+        vector = np.asarray(message.vector, dtype=np.float32)
+        if vector.size != dimension:
+            raise InvalidArgument(
+                f"{field}.vector (document '{shown(document_id)}') has {vector.size} values; "
+                f"the embedder's dimension is {dimension}"
+            )
+        if not np.all(np.isfinite(vector)):
+            raise InvalidArgument(f"{field}.vector (document '{shown(document_id)}') holds NaN or infinite values")
+        if not np.any(vector):
+            raise InvalidArgument(f"{field}.vector (document '{shown(document_id)}') is all zeros; it has no direction")
+    return Document(
+        id=document_id,
+        text=message.text,
+        title=message.title,
+        metadata=struct_to_dict(message.metadata, f"{field}.metadata"),
+        vector=vector,
+    )
 
 
 def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
@@ -71,26 +135,16 @@ def collection_info(info: CollectionInfo) -> pb.CollectionInfo:
     )
 
 
-def document_record(message: pb.Document) -> DocumentRecord:
-    return DocumentRecord(
-        id=message.id,
-        text=message.text,
-        title=message.title,
-        metadata=struct_to_dict(message.metadata),
-        vector=np.asarray(message.vector, dtype=np.float32) if len(message.vector) else None,
-    )
-
-
-def document(record: DocumentRecord) -> pb.Document:
-    message = pb.Document(id=record.id, text=record.text, title=record.title)
-    if record.metadata:
-        message.metadata.CopyFrom(dict_to_struct(record.metadata))
-    if record.vector is not None:
-        message.vector.extend(record.vector.tolist())
+def document_message(value: Document) -> pb.Document:
+    message = pb.Document(id=value.id, text=value.text, title=value.title)
+    if value.metadata:
+        message.metadata.CopyFrom(dict_to_struct(dict(value.metadata)))
+    if value.vector is not None:
+        message.vector.extend(value.vector.tolist())
     return message
 
 
-ENDED = {"answered": pb.ENDED_ANSWERED, "forced": pb.ENDED_FORCED}
+ENDED = {"answered": pb.ENDED_ANSWERED, "forced": pb.ENDED_FORCED, "forced_eos": pb.ENDED_FORCED_EOS}
 
 
 def verdict(value: Verdict) -> pb.Verdict:
@@ -102,4 +156,11 @@ def verdict(value: Verdict) -> pb.Verdict:
         reasoning=value.reasoning,
         reasoning_tokens=value.reasoning_tokens,
         ended=ENDED[value.ended],
+        truncated=value.truncated,
+        reasoning_budget=value.reasoning_budget,
     )
+
+
+def reasoning_budget(message: pb.JudgeRequest | pb.RerankOptions) -> int | None:
+    """None when the request left the budget unset: the server's cap applies."""
+    return message.max_reasoning_tokens if message.HasField("max_reasoning_tokens") else None

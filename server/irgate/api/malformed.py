@@ -3,6 +3,7 @@ INVALID_ARGUMENT. Left to grpc, a failing deserializer answers UNKNOWN with a se
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -64,13 +65,22 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
                 await _reject(context, method, request)
             yield request
 
+    # A streaming handler is either an async generator or a coroutine that writes with
+    # context.write() (grpc.health.v1's Watch is one): each wrapper keeps the shape it wraps.
     if handler.request_streaming and handler.response_streaming:
+        inner = handler.stream_stream
+        if inspect.isasyncgenfunction(inner):
 
-        async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async for response in handler.stream_stream(checked(requests, context), context):
-                yield response
+            async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async for response in inner(checked(requests, context), context):
+                    yield response
 
-        return grpc.stream_stream_rpc_method_handler(stream_stream, **codecs)
+            return grpc.stream_stream_rpc_method_handler(stream_stream, **codecs)
+
+        async def stream_stream_writing(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            return await inner(checked(requests, context), context)
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream_writing, **codecs)
     if handler.request_streaming:
 
         async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
@@ -78,14 +88,23 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, **codecs)
     if handler.response_streaming:
+        inner = handler.unary_stream
+        if inspect.isasyncgenfunction(inner):
 
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                if isinstance(request, _Malformed):
+                    await _reject(context, method, request)
+                async for response in inner(request, context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, **codecs)
+
+        async def unary_stream_writing(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if isinstance(request, _Malformed):
                 await _reject(context, method, request)
-            async for response in handler.unary_stream(request, context):
-                yield response
+            return await inner(request, context)
 
-        return grpc.unary_stream_rpc_method_handler(unary_stream, **codecs)
+        return grpc.unary_stream_rpc_method_handler(unary_stream_writing, **codecs)
 
     async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, _Malformed):

@@ -15,25 +15,34 @@ DEFAULT_K = 10
 
 
 class SearchServicer(pb_grpc.SearchServicer):
-    def __init__(self, pipeline: SearchPipeline, admission: Admission):
+    def __init__(self, pipeline: SearchPipeline, admission: Admission, max_k: int, max_rerank: int):
         self.pipeline = pipeline
         self.admission = admission
+        self.max_k = max_k
+        self.max_rerank = max_rerank  # the judge's document limit; 0 without a judge
 
     @unary("Search")
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
+        collection = convert.collection_name(request.collection)
         if not request.query.strip():
             raise InvalidArgument("query is empty; give the text to search for")
+        k = request.k or min(DEFAULT_K, self.max_k)
+        if k > self.max_k:
+            raise InvalidArgument(f"k is {k}; it must be between 1 and {self.max_k}")
+        top_n = request.rerank.top_n
+        if self.max_rerank and top_n > self.max_rerank:
+            raise InvalidArgument(f"rerank.top_n is {top_n}; it must be between 0 and {self.max_rerank}")
         result = await self.pipeline.search(
             SearchQuery(
-                collection=request.collection,
+                collection=collection,
                 query=request.query,
                 instruction=request.instruction,
-                k=request.k or min(DEFAULT_K, self.pipeline.max_k),
-                filter=convert.struct_to_dict(request.filter) if request.HasField("filter") else None,
+                k=k,
+                filter=convert.struct_to_dict(request.filter, "filter") if request.HasField("filter") else None,
                 include_documents=request.include_documents,
                 rerank=RerankOptions(
                     top_n=request.rerank.top_n,
-                    max_reasoning_tokens=request.rerank.max_reasoning_tokens,
+                    max_reasoning_tokens=convert.reasoning_budget(request.rerank),
                     return_reasoning=request.rerank.return_reasoning,
                 ),
                 truncation=convert.truncation(request.truncation),
@@ -43,7 +52,7 @@ class SearchServicer(pb_grpc.SearchServicer):
         for hit in result.hits:
             message = pb.Hit(id=hit.id, score=hit.score, dense_score=hit.dense_score)
             if hit.document is not None:
-                message.document.CopyFrom(convert.document(hit.document))
+                message.document.CopyFrom(convert.document_message(hit.document))
             if hit.verdict is not None:
                 message.verdict.CopyFrom(convert.verdict(hit.verdict))
             hits.append(message)

@@ -1,28 +1,43 @@
-"""Collection operations: documents are embedded here, then stored by the index layer."""
+"""Collection operations: documents are embedded here, then stored by the index layer.
+
+Inputs arrive validated by the API layer (names, ids, metadata, vector values); this module maps
+the domain types of core/documents.py to the index layer's rows and back.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
+from irgate.core.documents import CollectionInfo, Document, UpsertCounts
 from irgate.core.embedding import EmbeddingService, TextInput, Truncation
-from irgate.errors import InvalidArgument
-from irgate.index.collection import CollectionInfo, DocumentRecord, json_equal
+from irgate.index import collection as index
 from irgate.index.store import CollectionStore
 
 
-@dataclass(frozen=True)
-class UpsertOutcome:
-    upserted: int  # documents written, replacements included
-    replaced: int  # of those, how many replaced a stored document
-    unchanged: int  # documents skipped: already stored with the same title, text and metadata
-    tokens: int  # tokens embedded
+def collection_info(info: index.CollectionInfo) -> CollectionInfo:
+    return CollectionInfo(
+        name=info.name,
+        documents=info.documents,
+        dimension=info.dimension,
+        precision=info.precision,
+        model=info.model,
+        created_at=info.created_at,
+    )
 
 
-def same_content(stored: DocumentRecord, given: DocumentRecord) -> bool:
-    return stored.title == given.title and stored.text == given.text and json_equal(stored.metadata, given.metadata)
+def document_of(record: index.DocumentRecord) -> Document:
+    return Document(id=record.id, text=record.text, title=record.title, metadata=record.metadata, vector=record.vector)
+
+
+def record_of(document: Document) -> index.DocumentRecord:
+    return index.DocumentRecord(id=document.id, text=document.text, title=document.title, metadata=dict(document.metadata))
+
+
+def same_content(stored: index.DocumentRecord, given: Document) -> bool:
+    return stored.title == given.title and stored.text == given.text and index.json_equal(stored.metadata, given.metadata)
 
 
 class CollectionService:
@@ -33,75 +48,66 @@ class CollectionService:
         self._embedding = embedding
 
     async def create(self, name: str, precision: str = "f16") -> CollectionInfo:
-        return await asyncio.to_thread(self.store.create, name, precision)
+        return collection_info(await asyncio.to_thread(self.store.create, name, precision))
 
     async def list(self) -> list[CollectionInfo]:
-        return await asyncio.to_thread(self.store.list)
+        return [collection_info(info) for info in await asyncio.to_thread(self.store.list)]
 
     async def describe(self, name: str) -> CollectionInfo:
         collection = await asyncio.to_thread(self.store.get, name)
-        return await asyncio.to_thread(collection.info)
+        return collection_info(await asyncio.to_thread(collection.info))
 
     async def delete(self, name: str) -> None:
         await asyncio.to_thread(self.store.delete, name)
 
     async def upsert(
-        self, name: str, documents: list[DocumentRecord], truncation: Truncation = Truncation.END
-    ) -> UpsertOutcome:
+        self, name: str, documents: Sequence[Document], truncation: Truncation = Truncation.END
+    ) -> UpsertCounts:
         """Embeds the documents that carry no vector, then commits all of them in one transaction.
 
         A document stored already with the same title, text and metadata is skipped, not embedded
         again: rerunning an interrupted bulk ingest resumes where it stopped. A client vector is
-        always written (it may change while the text does not).
+        always written (it may change while the text does not). An empty text is embedded as the
+        empty string, as BEIR and MTEB do.
         """
         collection = await asyncio.to_thread(self.store.get, name)
-        latest = {document.id: document for document in documents if document.id}  # a repeated id: the last wins
+        latest = {document.id: document for document in documents}  # a repeated id: the last one wins
         candidates = [document.id for document in latest.values() if document.vector is None]
         stored = await asyncio.to_thread(collection.get, candidates, False, True) if candidates else []
         unchanged = {record.id for record in stored if same_content(record, latest[record.id])}
         documents = [document for document in documents if document.id not in unchanged]
         if not documents:
-            return UpsertOutcome(upserted=0, replaced=0, unchanged=len(unchanged), tokens=0)
-        dimension = self._embedding.manifest.dimension
-        vectors = np.empty((len(documents), dimension), dtype=np.float32)
+            return UpsertCounts(upserted=0, replaced=0, tokens=0, unchanged=len(unchanged))
+        manifest = self._embedding.manifest
+        vectors = np.empty((len(documents), manifest.dimension), dtype=np.float32)
         to_embed: list[int] = []
         for position, document in enumerate(documents):
-            if not document.id:
-                raise InvalidArgument(f"document {position} has no id; ids are 1 to 256 characters")
-            if document.vector is None:  # an empty text is embedded as the empty string, as BEIR/MTEB do
+            if document.vector is None:
                 to_embed.append(position)
                 continue
-            if document.vector.shape != (dimension,):
-                raise InvalidArgument(
-                    f"vector of document '{document.id}' has {document.vector.size} values; "
-                    f"the collection's dimension is {dimension}"
-                )
-            norm = float(np.linalg.norm(document.vector.astype(np.float64)))  # float32 overflows past ~1e19
-            if not np.isfinite(norm) or norm == 0.0:
-                raise InvalidArgument(
-                    f"vector of document '{document.id}' has norm {norm}; give finite values, not all zero"
-                )
-            vectors[position] = document.vector / norm if self._embedding.manifest.normalize else document.vector
+            vector = document.vector.astype(np.float64)  # float32 norms overflow past ~1e19
+            vectors[position] = vector / np.linalg.norm(vector) if manifest.normalize else vector
         tokens = 0
         if to_embed:
             embedded = await self._embedding.embed(
                 [TextInput(text=documents[i].text, title=documents[i].title) for i in to_embed],
                 truncation,
-                normalize=self._embedding.manifest.normalize,
+                normalize=manifest.normalize,
             )
             vectors[to_embed] = embedded.vectors
             tokens = sum(embedded.tokens)
-        result = await asyncio.to_thread(collection.upsert, documents, vectors)
-        return UpsertOutcome(upserted=result.upserted, replaced=result.replaced, unchanged=len(unchanged), tokens=tokens)
+        result = await asyncio.to_thread(collection.upsert, [record_of(document) for document in documents], vectors)
+        return UpsertCounts(upserted=result.upserted, replaced=result.replaced, tokens=tokens, unchanged=len(unchanged))
 
-    async def get(self, name: str, ids: list[str], include_vectors: bool = False) -> list[DocumentRecord]:
+    async def get(self, name: str, ids: Sequence[str], include_vectors: bool = False) -> list[Document]:
         """The documents found, in request order; ids that do not exist are left out."""
         collection = await asyncio.to_thread(self.store.get, name)
-        return await asyncio.to_thread(collection.get, ids, include_vectors, True)
+        records = await asyncio.to_thread(collection.get, list(ids), include_vectors, True)
+        return [document_of(record) for record in records]
 
-    async def delete_documents(self, name: str, ids: list[str]) -> tuple[int, int]:
+    async def delete_documents(self, name: str, ids: Sequence[str]) -> tuple[int, int]:
         collection = await asyncio.to_thread(self.store.get, name)
-        return await asyncio.to_thread(collection.delete, ids)
+        return await asyncio.to_thread(collection.delete, list(ids))
 
     async def count(self, name: str) -> int:
         collection = await asyncio.to_thread(self.store.get, name)

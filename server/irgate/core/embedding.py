@@ -70,8 +70,9 @@ class EmbeddingService:
         if truncation is Truncation.NONE:
             for position, item in enumerate(encoded):
                 if item.truncated:
+                    length = f"more than {item.original_length}" if item.cut else f"{item.original_length}"
                     raise InvalidArgument(
-                        f"text {position} has {item.original_length} tokens and the model reads at most "
+                        f"text {position} has {length} tokens and the model reads at most "
                         f"{self.manifest.max_tokens}; shorten it or allow truncation (TRUNCATION_END)"
                     )
         vectors, stats = await self._queue.embed([item.ids for item in encoded])

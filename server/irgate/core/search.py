@@ -1,4 +1,7 @@
-"""Search pipeline: embed the query (with its instruction) -> ANN top-k -> optional documents."""
+"""Search pipeline: embed the query (with its instruction) -> ANN top-k -> optional documents.
+
+The query arrives validated by the API layer (collection name, k within the server's limit,
+rerank.top_n within the judge's, a JSON filter)."""
 
 from __future__ import annotations
 
@@ -8,17 +11,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from irgate.core.collections import document_of
+from irgate.core.documents import Document
 from irgate.core.embedding import EmbeddingService, TextInput, Timing, Truncation
 from irgate.core.judge import JudgeService, Passage, Verdict
-from irgate.errors import FailedPrecondition, InvalidArgument
-from irgate.index.collection import DocumentRecord
+from irgate.errors import FailedPrecondition
 from irgate.index.store import CollectionStore
 
 
 @dataclass(frozen=True)
 class RerankOptions:
     top_n: int = 0
-    max_reasoning_tokens: int = 0
+    max_reasoning_tokens: int | None = None  # None: the judge's cap (the one default)
     return_reasoning: bool = False
 
 
@@ -39,7 +43,7 @@ class SearchHit:
     id: str
     score: float
     dense_score: float
-    document: DocumentRecord | None = None
+    document: Document | None = None
     verdict: Verdict | None = None
 
 
@@ -50,21 +54,16 @@ class SearchResult:
 
 
 class SearchPipeline:
-    def __init__(self, embedding: EmbeddingService, store: CollectionStore, max_k: int, judge: JudgeService | None = None):
+    def __init__(self, embedding: EmbeddingService, store: CollectionStore, judge: JudgeService | None = None):
         self._embedding = embedding
         self._store = store
-        self.max_k = max_k
         self._judge = judge
 
     async def search(self, query: SearchQuery) -> SearchResult:
         start = time.perf_counter_ns()
-        if not 1 <= query.k <= self.max_k:
-            raise InvalidArgument(f"k is {query.k}; it must be between 1 and {self.max_k}")
         top_n = query.rerank.top_n
         if top_n and self._judge is None:
             raise FailedPrecondition("this server runs without a judge, so it cannot rerank; set rerank.top_n to 0")
-        if self._judge is not None and top_n > self._judge.max_documents:
-            raise InvalidArgument(f"rerank.top_n is {top_n}; it must be between 0 and {self._judge.max_documents}")
         collection = await asyncio.to_thread(self._store.get, query.collection)
         embedded = await self._embedding.embed(
             [TextInput(text=query.query, is_query=True, instruction=query.instruction)],
@@ -76,8 +75,8 @@ class SearchPipeline:
         hits = [SearchHit(id=item.id, score=item.score, dense_score=item.score) for item in found]
         if (query.include_documents or top_n) and hits:
             documents = {
-                document.id: document
-                for document in await asyncio.to_thread(collection.get, [hit.id for hit in hits], skip_missing=True)
+                record.id: document_of(record)
+                for record in await asyncio.to_thread(collection.get, [hit.id for hit in hits], skip_missing=True)
             }
             hits = [replace(hit, document=documents[hit.id]) for hit in hits if hit.id in documents]
         if top_n and hits:

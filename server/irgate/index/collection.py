@@ -3,35 +3,40 @@
 Files in a collection's folder:
   documents.sqlite  documents with their float32 vectors, the `meta` row set, and the `changes` log
   index.usearch     the last usearch snapshot
-  index.json        {"seq": N}: the `changes` sequence number that snapshot covers
+  index.json        {"seq": N, "sha256": ...}: the `changes` sequence number that snapshot covers,
+                    and the checksum of index.usearch, verified before the snapshot is loaded
 
 Every write commits its document rows and its `changes` rows in one SQLite transaction before
 touching usearch, so an acknowledged write survives a crash: on open, the snapshot is loaded and
 the changes after its seq are replayed (or the index is rebuilt from the documents table when the
-snapshot is missing, corrupt or does not match).
+snapshot is missing, fails its checksum or does not match, which the log says).
+
+SQLite errors that mean a damaged file become DataLoss naming the collection and its file.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from usearch.index import Index
 
-from irgate.errors import InvalidArgument, NotFound
+from irgate.errors import DataLoss, InvalidArgument, NotFound, ResourceExhausted
+from irgate.identifiers import check_document_id
 
 PRECISIONS = ("f16", "f32", "i8")
-MAX_ID_LENGTH = 256
 
 DATABASE_FILE = "documents.sqlite"
 INDEX_FILE = "index.usearch"
@@ -63,6 +68,48 @@ log = logging.getLogger("irgate.index")
 
 # Below this many documents a search is brute force (exact) instead of HNSW (approximate).
 EXACT_SEARCH_BELOW = 10_000
+# SQLite primary result codes of a damaged file (the low byte of extended codes).
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_NOTADB = 26
+# verify() compares this many stored vectors with the index's copies.
+_VERIFY_SAMPLE = 1000
+_Result = TypeVar("_Result")
+
+
+def damage_of(error: BaseException) -> str | None:
+    """SQLite's words for a damaged database file ('database disk image is malformed'), else None."""
+    if isinstance(error, sqlite3.DatabaseError) and (getattr(error, "sqlite_errorcode", 0) & 0xFF) in (
+        _SQLITE_CORRUPT,
+        _SQLITE_NOTADB,
+    ):
+        return str(error)
+    return None
+
+
+def _reporting_damage(method: Callable[..., _Result]) -> Callable[..., _Result]:
+    """Turns SQLite errors of a damaged file into DataLoss, and a full disk into ResourceExhausted."""
+
+    @functools.wraps(method)
+    def guarded(self: Collection, *args: Any, **kwargs: Any) -> _Result:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as error:
+            file = f"{self.name}/{DATABASE_FILE}"
+            damage = damage_of(error)
+            if damage is not None:
+                log.error("collection %s: %s is damaged (%s)", self.name, self.folder / DATABASE_FILE, damage)
+                raise DataLoss(
+                    f"collection '{self.name}' is damaged: its database file {file} reports '{damage}'; "
+                    "restore it from a backup, or delete the collection and index its documents again"
+                ) from error
+            if getattr(error, "sqlite_errorcode", 0) & 0xFF == _SQLITE_FULL:
+                raise ResourceExhausted(
+                    f"the disk holding collection '{self.name}' is full; nothing was written. Free space and retry"
+                ) from error
+            raise
+
+    return guarded
 
 
 def json_equal(a: Any, b: Any) -> bool:
@@ -109,13 +156,9 @@ class ScoredKey:
 
 
 def validate_document_id(document_id: object) -> None:
-    if not isinstance(document_id, str):
-        raise InvalidArgument(f"document id {document_id!r} is not text; ids are 1 to {MAX_ID_LENGTH} characters")
-    if not 1 <= len(document_id) <= MAX_ID_LENGTH:
-        shown = document_id[:40] + "..." if len(document_id) > 40 else document_id
-        raise InvalidArgument(
-            f"document id '{shown}' has {len(document_id)} characters; ids are 1 to {MAX_ID_LENGTH} characters"
-        )
+    """Ids are looked up through SQLite's JSON functions, which end a string at U+0000: the
+    identifier rule (no control characters) is what makes every stored id findable again."""
+    check_document_id(document_id)
 
 
 class Collection:
@@ -200,6 +243,7 @@ class Collection:
     def __len__(self) -> int:
         return self._count
 
+    @_reporting_damage
     def upsert(self, documents: Sequence[DocumentRecord], vectors: np.ndarray) -> UpsertResult:
         """Writes documents with their vectors (float32 [n, dim]) in one transaction.
 
@@ -262,6 +306,7 @@ class Collection:
             self._snapshot_if_due_safely()
         return UpsertResult(upserted=len(rows), replaced=len(old_keys))
 
+    @_reporting_damage
     def get(self, ids: Sequence[str], include_vectors: bool = False, skip_missing: bool = False) -> list[DocumentRecord]:
         """Returns the documents in request order; raises NotFound naming the first missing id.
 
@@ -293,6 +338,7 @@ class Collection:
                     raise NotFound(f"document '{document_id}' does not exist in collection '{self.name}'")
         return [found[document_id] for document_id in ids if document_id in found]
 
+    @_reporting_damage
     def delete(self, ids: Sequence[str]) -> tuple[int, int]:
         """Deletes documents by id; returns (deleted, not_found), each id counted once."""
         for document_id in ids:
@@ -314,6 +360,7 @@ class Collection:
             self._snapshot_if_due_safely()
         return len(keys), len(distinct) - len(keys)
 
+    @_reporting_damage
     def search(self, vector: np.ndarray, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
         """Returns up to k documents by cosine similarity, best first.
 
@@ -349,11 +396,49 @@ class Collection:
                 fetch = min(size, fetch * _FILTER_OVERFETCH)
         return []
 
+    @_reporting_damage
     def snapshot(self) -> None:
         """Saves the usearch index with the seq it covers, then drops the changes it makes redundant."""
         with self._lock:
             self._check_open()
             self._snapshot()
+
+    @_reporting_damage
+    def verify(self) -> list[str]:
+        """Checks that store and index agree: SQLite's own integrity check, every document in the index
+        and nothing else, and a sample of index vectors equal to the stored ones. Returns the problems
+        found (none: they agree), plus a note when the index had to be rebuilt at open."""
+        with self._lock:
+            self._check_open()
+            problems = [f"SQLite integrity check: {line}" for (line,) in self._db.execute("PRAGMA quick_check")
+                        if line != "ok"]
+            if problems:
+                return problems
+            if self.index_source not in ("snapshot", _NO_SNAPSHOT):
+                problems.append(f"the index snapshot was not usable ({self.index_source}); a restart rebuilds it")
+            stored = np.fromiter((key for (key,) in self._db.execute("SELECT key FROM documents")), dtype=np.uint64)
+            indexed = np.asarray(self._index.keys, dtype=np.uint64)
+            missing = np.setdiff1d(stored, indexed)
+            extra = np.setdiff1d(indexed, stored)
+            if missing.size:
+                problems.append(f"{missing.size} stored documents are missing from the index")
+            if extra.size:
+                problems.append(f"the index holds {extra.size} keys that are not stored documents")
+            sample = np.intersect1d(stored, indexed)[:_VERIFY_SAMPLE]
+            if sample.size:
+                rows = dict(self._db.execute(
+                    "SELECT key, vector FROM documents WHERE key IN (SELECT value FROM json_each(?))",
+                    (json.dumps(sample.tolist()),),
+                ))
+                expected = np.stack([np.frombuffer(rows[int(key)], dtype="<f4") for key in sample]).astype(np.float64)
+                actual = np.asarray(self._index.get(sample, dtype=np.float32), dtype=np.float64)
+                cosine = np.sum(expected * actual, axis=1) / np.maximum(
+                    np.linalg.norm(expected, axis=1) * np.linalg.norm(actual, axis=1), 1e-30
+                )
+                differing = int(np.sum(~(cosine > _AGREEMENT[self.precision])))
+                if differing:
+                    problems.append(f"{differing} of {sample.size} sampled index vectors differ from the stored ones")
+        return problems
 
     def close(self, snapshot: bool = True) -> None:
         """Closes the collection, first saving a snapshot so the next open needs no replay.
@@ -394,28 +479,50 @@ class Collection:
         return Index(ndim=self.dimension, metric="cos", dtype=self.precision)
 
     def _load_index(self) -> tuple[Index, int]:
-        """Returns the index (snapshot + replayed changes, or a rebuild) and the seq of its snapshot."""
-        loaded = self._load_snapshot()
-        if loaded is not None:
-            index, seq = loaded
+        """Returns the index (snapshot + replayed changes, or a rebuild) and the seq of its snapshot.
+
+        Sets index_source to "snapshot", or to why the index was rebuilt from the documents."""
+        try:
+            index, seq = self._load_snapshot()
             self._replay(index, seq)
             document_count = self._db.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
             # A write whose usearch step failed after its commit would otherwise stay invisible forever.
-            if len(index) == document_count:
-                return index, seq
+            if len(index) != document_count:
+                raise _UnusableSnapshot(f"it holds {len(index)} documents after replay, the database {document_count}")
+            self.index_source = "snapshot"
+            return index, seq
+        except _UnusableSnapshot as unusable:
+            self.index_source = str(unusable)
+        level = logging.INFO if self.index_source == _NO_SNAPSHOT else logging.WARNING
+        log.log(level, "collection %s: rebuilding its index from %s: %s", self.name, DATABASE_FILE, self.index_source)
         return self._rebuild(), 0
 
-    def _load_snapshot(self) -> tuple[Index, int] | None:
+    def _load_snapshot(self) -> tuple[Index, int]:
+        index_file = self.folder / INDEX_FILE
         try:
-            seq = int(json.loads((self.folder / SNAPSHOT_FILE).read_text())["seq"])
-            index = self._new_index()
-            index.load(str(self.folder / INDEX_FILE))
-        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
-            return None
+            snapshot = json.loads((self.folder / SNAPSHOT_FILE).read_text())
+        except FileNotFoundError:
+            raise _UnusableSnapshot(_NO_SNAPSHOT) from None
+        except (OSError, ValueError) as error:
+            raise _UnusableSnapshot(f"{SNAPSHOT_FILE} is unreadable ({error})") from None
+        if not isinstance(snapshot, dict) or not isinstance(snapshot.get("seq"), int) or "sha256" not in snapshot:
+            raise _UnusableSnapshot(f"{SNAPSHOT_FILE} lacks its seq or checksum")
+        try:
+            with index_file.open("rb") as file:
+                digest = hashlib.file_digest(file, "sha256").hexdigest()
+        except OSError as error:
+            raise _UnusableSnapshot(f"{INDEX_FILE} is unreadable ({error.strerror})") from None
+        if digest != snapshot["sha256"]:
+            raise _UnusableSnapshot(f"{INDEX_FILE} fails its checksum (the file was damaged)")
+        index = self._new_index()
+        try:
+            index.load(str(index_file))
+        except (RuntimeError, ValueError) as error:
+            raise _UnusableSnapshot(f"{INDEX_FILE} does not load ({error})") from None
         # load() adopts the file's own settings, so a snapshot from another configuration must be caught here.
         if index.ndim != self.dimension or index.dtype.name.lower() != self.precision:
-            return None
-        return index, seq
+            raise _UnusableSnapshot(f"{INDEX_FILE} was made for another dimension or precision")
+        return index, snapshot["seq"]
 
     def _replay(self, index: Index, after_seq: int) -> None:
         """Applies the logged changes after `after_seq`.
@@ -497,15 +604,26 @@ class Collection:
         index_temp = self.folder / f"{INDEX_FILE}.tmp"
         self._index.save(str(index_temp))
         _fsync(index_temp)
+        with index_temp.open("rb") as file:
+            digest = hashlib.file_digest(file, "sha256").hexdigest()
         os.replace(index_temp, self.folder / INDEX_FILE)
         snapshot_temp = self.folder / f"{SNAPSHOT_FILE}.tmp"
-        snapshot_temp.write_text(json.dumps({"seq": seq}))
+        snapshot_temp.write_text(json.dumps({"seq": seq, "sha256": digest}))
         _fsync(snapshot_temp)
         os.replace(snapshot_temp, self.folder / SNAPSHOT_FILE)
         _fsync(self.folder)
         with _transaction(self._db):
             self._db.execute("DELETE FROM changes WHERE seq <= ?", (seq,))
         self._snapshot_seq = seq
+
+
+_NO_SNAPSHOT = "no snapshot was saved yet"
+# Cosine similarity above which an index vector counts as equal to its stored copy, per precision.
+_AGREEMENT = {"f32": 0.9999, "f16": 0.999, "i8": 0.9}
+
+
+class _UnusableSnapshot(Exception):
+    """Why the saved snapshot cannot be used; the index is then rebuilt from the documents."""
 
 
 def _connect(path: Path) -> sqlite3.Connection:
