@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 MODELS := models
 SHARED ?= ../shared
 
-.PHONY: install proto prepare serve serve-triton triton test test-fast eval bench clean
+.PHONY: install proto prepare soak serve serve-triton triton test test-fast eval bench clean
 
 install: $(STAMP)
 
@@ -60,6 +60,10 @@ serve-triton: prepare $(TRITON)
 test: $(STAMP) $(TRITON)
 	$(VENV)/bin/ruff check server clients/python tests
 	$(PY) -m pytest -q -rs
+
+# Long runs of the fuzz and crash tests (make test runs short ones): ~15 minutes on 2 cores.
+soak: $(STAMP)
+	IRGATE_FUZZ_EXAMPLES=2000 IRGATE_CRASH_TRIALS=60 $(PY) -m pytest -q -s tests/test_fuzz.py tests/test_crash.py
 
 # Everything but the minutes-long checks (full SciFact evaluation).
 test-fast: $(STAMP) $(TRITON)
