@@ -31,8 +31,11 @@ proto: $(STAMP)
 prepare: $(STAMP)
 	$(VENV)/bin/irgate prepare --out $(MODELS)
 
+# Every IRGATE_* variable is honoured (IRGATE_JUDGE=none make serve); the two below only default to
+# the prepared models. ARGS passes flags through: make serve ARGS="--port 50052 --log-format json".
 serve: prepare
-	$(VENV)/bin/irgate serve --embedder onnx:$(MODELS)/embedder --judge local:$(MODELS)/judge
+	IRGATE_EMBEDDER="$${IRGATE_EMBEDDER:-onnx:$(MODELS)/embedder}" IRGATE_JUDGE="$${IRGATE_JUDGE:-local:$(MODELS)/judge}" \
+		$(VENV)/bin/irgate serve $(ARGS)
 
 # NVIDIA Triton Inference Server 2.51 (CPU build, python backend) from PyPI's nvidia-pytriton
 # wheel, pinned by version: only the server binary, its libraries, the python backend and the

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -46,13 +45,17 @@ def _client(args: argparse.Namespace) -> Client:
 
 def _parser() -> argparse.ArgumentParser:
     from irgate.config import add_arguments
+    from irgate.logs import FORMATS, LEVELS
 
     parser = argparse.ArgumentParser(prog="irgate", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gRPC server")
     add_arguments(serve)
-    serve.add_argument("--log-level", default=os.environ.get("IRGATE_LOG_LEVEL", "INFO"))
+    serve.add_argument("--log-level", type=str.upper, choices=LEVELS, default=os.environ.get("IRGATE_LOG_LEVEL", "INFO").upper(),
+                       help="least severe log lines written (env IRGATE_LOG_LEVEL)")
+    serve.add_argument("--log-format", choices=FORMATS, default=os.environ.get("IRGATE_LOG_FORMAT", "text"),
+                       help="log lines as text, or one JSON object per line (env IRGATE_LOG_FORMAT)")
 
     prepare = commands.add_parser("prepare", help="build the default models (or your own) for serving")
     prepare.add_argument("--out", type=Path, default=DEFAULT_MODELS, help="models folder (default: %(default)s)")
@@ -156,9 +159,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> None:
     from irgate.config import settings_from
+    from irgate.logs import configure
     from irgate.server import serve
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(args.log_level, args.log_format)
     asyncio.run(serve(settings_from(args)))
 
 

@@ -13,13 +13,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from irgate import __version__
 from irgate.api.auth import ApiKeyInterceptor
 from irgate.api.collections import CollectionsServicer
 from irgate.api.embed import EmbedServicer
 from irgate.api.info import InfoServicer
 from irgate.api.judge import JudgeServicer
 from irgate.api.malformed import MalformedRequestInterceptor
-from irgate.api.metrics import JUDGE_BUSY, QUEUED_TEXTS, serve_metrics
+from irgate.api.metrics import COLLECTION_DOCUMENTS, JUDGE_BUSY, QUEUED_TEXTS, serve_metrics
 from irgate.api.rpc import Admission
 from irgate.api.search import SearchServicer
 from irgate.backends.embedder import EmbedderBackend, OnnxEmbedder
@@ -90,14 +91,20 @@ class App:
     embedder: EmbedderBackend
     judge: JudgeBackend | None
     health: health.aio.HealthServicer
+    # The same statuses as the gRPC health service, by service name, for the HTTP health path.
+    statuses: dict[str, str]
     _watch: asyncio.Task[None] | None = None
+
+    async def _set_health(self, service: str, status: int) -> None:
+        await self.health.set(service, status)
+        self.statuses[service] = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
 
     async def report_health(self) -> None:
         """Health follows the backends: a Triton that goes down turns its services NOT_SERVING."""
         for service in ("", *SERVICES):
             backend: EmbedderBackend | JudgeBackend | None = self.judge if service == JUDGE_SERVICE else self.embedder
             ready = backend is not None and await backend.ready()
-            await self.health.set(service, SERVING if ready else NOT_SERVING)
+            await self._set_health(service, SERVING if ready else NOT_SERVING)
 
     def watch_health(self, every: float = HEALTH_INTERVAL_S) -> None:
         async def loop() -> None:
@@ -111,7 +118,7 @@ class App:
         if self._watch is not None:
             self._watch.cancel()
         for service in ("", *SERVICES):
-            await self.health.set(service, NOT_SERVING)
+            await self._set_health(service, NOT_SERVING)
         await self.server.stop(grace)
         await self.queue.stop()
         await asyncio.to_thread(self.store.close)  # snapshots every index: a fast next start
@@ -179,10 +186,13 @@ async def start(settings: Settings) -> App:
         else:
             port = server.add_insecure_port(settings.address)
         await server.start()
+        statuses: dict[str, str] = {}
+        metrics_port = 0
         if settings.metrics_port:
-            serve_metrics(
+            metrics_port = serve_metrics(
                 settings.metrics_host or settings.host,
                 settings.metrics_port,
+                statuses.get,
                 api_key=settings.api_key,
                 tls=(settings.tls_cert, settings.tls_key) if settings.tls_cert else None,
             )
@@ -190,13 +200,41 @@ async def start(settings: Settings) -> App:
         store.close()
         raise StartupError(f"cannot listen on {settings.address} (metrics port {settings.metrics_port}): {error}") from None
     QUEUED_TEXTS.set_function(lambda: queue.queued_texts)
+    COLLECTION_DOCUMENTS.set_function(lambda: [(info.name, info.documents) for info in store.list()])
     if judge_backend is not None:
         JUDGE_BUSY.set_function(lambda: float(judge_backend.busy))
     app = App(server=server, port=port, queue=queue, store=store, embedder=embedder, judge=judge_backend,
-              health=health_servicer)
+              health=health_servicer, statuses=statuses)
     await app.report_health()
     app.watch_health()
+    for line in _summary(settings, port, metrics_port, embedder, judge, store):
+        log.info("%s", line)
     return app
+
+
+def _summary(
+    settings: Settings, port: int, metrics_port: int, embedder: EmbedderBackend, judge: JudgeService | None,
+    store: CollectionStore,
+) -> list[str]:
+    """What an operator checks first: where it listens, which models run where, what it holds, its limits."""
+    scheme = "https" if settings.tls_cert else "http"
+    metrics_host = settings.metrics_host or settings.host
+    metrics = f"{scheme}://{metrics_host}:{metrics_port}/metrics (health: /health)" if metrics_port else "off"
+    manifest = embedder.manifest
+    collections = ", ".join(f"{info.name} ({info.documents} documents)" for info in store.list()) or "none yet"
+    judged = (f"{judge.backend.manifest.name} on {judge.backend.address}, reasoning cap {judge.max_reasoning_tokens} tokens"
+              if judge is not None else "none (Judge and rerank answer FAILED_PRECONDITION)")
+    return [
+        f"irgate {__version__}: gRPC on {settings.host}:{port}{' (TLS)' if settings.tls_cert else ''}, "
+        f"API key {'required' if settings.api_key else 'off'}; metrics {metrics}",
+        f"embedder: {manifest.name} on {embedder.address} ({manifest.dimension} dimensions, {manifest.max_tokens} tokens, "
+        f"{manifest.pooling} pooling)",
+        f"judge: {judged}",
+        f"collections under {settings.data_dir / 'collections'}: {collections}",
+        f"limits: {settings.max_batch_size} texts per Embed or upsert message, k up to {settings.max_k}, "
+        f"{settings.max_judge_documents} judged documents per call, {settings.max_concurrent_requests} concurrent calls, "
+        f"{settings.max_batch_tokens} tokens per model batch, {settings.max_message_mb} MiB per message",
+    ]
 
 
 async def serve(settings: Settings) -> None:

@@ -7,6 +7,7 @@ Runtime path and a Triton path (same ONNX graph, same inputs) are interchangeabl
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +18,8 @@ import onnxruntime as ort
 
 from irgate.errors import Unavailable
 from irgate.models.manifest import EmbedderManifest
+
+log = logging.getLogger("irgate.backends")
 
 
 @runtime_checkable
@@ -67,6 +70,9 @@ class OnnxEmbedder:
             str(folder / self.manifest.onnx_file), sess_options=options, providers=_providers()
         )
         self._output = self._session.get_outputs()[0].name
+        # The startup log says where the model really runs: CUDA only when onnxruntime-gpu found a GPU.
+        log.info("ONNX Runtime %s runs %s with %s (%d threads)", ort.__version__, self.manifest.name,
+                 " > ".join(self._session.get_providers()), options.intra_op_num_threads)
         # One worker: ORT already parallelises inside a run, and a single thread serialises runs
         # so concurrent batches queue instead of fighting for cores. session.run releases the GIL.
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx-embed")
