@@ -1,37 +1,80 @@
-"""The `irgate` command: serve, prepare models, manage collections, index, search, evaluate."""
+"""The `irgate` command: serve, prepare models, manage collections and documents, index, embed, search, judge, evaluate."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
+from irgate import __version__
 from irgate.errors import IrgateError as ServerSideError
 from irgate.errors import StartupError
-from irgate_client import AsyncClient, Client, Document, IrgateError, Verdict
+from irgate.progress import ProgressReport
+from irgate_client import AsyncClient, Client, Document, IrgateError, Query, Verdict
 
 console = Console(stderr=True)
 
 DEFAULT_MODELS = Path("models")
+DEFAULT_SERVER = "127.0.0.1:50051"
+DEFAULT_TIMEOUT_S = 120.0
+# Never shown as a default in --help: they come from the environment.
+SECRETS = {"api_key"}
 
 
-def _client_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", default=os.environ.get("IRGATE_SERVER", "127.0.0.1:50051"),
-                        help="HOST:PORT of a running irgate (env IRGATE_SERVER)")
-    parser.add_argument("--api-key", default=os.environ.get("IRGATE_API_KEY", ""), help="API key (env IRGATE_API_KEY)")
-    parser.add_argument("--tls", action="store_true", help="connect with TLS (system roots)")
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag shows its default (secrets excepted)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        if (action.dest in SECRETS or action.default is argparse.SUPPRESS or not action.option_strings
+                or "%(default)" in help or "default:" in help):
+            return help
+        if action.default in (None, "", []):
+            return f"{help} (default: none)"
+        if action.default is False:  # a switch
+            return f"{help} (default: off)"
+        return f"{help} (default: %(default)s)"
+
+
+def _command(commands: Any, name: str, help: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
+    return parser
+
+
+def _client_options(parser: argparse.ArgumentParser, server_default: str = DEFAULT_SERVER,
+                    server_help: str = "HOST:PORT of a running irgate (env IRGATE_SERVER)") -> None:
+    """The same connection flags on every command that talks to a server."""
+    parser.add_argument("--server", default=os.environ.get("IRGATE_SERVER", server_default), help=server_help)
+    parser.add_argument("--api-key", default=os.environ.get("IRGATE_API_KEY", ""),
+                        help="API key, sent as 'authorization: Bearer KEY' (env IRGATE_API_KEY; default: none)")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CA roots")
     parser.add_argument("--ca-cert", type=Path, default=os.environ.get("IRGATE_CA_CERT") or None,
                         help="PEM CA certificate to trust instead of the system roots; implies --tls (env IRGATE_CA_CERT)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="deadline per call in seconds")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help=f"deadline of each call in seconds, 0 for none (default: {DEFAULT_TIMEOUT_S:g}; "
+                             "`index` streams without a deadline unless given one)")
+
+
+def _timeout(args: argparse.Namespace, bulk: bool = False) -> float | None:
+    """--timeout in seconds, None for no deadline: 0 asks for none, and a bulk call has none by default."""
+    if args.timeout is None:
+        return None if bulk else DEFAULT_TIMEOUT_S
+    if args.timeout < 0:
+        raise ValueError(f"--timeout is {args.timeout:g}; give seconds, or 0 for no deadline")
+    return args.timeout or None
 
 
 def _root_certificates(args: argparse.Namespace) -> bytes | None:
@@ -39,26 +82,45 @@ def _root_certificates(args: argparse.Namespace) -> bytes | None:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.server, api_key=args.api_key or None, tls=args.tls, timeout=args.timeout,
+    return Client(args.server, api_key=args.api_key or None, tls=args.tls, timeout=_timeout(args),
                   root_certificates=_root_certificates(args))
+
+
+def _filter_value(text: str) -> object:
+    """A filter value: JSON when it parses (2001, true, "x", [1]), else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _filters(items: list[str]) -> dict[str, object]:
+    filters: dict[str, object] = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise ValueError(f"--filter {item!r} is not KEY=VALUE (e.g. --filter year=2001 --filter field=physics)")
+        filters[key] = _filter_value(value)
+    return filters
 
 
 def _parser() -> argparse.ArgumentParser:
     from irgate.config import add_arguments
     from irgate.logs import FORMATS, LEVELS
 
-    parser = argparse.ArgumentParser(prog="irgate", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="irgate", description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"irgate {__version__}", help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the gRPC server")
+    serve = _command(commands, "serve", "run the gRPC server")
     add_arguments(serve)
     serve.add_argument("--log-level", type=str.upper, choices=LEVELS, default=os.environ.get("IRGATE_LOG_LEVEL", "INFO").upper(),
                        help="least severe log lines written (env IRGATE_LOG_LEVEL)")
     serve.add_argument("--log-format", choices=FORMATS, default=os.environ.get("IRGATE_LOG_FORMAT", "text"),
                        help="log lines as text, or one JSON object per line (env IRGATE_LOG_FORMAT)")
 
-    prepare = commands.add_parser("prepare", help="build the default models (or your own) for serving")
-    prepare.add_argument("--out", type=Path, default=DEFAULT_MODELS, help="models folder (default: %(default)s)")
+    prepare = _command(commands, "prepare", "build the default models (or your own) for serving")
+    prepare.add_argument("--out", type=Path, default=DEFAULT_MODELS, help="models folder")
     prepare.add_argument("--embedder-source", type=Path, help="a local Hugging Face checkpoint instead of all-MiniLM-L6-v2")
     prepare.add_argument("--preset", choices=("sentence-transformers", "promptriever"), help="how the source was trained")
     prepare.add_argument("--lora", type=Path, help="LoRA adapter folder merged into --embedder-source")
@@ -68,92 +130,130 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--triton", action="store_true", help="also fill a Triton model repository")
     prepare.add_argument("--triton-flavour", choices=("gpu", "cpu"), default="gpu",
                          help="gpu: the embedder for the onnxruntime backend (judge: build-judge-engine); cpu: embedder and "
-                              "judge as python-backend models that run anywhere (default: %(default)s)")
+                              "judge as python-backend models that run anywhere")
     prepare.add_argument("--model-repository", type=Path,
                          help="Triton model repository (default: model_repository for gpu, OUT/triton for cpu)")
 
-    engine = commands.add_parser("build-judge-engine",
-                                 help="on a CUDA machine with TensorRT-LLM: build the judge engine for Triton (trtllm-build)")
+    engine = _command(commands, "build-judge-engine",
+                      "on a CUDA machine with TensorRT-LLM: build the judge engine for Triton (trtllm-build)")
     engine.add_argument("checkpoint", type=Path, help="Hugging Face checkpoint of the judge (e.g. rank1-7b)")
-    engine.add_argument("--model-repository", type=Path, default=Path("model_repository"))
-    engine.add_argument("--dtype", default="bfloat16")
-    engine.add_argument("--max-batch-size", type=int, default=64)
+    engine.add_argument("--model-repository", type=Path, default=Path("model_repository"), help="Triton model repository")
+    engine.add_argument("--dtype", default="bfloat16", help="weights and activations of the engine")
+    engine.add_argument("--max-batch-size", type=int, default=64, help="most sequences the engine runs at once")
     engine.add_argument("--max-seq-len", type=int, help="default: the model's positions, at most Rank1's 16k")
 
-    collection = commands.add_parser("collection", help="create, list, describe or delete collections")
-    collection_commands = collection.add_subparsers(dest="action", required=True)
-    for action in ("create", "describe", "delete"):
-        sub = collection_commands.add_parser(action)
-        sub.add_argument("name")
-        _client_options(sub)
-        if action == "create":
-            sub.add_argument("--precision", choices=("f16", "f32", "i8"), default="f16")
-    _client_options(collection_commands.add_parser("list"))
-    check = collection_commands.add_parser(
-        "check", help="verify that a collection's store and index agree (reads the files; stop the server first)")
-    check.add_argument("name")
-    check.add_argument("--data-dir", type=Path, default=Path(os.environ.get("IRGATE_DATA_DIR", "data")),
-                       help="the server's --data-dir (env IRGATE_DATA_DIR; default: %(default)s)")
+    info = _command(commands, "info", "what the server runs: version, models and their backends, limits")
+    info.add_argument("--json", action="store_true", help="one JSON object")
+    _client_options(info)
 
-    index = commands.add_parser("index", help="upsert a BEIR corpus file (.jsonl or .jsonl.gz) into a collection")
-    index.add_argument("collection")
-    index.add_argument("file", type=Path)
-    index.add_argument("--batch-size", type=int, default=128)
+    health = _command(commands, "health", "ask the server's grpc.health.v1 service; exit 1 unless SERVING")
+    health.add_argument("--service", default="", help="service name (irgate.v1.Search, ...); empty for the whole server")
+    _client_options(health)
+
+    collection = _command(commands, "collection", "create, list, describe, delete or check collections")
+    collection_commands = collection.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = _command(collection_commands, "create", "create an empty collection")
+    create.add_argument("name", help="collection name: letters, digits, '_' and '-'")
+    create.add_argument("--precision", choices=("f16", "f32", "i8"), default="f16", help="index precision")
+    create.add_argument("--exist-ok", action="store_true", help="succeed when the collection exists already")
+    _client_options(create)
+    for action, help in (("describe", "a collection's document count, dimension, precision and model"),
+                         ("delete", "delete a collection and all its documents")):
+        sub = _command(collection_commands, action, help)
+        sub.add_argument("name", help="collection name")
+        if action == "describe":
+            sub.add_argument("--json", action="store_true", help="one JSON object")
+        _client_options(sub)
+    listing = _command(collection_commands, "list", "every collection with its document count")
+    listing.add_argument("--json", action="store_true", help="one JSON object per collection")
+    _client_options(listing)
+    check = _command(collection_commands, "check",
+                     "verify that a collection's store and index agree (reads the files; stop the server first)")
+    check.add_argument("name", help="collection name")
+    check.add_argument("--data-dir", type=Path, default=Path(os.environ.get("IRGATE_DATA_DIR", "data")),
+                       help="the server's --data-dir (env IRGATE_DATA_DIR)")
+
+    documents = _command(commands, "documents", "get or delete documents by id")
+    document_commands = documents.add_subparsers(dest="action", required=True, metavar="ACTION")
+    get = _command(document_commands, "get", "print documents as JSON lines; exit 1 if an id does not exist")
+    get.add_argument("collection", help="collection name")
+    get.add_argument("ids", nargs="+", metavar="ID", help="document ids")
+    get.add_argument("--vectors", action="store_true", help="include each document's stored vector")
+    _client_options(get)
+    delete = _command(document_commands, "delete", "delete documents; ids that do not exist are counted")
+    delete.add_argument("collection", help="collection name")
+    delete.add_argument("ids", nargs="+", metavar="ID", help="document ids")
+    _client_options(delete)
+
+    index = _command(commands, "index", "upsert a BEIR corpus file (.jsonl or .jsonl.gz) into a collection; "
+                                        "a rerun skips documents stored unchanged")
+    index.add_argument("collection", help="collection name")
+    index.add_argument("file", type=Path, help="BEIR corpus: one {\"_id\", \"title\", \"text\"} object per line")
+    index.add_argument("--batch-size", type=int, default=128, help="documents per upsert message")
     index.add_argument("--create", action="store_true", help="create the collection if it does not exist")
     _client_options(index)
 
-    search = commands.add_parser("search", help="search a collection")
-    search.add_argument("collection")
-    search.add_argument("query")
-    search.add_argument("--instruction", default="")
-    search.add_argument("--k", type=int, default=10)
+    embed = _command(commands, "embed", "embed texts with the server's model")
+    embed.add_argument("texts", nargs="+", metavar="TEXT", help="texts to embed")
+    embed.add_argument("--query", action="store_true", help="embed the texts as queries (documents otherwise)")
+    embed.add_argument("--instruction", default="", help="with --query: the instruction appended as the model was trained")
+    embed.add_argument("--raw", action="store_true", help="return the pooled vectors without L2 normalisation")
+    embed.add_argument("--json", action="store_true", help="one JSON object per text, with every value")
+    _client_options(embed)
+
+    search = _command(commands, "search", "search a collection, optionally reranked by the judge")
+    search.add_argument("collection", help="collection name")
+    search.add_argument("query", help="the query text")
+    search.add_argument("--instruction", default="", help="free-text instruction, formatted as the models were trained")
+    search.add_argument("--k", type=int, default=10, help="hits to return")
+    search.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                        help="only documents whose metadata KEY equals VALUE (read as JSON when it parses: 2001, true); "
+                             "repeat for more")
     search.add_argument("--rerank", type=int, default=0, metavar="N", help="let the judge rerank the top N hits")
     search.add_argument("--max-reasoning-tokens", type=int, default=64, help="judge's reasoning budget per document")
-    search.add_argument("--json", action="store_true", help="one JSON object per hit")
+    search.add_argument("--reasoning", action="store_true", help="also show the judge's reasoning for each judged hit")
+    search.add_argument("--json", action="store_true", help="one JSON object per hit, with the verdict of judged hits")
     _client_options(search)
 
-    judge = commands.add_parser("judge", help="ask the reasoning judge whether documents are relevant to a query")
-    judge.add_argument("query")
+    judge = _command(commands, "judge", "ask the reasoning judge whether documents are relevant to a query")
+    judge.add_argument("query", help="the query text")
     judge.add_argument("--doc", action="append", required=True, metavar="TEXT", help="a passage; repeat for more")
-    judge.add_argument("--instruction", default="")
-    judge.add_argument("--max-reasoning-tokens", type=int, default=64)
+    judge.add_argument("--instruction", default="", help="free-text instruction joined to the query")
+    judge.add_argument("--max-reasoning-tokens", type=int, default=64, help="reasoning budget per document")
     judge.add_argument("--json", action="store_true", help="one JSON object per document, as each verdict is ready")
     _client_options(judge)
 
-    bench = commands.add_parser("bench", help="measure speed against the naive baseline")
-    bench_commands = bench.add_subparsers(dest="suite", required=True)
-    bench_judge = bench_commands.add_parser("judge", help="in-process judge vs one-document-at-a-time generate")
+    bench = _command(commands, "bench", "measure speed against the naive baseline")
+    bench_commands = bench.add_subparsers(dest="suite", required=True, metavar="SUITE")
+    bench_judge = _command(bench_commands, "judge", "in-process judge vs one-document-at-a-time generate")
     bench_judge.add_argument("--model", type=Path, default=DEFAULT_MODELS / "judge", help="prepared judge folder")
-    bench_judge.add_argument("--documents", type=int, default=16)
-    bench_judge.add_argument("--max-reasoning-tokens", type=int, default=64)
+    bench_judge.add_argument("--documents", type=int, default=16, help="documents judged per run")
+    bench_judge.add_argument("--max-reasoning-tokens", type=int, default=64, help="reasoning budget per document")
     bench_judge.add_argument("--repeats", type=int, default=3, help="timed runs per side; the median counts")
-    bench_judge.add_argument("--json", action="store_true")
-    bench_embed = bench_commands.add_parser("embed", help="irgate over gRPC vs raw ONNX Runtime vs sentence-transformers")
+    bench_judge.add_argument("--json", action="store_true", help="one JSON object")
+    bench_embed = _command(bench_commands, "embed", "irgate over gRPC vs raw ONNX Runtime vs sentence-transformers")
     bench_embed.add_argument("--model", type=Path, default=DEFAULT_MODELS / "embedder", help="prepared embedder folder")
     bench_embed.add_argument("--data", type=Path, help="a BEIR folder whose corpus to embed (default: synthetic passages)")
-    bench_embed.add_argument("--documents", type=int, default=512)
-    bench_embed.add_argument("--json", action="store_true")
+    bench_embed.add_argument("--documents", type=int, default=512, help="texts embedded per side")
+    bench_embed.add_argument("--triton", action="store_true",
+                             help="instead: the Embed RPC through a local tritonserver (make triton) vs in-process, at 1 and 16 clients")
+    bench_embed.add_argument("--json", action="store_true", help="one JSON object")
 
-    health = commands.add_parser("health", help="ask the server's grpc.health.v1 service")
-    health.add_argument("--service", default="", help="service name; empty for the whole server")
-    _client_options(health)
-
-    evaluate = commands.add_parser("eval", help="evaluate retrieval quality through the gRPC API")
-    eval_commands = evaluate.add_subparsers(dest="suite", required=True)
-    beir = eval_commands.add_parser("beir", help="a BEIR data set folder (corpus, queries, qrels/)")
-    beir.add_argument("--data", type=Path, required=True)
-    beir.add_argument("--split", default="test")
-    beir.add_argument("--instruction", default="")
-    beir.add_argument("--json", action="store_true")
+    evaluate = _command(commands, "eval", "evaluate retrieval quality through the gRPC API")
+    eval_commands = evaluate.add_subparsers(dest="suite", required=True, metavar="SUITE")
+    beir = _command(eval_commands, "beir", "a BEIR data set folder (corpus, queries, qrels/)")
+    beir.add_argument("--data", type=Path, required=True, help="the BEIR folder")
+    beir.add_argument("--split", default="test", help="qrels/SPLIT.tsv to score against")
+    beir.add_argument("--instruction", default="", help="instruction given with every query")
+    beir.add_argument("--json", action="store_true", help="one JSON object")
     beir.add_argument("--embedder", default=os.environ.get("IRGATE_EMBEDDER", f"onnx:{DEFAULT_MODELS / 'embedder'}"),
-                      help="embedder of the temporary server when --server is not given")
+                      help="embedder of the temporary server when --server is not given (env IRGATE_EMBEDDER)")
     beir.add_argument("--rerank", type=int, default=0, metavar="N", help="judge the top N hits of every query")
-    beir.add_argument("--max-reasoning-tokens", type=int, default=64)
+    beir.add_argument("--max-reasoning-tokens", type=int, default=64, help="reasoning budget per judged document")
     beir.add_argument("--judge", default=os.environ.get("IRGATE_JUDGE", f"local:{DEFAULT_MODELS / 'judge'}"),
-                      help="judge of the temporary server when --rerank is used without --server")
-    beir.add_argument("--server", default=os.environ.get("IRGATE_SERVER", ""),
-                      help="HOST:PORT of a running irgate; without it a temporary server is started")
-    beir.add_argument("--api-key", default=os.environ.get("IRGATE_API_KEY", ""))
+                      help="judge of the temporary server when --rerank is used without --server (env IRGATE_JUDGE)")
+    _client_options(beir, server_default="",
+                    server_help="HOST:PORT of a running irgate; without it a temporary server is started (env IRGATE_SERVER)")
     return parser
 
 
@@ -198,6 +298,40 @@ def _build_judge_engine(args: argparse.Namespace) -> None:
     console.print(f"judge engine built: {engine}; serve with tritonserver --model-repository {args.model_repository}")
 
 
+def _print_table(table: Table) -> None:
+    # A pipe or a file has no width of its own: 80 columns would cut the tables short.
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def _say(message: str) -> None:
+    """A status line on stderr, unwrapped and printed as is (it may hold brackets)."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _info(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        info = client.info()
+    if args.json:
+        print(json.dumps(dataclasses.asdict(info)))
+        return
+    table = Table("", "")
+    for key, value in dataclasses.asdict(info).items():
+        table.add_row(key, str(value))
+    _print_table(table)
+
+
+def _health(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        status = client.health(args.service)
+    print(status)
+    if status != "SERVING":
+        sys.exit(1)
+
+
 def _check_collection(args: argparse.Namespace) -> None:
     from irgate.index.store import check_collection
 
@@ -215,71 +349,156 @@ def _collection(args: argparse.Namespace) -> None:
         return
     with _client(args) as client:
         if args.action == "create":
-            info = client.create_collection(args.name, precision=args.precision)
-            console.print(f"created {info.name} ({info.dimension} dims, {info.precision}, model {info.model})")
-        elif args.action == "delete":
+            info = client.create_collection(args.name, precision=args.precision, exist_ok=args.exist_ok)
+            _say(f"{info.name}: {_count(info.documents, 'document')}, {info.dimension} dims, {info.precision}, model {info.model}")
+            return
+        if args.action == "delete":
             client.delete_collection(args.name)
-            console.print(f"deleted {args.name}")
-        else:
-            infos = [client.describe_collection(args.name)] if args.action == "describe" else client.list_collections()
-            table = Table("name", "documents", "dimension", "precision", "model")
-            for info in infos:
-                table.add_row(info.name, str(info.documents), str(info.dimension), info.precision, info.model)
-            Console().print(table)
+            _say(f"deleted {args.name}")
+            return
+        infos = [client.describe_collection(args.name)] if args.action == "describe" else client.list_collections()
+    if args.json:
+        for info in infos:
+            print(json.dumps(dataclasses.asdict(info)))
+        return
+    table = Table("name", "documents", "dimension", "precision", "model")
+    for info in infos:
+        table.add_row(info.name, str(info.documents), str(info.dimension), info.precision, info.model)
+    _print_table(table)
 
 
-def _beir_documents(path: Path, progress: Progress) -> Iterator[Document]:
+def _documents(args: argparse.Namespace) -> None:
+    with _client(args) as client:
+        if args.action == "delete":
+            deleted, not_found = client.delete(args.collection, args.ids)
+            _say(f"deleted {deleted}; {not_found} not found")
+            return
+        found, missing = client.get(args.collection, args.ids, include_vectors=args.vectors)
+    for document in found:
+        print(json.dumps({key: value for key, value in dataclasses.asdict(document).items()
+                          if key != "vector" or args.vectors}))
+    if missing:
+        _say(f"not found in {args.collection}: {', '.join(missing)}")
+        sys.exit(1)
+
+
+def _corpus(path: Path, progress: ProgressReport, empty: list[int]) -> Iterator[Document]:
+    """The documents of a BEIR corpus file, counting those without title and text in empty[0]."""
     from irgate.eval.beir import read_jsonl
 
-    task = progress.add_task(f"indexing {path.name}", total=None)
-    for row in read_jsonl(path):
-        yield Document(id=str(row["_id"]), title=row.get("title", ""), text=row["text"],
-                       metadata=row.get("metadata") or {})
-        progress.advance(task)
+    number = 0
+    try:
+        for number, row in enumerate(read_jsonl(path), 1):
+            if not isinstance(row, dict) or "_id" not in row:
+                raise ValueError('BEIR corpus lines are objects like {"_id": "d1", "title": "...", "text": "..."}')
+            document = Document(id=str(row["_id"]), title=row.get("title") or "", text=row.get("text") or "",
+                                metadata=row.get("metadata") or {})
+            if not (document.title.strip() or document.text.strip()):
+                empty[0] += 1
+            progress.advance()
+            yield document
+    except ValueError as error:
+        raise ValueError(f"{path}, document {number + 1}: {error}") from None
+
+
+def _holding(client: Client, collection: str) -> str:
+    """What a failed ingest left behind, when the server can still say."""
+    try:
+        return f" {collection} now holds {client.describe_collection(collection).documents} documents."
+    except IrgateError:
+        return ""
 
 
 def _index(args: argparse.Namespace) -> None:
+    from irgate.eval.beir import read_jsonl
+
+    total = sum(1 for _ in read_jsonl(args.file))
+    empty = [0]
     with _client(args) as client:
-        if args.create and args.collection not in {info.name for info in client.list_collections()}:
-            client.create_collection(args.collection)
-        with Progress(console=console) as progress:
-            result = client.upsert(args.collection, _beir_documents(args.file, progress),
-                                   batch_size=args.batch_size, timeout=None)
-        console.print(f"upserted {result.upserted} ({result.replaced} replaced, {result.total_tokens} tokens); "
-                      f"{args.collection} holds {result.documents} documents")
+        if args.create:
+            client.create_collection(args.collection, exist_ok=True)
+        with ProgressReport(console, f"indexing {args.file.name}", total, "docs") as progress:
+            try:
+                result = client.upsert(args.collection, _corpus(args.file, progress, empty), batch_size=args.batch_size,
+                                       timeout=_timeout(args, bulk=True))
+            except IrgateError as error:
+                raise IrgateError(error.code, error.message + _holding(client, args.collection)) from None
+    _say(f"upserted {result.upserted} ({result.replaced} replaced), {result.unchanged} unchanged and skipped, "
+         f"{result.total_tokens} tokens embedded; {args.collection} holds {_count(result.documents, 'document')}")
+    if empty[0]:
+        _say(f"{_count(empty[0], 'document')} without title and text: embedded as empty strings, as BEIR and MTEB do")
+
+
+def _embed(args: argparse.Namespace) -> None:
+    if args.instruction and not args.query:
+        raise ValueError("--instruction applies to queries; add --query")
+    inputs: list[str | Query] = [Query(text, instruction=args.instruction) for text in args.texts] if args.query else args.texts
+    with _client(args) as client:
+        embeddings = client.embed(inputs, raw=args.raw)
+    if args.json:
+        for text, embedding in zip(args.texts, embeddings):
+            print(json.dumps({"text": text, "tokens": embedding.tokens, "truncated": embedding.truncated,
+                              "values": embedding.values}))
+        return
+    table = Table("text", "tokens", "truncated", "dimension", "first values")
+    for text, embedding in zip(args.texts, embeddings):
+        table.add_row(text[:60], str(embedding.tokens), str(embedding.truncated), str(len(embedding.values)),
+                      " ".join(f"{value:+.4f}" for value in embedding.values[:4]) + " ...")
+    _print_table(table)
+
+
+def _verdict_json(verdict: Verdict, reasoning: bool) -> dict[str, Any]:
+    """Every field of the verdict (score is p(true)); the reasoning only when asked for."""
+    return {key: value for key, value in dataclasses.asdict(verdict).items()
+            if key not in ("index", "id") and (key != "reasoning" or reasoning)}
+
+
+@contextlib.contextmanager
+def _waiting(message: str) -> Iterator[None]:
+    """A spinner on a terminal; one plain line elsewhere."""
+    if console.is_terminal:
+        with console.status(message):
+            yield
+    else:
+        _say(message)
+        yield
 
 
 def _search(args: argparse.Namespace) -> None:
+    filters = _filters(args.filter)
     with _client(args) as client:
-        hits = client.search(args.collection, args.query, instruction=args.instruction, k=args.k, include_documents=True,
-                             rerank=args.rerank, max_reasoning_tokens=args.max_reasoning_tokens)
+        budget = f"up to {args.max_reasoning_tokens} reasoning tokens each"
+        with _waiting(f"the judge reranks the top {args.rerank} hits ({budget})") if args.rerank else contextlib.nullcontext():
+            hits = client.search(args.collection, args.query, instruction=args.instruction, k=args.k, filter=filters or None,
+                                 include_documents=True, rerank=args.rerank, max_reasoning_tokens=args.max_reasoning_tokens,
+                                 return_reasoning=args.reasoning)
     if args.json:
         for rank, hit in enumerate(hits, 1):
-            document = hit.document
+            document = hit.document or Document(id=hit.id)
             print(json.dumps({"rank": rank, "id": hit.id, "score": hit.score, "dense_score": hit.dense_score,
-                              "judged": hit.verdict is not None, "title": document.title if document else "",
-                              "text": document.text if document else ""}))
+                              "verdict": _verdict_json(hit.verdict, args.reasoning) if hit.verdict else None,
+                              "title": document.title, "text": document.text, "metadata": dict(document.metadata)}))
         return
-    table = Table("rank", "score", "dense", "id", "title / text")
+    judged = any(hit.verdict for hit in hits)
+    # With a rerank the order is the judge's: p(true) and cosine are different scales, so each has its column.
+    table = Table()
+    widths = {"rank": 4, "id": 10, "dense": 6, **({"relevant": 8, "p(true)": 7, "ended": 8, "tokens": 6} if judged else {})}
+    for header, width in widths.items():
+        table.add_column(header, no_wrap=True, min_width=width)
+    table.add_column("title / text", no_wrap=True, overflow="ellipsis", ratio=1)  # what gives way in a narrow terminal
     for rank, hit in enumerate(hits, 1):
+        verdict = hit.verdict
+        judgement = ([str(verdict.relevant), f"{verdict.score:.4f}", verdict.ended, str(verdict.reasoning_tokens)]
+                     if verdict else ["-"] * 4) if judged else []
         snippet = (hit.document.title or hit.document.text)[:100] if hit.document else ""
-        table.add_row(str(rank), f"{hit.score:.4f}", f"{hit.dense_score:.4f}", hit.id, snippet)
-    Console().print(table)
-
-
-def _health(args: argparse.Namespace) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    secure = args.tls or args.ca_cert
-    channel = (grpc.secure_channel(args.server, grpc.ssl_channel_credentials(_root_certificates(args))) if secure
-               else grpc.insecure_channel(args.server))
-    with channel:
-        response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-    print(status)
-    if response.status != health_pb2.HealthCheckResponse.SERVING:
-        sys.exit(1)
+        table.add_row(str(rank), hit.id, f"{hit.dense_score:.4f}", *judgement, snippet)
+    _print_table(table)
+    if args.reasoning:
+        out = Console()
+        for rank, hit in enumerate(hits, 1):
+            if hit.verdict:
+                out.print(f"\n{rank}. {hit.id} ({hit.verdict.reasoning_tokens} tokens, {hit.verdict.ended}):", markup=False)
+                out.print(hit.verdict.reasoning.strip() or "(no reasoning)", markup=False, highlight=False)
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -288,46 +507,47 @@ def _eval(args: argparse.Namespace) -> None:
 
     data = load_beir(args.data, args.split)
 
-    async def run(address: str) -> dict[str, object]:
-        async with AsyncClient(address, api_key=args.api_key or None, timeout=600) as client:
+    async def run(address: str, remote: bool) -> dict[str, object]:
+        async with AsyncClient(address, api_key=args.api_key or None, tls=remote and args.tls,
+                               root_certificates=_root_certificates(args) if remote else None,
+                               timeout=_timeout(args)) as client:
             return await evaluate(client, data, instruction=args.instruction, rerank=args.rerank,
                                   max_reasoning_tokens=args.max_reasoning_tokens, show_progress=not args.json)
 
     if args.server:
-        result = asyncio.run(run(args.server))
+        result = asyncio.run(run(args.server, remote=True))
     else:
         with tempfile.TemporaryDirectory(prefix="irgate-eval-") as data_dir:
             judge = args.judge if args.rerank else "none"
             with LocalServer(Path(data_dir), ["--embedder", args.embedder, "--judge", judge]) as server:
-                result = asyncio.run(run(server.address))
+                result = asyncio.run(run(server.address, remote=False))
     if args.json:
         print(json.dumps(result))
     else:
         table = Table("metric", "value")
         for key, value in result.items():
             table.add_row(key, str(value))
-        Console().print(table)
+        _print_table(table)
 
 
 def _judge(args: argparse.Namespace) -> None:
-    with _client(args) as client:
+    verdicts = []
+    with _client(args) as client, ProgressReport(console, "judging", len(args.doc), "docs") as progress:
         events = client.judge_stream(args.query, args.doc, instruction=args.instruction,
                                      max_reasoning_tokens=args.max_reasoning_tokens, return_reasoning=True)
-        verdicts = []
         for event in events:  # completion order: print each verdict the moment it is ready
             if isinstance(event, Verdict):
                 verdicts.append(event)
+                progress.advance()
                 if args.json:
-                    print(json.dumps({"index": event.index, "score": event.score, "relevant": event.relevant,
-                                      "reasoning": event.reasoning, "reasoning_tokens": event.reasoning_tokens,
-                                      "ended": event.ended}), flush=True)
+                    print(json.dumps({"index": event.index, **_verdict_json(event, reasoning=True)}), flush=True)
     if args.json:
         return
-    table = Table("doc", "relevant", "score", "tokens", "ended", "reasoning")
+    table = Table("doc", "relevant", "p(true)", "tokens", "ended", "reasoning (its end)")
     for verdict in sorted(verdicts, key=lambda item: item.index):
         table.add_row(str(verdict.index), str(verdict.relevant), f"{verdict.score:.4f}", str(verdict.reasoning_tokens),
-                      verdict.ended, verdict.reasoning[-120:])
-    Console().print(table)
+                      verdict.ended, Text(" ".join(verdict.reasoning.split())[-120:]))
+    _print_table(table)
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -345,25 +565,50 @@ def _bench(args: argparse.Namespace) -> None:
             texts = [f"{title} {text}".strip() for title, text in list(corpus.values())[: args.documents]]
         else:
             texts = synthetic_texts(args.documents)
-        result = run_embed_benchmark(args.model, texts)
+        if args.triton:
+            from irgate.bench.embed import run_triton_embed_benchmark
+
+            result = run_triton_embed_benchmark(args.model, texts)
+        else:
+            result = run_embed_benchmark(args.model, texts)
     if args.json:
         print(json.dumps(result))
         return
     table = Table("measure", "value")
     for key, value in result.items():
         table.add_row(key, str(value))
-    Console().print(table)
+    _print_table(table)
 
 
-COMMANDS = {"serve": _serve, "prepare": _prepare, "build-judge-engine": _build_judge_engine, "collection": _collection, "index": _index,
-            "search": _search, "judge": _judge, "bench": _bench, "health": _health, "eval": _eval}
+COMMANDS = {"serve": _serve, "prepare": _prepare, "build-judge-engine": _build_judge_engine, "info": _info,
+            "health": _health, "collection": _collection, "documents": _documents, "index": _index, "embed": _embed,
+            "search": _search, "judge": _judge, "bench": _bench, "eval": _eval}
+
+
+def _explained(error: IrgateError, args: argparse.Namespace) -> str:
+    """The server's message, with what a CLI user can do about the common failures."""
+    server = getattr(args, "server", "")
+    if error.code == grpc.StatusCode.DEADLINE_EXCEEDED and error.message.startswith("Deadline Exceeded"):
+        return (f"DEADLINE_EXCEEDED: no answer within --timeout {_timeout(args) or 0:g} s; "
+                "give the call more time with --timeout SECONDS, or --timeout 0 for no deadline")
+    if error.code == grpc.StatusCode.UNAVAILABLE and server:
+        return f"{error}\ncannot reach irgate at {server}: is `irgate serve` running there? (set --server or IRGATE_SERVER)"
+    if error.code == grpc.StatusCode.UNAUTHENTICATED:
+        return f"{error}\nthe server wants an API key: give --api-key or set IRGATE_API_KEY"
+    return str(error)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    # The user's to fix (a status from the server, a missing file, a tool that is not installed): no traceback.
-    except (IrgateError, ServerSideError, StartupError, FileNotFoundError, ValueError) as error:
-        console.print(f"[red]error:[/red] {error}")
+    # The user's to fix (a status from the server, a bad file or argument, a setting): no traceback.
+    except IrgateError as error:
+        console.print(Text("error: ", style="red") + Text(_explained(error, args)))
         sys.exit(2)
+    except (ServerSideError, StartupError, OSError, ValueError) as error:
+        console.print(Text("error: ", style="red") + Text(str(error)))
+        sys.exit(2)
+    except KeyboardInterrupt:
+        _say("interrupted")
+        sys.exit(130)

@@ -60,7 +60,8 @@ def load_beir(folder: Path, split: str = "test") -> BeirData:
             query_id, doc_id, score = row.rstrip("\n").split("\t")
             qrels.setdefault(query_id, {})[doc_id] = int(score)
     queries = {row["_id"]: row["text"] for row in read_jsonl(_find(folder, "queries.jsonl")) if row["_id"] in qrels}
-    corpus = {row["_id"]: (row.get("title", ""), row["text"]) for row in read_jsonl(_find(folder, "corpus.jsonl"))}
+    # Real corpora hold documents with an empty (or missing) title and text: BEIR and MTEB embed them as "".
+    corpus = {row["_id"]: (row.get("title") or "", row.get("text") or "") for row in read_jsonl(_find(folder, "corpus.jsonl"))}
     return BeirData(corpus=corpus, queries=queries, qrels={q: qrels[q] for q in queries})
 
 
@@ -114,6 +115,7 @@ async def evaluate(
         **{name: round(float(scores[measure]), 5) for name, measure in MEASURES.items()},
         "queries": len(data.queries),
         "docs": len(data.corpus),
+        "empty_docs": sum(1 for title, text in data.corpus.values() if not (title.strip() or text.strip())),
         "index_seconds": round(index_seconds, 2),
         "search_seconds": round(search_seconds, 2),
         "instruction": instruction,
