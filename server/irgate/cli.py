@@ -382,23 +382,31 @@ def _documents(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
-def _corpus(path: Path, progress: ProgressReport, empty: list[int]) -> Iterator[Document]:
-    """The documents of a BEIR corpus file, counting those without title and text in empty[0]."""
-    from irgate.eval.beir import read_jsonl
+class _Corpus:
+    """The documents of a BEIR corpus file, as the upsert stream asks for them; counts the ones
+    without title and text (embedded as empty strings) and advances the progress report."""
 
-    number = 0
-    try:
-        for number, row in enumerate(read_jsonl(path), 1):
-            if not isinstance(row, dict) or "_id" not in row:
-                raise ValueError('BEIR corpus lines are objects like {"_id": "d1", "title": "...", "text": "..."}')
-            document = Document(id=str(row["_id"]), title=row.get("title") or "", text=row.get("text") or "",
-                                metadata=row.get("metadata") or {})
-            if not (document.title.strip() or document.text.strip()):
-                empty[0] += 1
-            progress.advance()
-            yield document
-    except ValueError as error:
-        raise ValueError(f"{path}, document {number + 1}: {error}") from None
+    def __init__(self, path: Path, progress: ProgressReport):
+        self.path = path
+        self.progress = progress
+        self.empty = 0
+
+    def __iter__(self) -> Iterator[Document]:
+        from irgate.eval.beir import read_jsonl
+
+        number = 0
+        try:
+            for number, row in enumerate(read_jsonl(self.path), 1):
+                if not isinstance(row, dict) or "_id" not in row:
+                    raise ValueError('BEIR corpus lines are objects like {"_id": "d1", "title": "...", "text": "..."}')
+                document = Document(id=str(row["_id"]), title=row.get("title") or "", text=row.get("text") or "",
+                                    metadata=row.get("metadata") or {})
+                if not (document.title.strip() or document.text.strip()):
+                    self.empty += 1
+                self.progress.advance()
+                yield document
+        except ValueError as error:
+            raise ValueError(f"{self.path}, document {number + 1}: {error}") from None
 
 
 def _holding(client: Client, collection: str) -> str:
@@ -412,21 +420,21 @@ def _holding(client: Client, collection: str) -> str:
 def _index(args: argparse.Namespace) -> None:
     from irgate.eval.beir import read_jsonl
 
+    # A first pass for the total that the ETA needs: reading is cheap next to embedding.
     total = sum(1 for _ in read_jsonl(args.file))
-    empty = [0]
     with _client(args) as client:
         if args.create:
             client.create_collection(args.collection, exist_ok=True)
         with ProgressReport(console, f"indexing {args.file.name}", total, "docs") as progress:
+            corpus = _Corpus(args.file, progress)
             try:
-                result = client.upsert(args.collection, _corpus(args.file, progress, empty), batch_size=args.batch_size,
-                                       timeout=_timeout(args, bulk=True))
+                result = client.upsert(args.collection, corpus, batch_size=args.batch_size, timeout=_timeout(args, bulk=True))
             except IrgateError as error:
                 raise IrgateError(error.code, error.message + _holding(client, args.collection)) from None
     _say(f"upserted {result.upserted} ({result.replaced} replaced), {result.unchanged} unchanged and skipped, "
          f"{result.total_tokens} tokens embedded; {args.collection} holds {_count(result.documents, 'document')}")
-    if empty[0]:
-        _say(f"{_count(empty[0], 'document')} without title and text: embedded as empty strings, as BEIR and MTEB do")
+    if corpus.empty:
+        _say(f"{_count(corpus.empty, 'document')} without title and text: embedded as empty strings, as BEIR and MTEB do")
 
 
 def _embed(args: argparse.Namespace) -> None:
