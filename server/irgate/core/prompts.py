@@ -1,7 +1,8 @@
 """Turn a query (+ instruction) or a document into the exact text the model was trained on.
 
-Formats are copied from the training code, not paraphrased (shared/REFERENCE.md section 1 and
-the MTEB convention in section 5): an extra or missing space changes every vector.
+Formats are copied from the training code, not paraphrased (Promptriever's tevatron fork for
+"query:  {query}? {instruction}" and "passage:  {title} {text}"; MTEB's `title + " " + text` and
+`query + " " + instruction` for plain models): an extra or missing space changes every vector.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A model served with another prompt, pooling or length limit than it was trained with is
 silently worse, so every setting that shapes a vector lives here, beside the weights, and the
-server reads it instead of guessing (see shared/REFERENCE.md section 1).
+server reads it instead of guessing (for Promptriever: EOS pooling with an explicit EOS, the
+"query: " / "passage: " prefixes and the instruction after the query).
 """
 
 from __future__ import annotations

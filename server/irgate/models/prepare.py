@@ -65,7 +65,7 @@ def _preset_settings(preset: str | None, source: Path) -> dict[str, Any]:
         # all-MiniLM-L6-v2 and its kin are trained with cosine similarity: normalise always.
         return _sentence_transformers_settings(source)
     if preset == "promptriever":
-        # REFERENCE.md section 1: EOS pooling, explicit EOS, "query: "/"passage: " prefixes, 512 for BEIR.
+        # As Promptriever was trained: EOS pooling, explicit EOS, "query: "/"passage: " prefixes, 512 for BEIR.
         return {
             "pooling": "eos",
             "prompt_style": "promptriever",
