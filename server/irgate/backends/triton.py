@@ -5,10 +5,12 @@ that speaks the KServe v2 gRPC protocol (`inference.GRPCInferenceService`): NVID
 production, any other v2 server (MLServer in the tests) for the unary paths.
 
 Failures become irgate's domain errors so the api layer can give clear statuses:
-- the server cannot be reached, or answers UNAVAILABLE (down, loading, queue full): retried a
-  bounded number of times with exponential backoff, then `Unavailable` ("Triton at h:p is
+- the server cannot be reached, or answers UNAVAILABLE (down, restarting): retried a bounded
+  number of times with exponential backoff, then `Unavailable` ("Triton at h:p is
   unreachable: ...");
-- the model is not loaded or not ready: `Unavailable` naming the model;
+- the model's queue is full (Triton answers UNAVAILABLE "Exceeds maximum queue size"): retried
+  the same way, then `ResourceExhausted` naming the model (the server is up, only busy);
+- the model is not loaded or not ready (NOT_FOUND): `Unavailable` naming the model;
 - RESOURCE_EXHAUSTED (a message over the size limit, memory): `ResourceExhausted`;
 - anything else (a tensor the model does not declare, a wrong shape): `FailedPrecondition`,
   because it means the gateway and the model repository disagree, not that the client erred.
@@ -39,7 +41,8 @@ TRANSIENT_STATUSES = frozenset({"UNAVAILABLE"})
 # Every option an address may carry; others are refused so a typo does not pass silently.
 ADDRESS_OPTIONS = frozenset({"stream", "timeout", "attempts"})
 # Unlimited message sizes (generation logits are [steps, vocab] floats); keepalive pings find
-# a dead peer on an idle channel.
+# a dead peer on an idle channel; reconnection backs off to at most 2 s (gRPC's default grows
+# to 120 s), so a restarted Triton is used again within seconds.
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
@@ -47,7 +50,12 @@ _CHANNEL_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
 ]
+# How Triton words a rejection by a full queue (dynamic_batching max_queue_size).
+_QUEUE_FULL = "exceeds maximum queue size"
 
 
 @dataclass(frozen=True)
@@ -248,6 +256,11 @@ class TritonClient:
                               number, self.retry.attempts - 1, delay)
                     await asyncio.sleep(delay)
         assert last is not None
+        if _queue_full(last):
+            raise ResourceExhausted(
+                f"{self.where}: the queue of model {self.address.model!r} is full ({what} refused "
+                f"{self.retry.attempts} times): {message_of(last)}; retry later or raise its max_queue_size"
+            ) from last
         raise Unavailable(
             f"{self.where} is unreachable: {message_of(last)} ({what} of model {self.address.model!r} "
             f"failed {self.retry.attempts} times)"
@@ -257,11 +270,15 @@ class TritonClient:
         """The irgate error for a non-transient failure of `what`."""
         status, message = status_of(error), message_of(error)
         model = self.address.model
+        if _queue_full(error):
+            return ResourceExhausted(f"{self.where}: the queue of model {model!r} is full ({what}): {message}")
         if status in TRANSIENT_STATUSES or _unreachable(error):
             return Unavailable(f"{self.where} is unreachable: {message}")
         if status == "RESOURCE_EXHAUSTED":
             return ResourceExhausted(f"{self.where}: model {model!r} is out of resources ({what}): {message}")
-        if status in ("NOT_FOUND", "UNKNOWN", "DEADLINE_EXCEEDED", "CANCELLED", "INTERNAL") or _not_ready(message):
+        if status == "NOT_FOUND" or _not_ready(message):
+            return Unavailable(f"{self.where}: model {model!r} is not loaded ({what}): {message}")
+        if status in ("UNKNOWN", "DEADLINE_EXCEEDED", "CANCELLED", "INTERNAL"):
             return Unavailable(f"{self.where}: model {model!r} cannot serve ({what}): {message}")
         return FailedPrecondition(
             f"{self.where}: model {model!r} rejected the {what} request ({status or 'error'}): {message}; "
@@ -308,6 +325,10 @@ class TritonClient:
 def _unreachable(error: BaseException) -> bool:
     text = message_of(error).lower()
     return any(mark in text for mark in ("failed to connect", "connection refused", "socket closed", "connect failed"))
+
+
+def _queue_full(error: BaseException) -> bool:
+    return _QUEUE_FULL in message_of(error).lower()
 
 
 def _not_ready(message: str) -> bool:

@@ -71,6 +71,10 @@ def pad_to_bucket(input_ids: np.ndarray, attention_mask: np.ndarray, pad_id: int
 class TritonEmbedder:
     """EmbedderBackend over Triton: `TritonEmbedder("triton://127.0.0.1:8001/embedder", Path("models/embedder"))`."""
 
+    # Batches the gateway keeps in flight at once (core.batching): Triton's dynamic batcher
+    # merges those of one length bucket, and their network hops overlap.
+    concurrent_batches = 4
+
     def __init__(self, address: str, folder: Path, retry: RetryPolicy | None = None, timeout: float | None = 60.0) -> None:
         folder = Path(folder).resolve()
         self.manifest = EmbedderManifest.load(folder)

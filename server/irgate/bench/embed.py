@@ -101,3 +101,86 @@ def run_embed_benchmark(folder: Path, texts: list[str]) -> dict[str, Any]:
         "irgate_vs_sentence_transformers": round(rate["irgate"] / rate["st"], 2),
         "max_abs_diff_vs_sentence_transformers": float(np.abs(served - reference).max()),
     }
+
+
+# ---- the Triton path: the same Embed RPC with the model behind a local tritonserver -------------
+
+TRITON_CLIENTS = (1, 16)
+ROUNDS = 3  # sides alternate round by round (the median counts), so both see the same machine load
+LATENCY_CALLS = 40  # one-text Embed calls per side, alternating, for the p50 of the extra hop
+
+
+async def _embed_rpcs(address: str, texts: list[str], clients: int) -> tuple[float, np.ndarray]:
+    """Embed `texts` in calls of BATCH texts from `clients` concurrent clients: (seconds, vectors)."""
+    batches = [texts[i : i + BATCH] for i in range(0, len(texts), BATCH)]
+    limit = asyncio.Semaphore(clients)
+    async with AsyncClient(address, timeout=600) as client:
+
+        async def one(part: list[str]) -> list[list[float]]:
+            async with limit:
+                return [item.values for item in await client.embed(part)]
+
+        started = time.perf_counter()
+        results = await asyncio.gather(*(one(part) for part in batches))
+        seconds = time.perf_counter() - started
+    return seconds, np.asarray([vector for part in results for vector in part], dtype=np.float32)
+
+
+async def _one_text_latencies(addresses: dict[str, str], texts: list[str]) -> dict[str, list[float]]:
+    """Per-call seconds of one-text Embed calls, the sides taking turns call by call."""
+    latencies: dict[str, list[float]] = {side: [] for side in addresses}
+    clients = {side: AsyncClient(address, timeout=600) for side, address in addresses.items()}
+    try:
+        for text in texts:
+            for side, client in clients.items():
+                started = time.perf_counter()
+                await client.embed([text])
+                latencies[side].append(time.perf_counter() - started)
+    finally:
+        for client in clients.values():
+            await client.close()
+    return latencies
+
+
+def run_triton_embed_benchmark(folder: Path, texts: list[str]) -> dict[str, Any]:
+    """Embed RPC throughput of `irgate serve` with the embedder behind a local tritonserver (CPU
+    flavour: the same ONNX graph under ONNX Runtime in Triton's python backend) against the
+    in-process embedder, at 1 and 16 clients; and the p50 latency that the extra hop adds to a
+    one-text call."""
+    from irgate.models.triton import prepare_triton_repository
+    from irgate.models.tritonserver import TritonServer
+
+    folder = Path(folder).resolve()
+    sides = ("in_process", "triton")
+    report: dict[str, Any] = {"documents": len(texts), "texts_per_call": BATCH}
+    with tempfile.TemporaryDirectory(prefix="irgate-bench-triton-") as work:
+        repository = Path(work) / "triton"
+        prepare_triton_repository(folder, repository, flavour="cpu")
+        with (
+            TritonServer(repository) as triton,
+            LocalServer(Path(work) / "in-process", ["--embedder", f"onnx:{folder}", "--judge", "none"]) as in_process,
+            LocalServer(Path(work) / "through-triton", ["--embedder", f"triton://{triton.address}/embedder",
+                                                        "--embedder-folder", str(folder), "--judge", "none"]) as through_triton,
+        ):
+            addresses = {"in_process": in_process.address, "triton": through_triton.address}
+            vectors: dict[str, np.ndarray] = {}
+            seconds: dict[tuple[str, int], list[float]] = {}
+            for side in sides:
+                asyncio.run(_embed_rpcs(addresses[side], texts[: 2 * BATCH], 2))  # warm-up
+            for _ in range(ROUNDS):
+                for clients in TRITON_CLIENTS:
+                    for side in sides:
+                        took, vectors[side] = asyncio.run(_embed_rpcs(addresses[side], texts, clients))
+                        seconds.setdefault((side, clients), []).append(took)
+            latencies = asyncio.run(_one_text_latencies(addresses, texts[:LATENCY_CALLS]))
+    for clients in TRITON_CLIENTS:
+        rate = {side: len(texts) / float(np.median(seconds[side, clients])) for side in sides}
+        for side in sides:
+            report[f"{side}_docs_per_s_{clients}_clients"] = round(rate[side], 1)
+        report[f"triton_vs_in_process_{clients}_clients"] = round(rate["triton"] / rate["in_process"], 2)
+    p50 = {side: 1000 * float(np.median(latencies[side])) for side in sides}
+    for side in sides:
+        report[f"{side}_one_text_p50_ms"] = round(p50[side], 2)
+    report["triton_hop_p50_ms"] = round(p50["triton"] - p50["in_process"], 2)
+    report["max_abs_diff_triton_vs_in_process"] = float(np.abs(vectors["triton"] - vectors["in_process"]).max())
+    return report

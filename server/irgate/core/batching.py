@@ -89,13 +89,30 @@ class BatchingQueue:
         )
 
     async def _run(self) -> None:
-        while True:
-            if not self._pending:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            for batch in self._next_batches():
-                await self._run_batch(batch)
+        # A remote backend (Triton) takes several batches at once (`concurrent_batches`): its own
+        # batcher merges them, and one batch's network hop overlaps another's compute. The
+        # in-process engine takes one at a time.
+        slots = asyncio.Semaphore(max(1, int(getattr(self.backend, "concurrent_batches", 1))))
+        running: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            slots.release()
+
+        try:
+            while True:
+                if not self._pending:
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                for batch in self._next_batches():
+                    await slots.acquire()
+                    task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+                    running.add(task)
+                    task.add_done_callback(finished)
+        finally:
+            for task in list(running):
+                task.cancel()
 
     def _next_batches(self) -> list[list[tuple[_Request, int]]]:
         taken: list[tuple[_Request, int]] = []

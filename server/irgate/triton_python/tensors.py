@@ -2,7 +2,10 @@
 
 The stub's numpy paths (`Tensor.as_numpy()`, `pb_utils.Tensor(name, ndarray)`) are compiled
 against numpy 1.x and corrupt data under numpy 2 ("output tensor shape does not match size of
-output"); DLPack is ABI-stable, so it is the only path used here.
+output"); DLPack is ABI-stable, so it is the only path used here. Outputs go through torch's
+DLPack export: the stub renames the capsules it consumes in a way numpy 2's capsule does not
+expect, and numpy then frees the memory while the response still points at it (responses
+read other arrays' bytes); torch's capsule keeps its tensor alive until the stub lets go.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ def to_numpy(tensor: pb_utils.Tensor) -> np.ndarray:
 
 
 def from_numpy(name: str, array: np.ndarray) -> pb_utils.Tensor:
-    return pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(array).__dlpack__())
+    import torch
+    from torch.utils.dlpack import to_dlpack
+
+    return pb_utils.Tensor.from_dlpack(name, to_dlpack(torch.from_numpy(np.ascontiguousarray(array))))
 
 
 def input_array(request: pb_utils.InferenceRequest, name: str) -> np.ndarray | None:
