@@ -11,6 +11,7 @@ from irgate.api import convert
 from irgate.api.rpc import Admission, streaming, unary
 from irgate.core.judge import JudgeService, Passage, Reasoning
 from irgate.errors import FailedPrecondition, InvalidArgument
+from irgate.identifiers import check_collection_name, check_document_id
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 
@@ -18,6 +19,8 @@ NO_JUDGE = "this server runs without a judge; start it with --judge local:FOLDER
 
 
 def passages(request: pb.JudgeRequest) -> list[Passage]:
+    if request.collection:
+        check_collection_name(request.collection)
     if not request.query.strip():
         raise InvalidArgument("query is empty; give the query the documents are judged against")
     result = []
@@ -28,7 +31,7 @@ def passages(request: pb.JudgeRequest) -> list[Passage]:
                 raise InvalidArgument(f"documents[{position}].inline.text is empty; give the passage to judge")
             result.append(Passage(id=document.inline.id, text=document.inline.text, title=document.inline.title))
         elif source == "id":
-            result.append(Passage(id=document.id, from_collection=True))
+            result.append(Passage(id=check_document_id(document.id, f"documents[{position}].id"), from_collection=True))
         else:
             raise InvalidArgument(f"documents[{position}] is empty; set inline (a passage) or id (in collection)")
     return result
