@@ -1,9 +1,8 @@
-"""The Triton path: configs checked against Triton's real schema, the backends against a real,
-independent KServe v2 server (MLServer 1.7.1, tests/triton_peer), the streamed form against
-real Triton message types.
+"""The Triton path without a server: configs checked against Triton's real schema (both flavours,
+one tensor contract), addresses, buckets, the repository and engine-build plumbing, the decoding
+of streamed responses, and failures against a port nobody listens on.
 
-What cannot run here (no GPU, no Triton): tritonserver itself, the onnxruntime/TensorRT-LLM
-backends and trtllm-build. docs/triton.md says what that leaves untested.
+Everything that needs a running tritonserver is in test_triton_server.py.
 """
 
 from __future__ import annotations
@@ -25,52 +24,24 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2, service_pb2
 
 from irgate.backends.embedder import EmbedderBackend, OnnxEmbedder
-from irgate.backends.judge import JudgeBackend, JudgeEvent, JudgeOutcome, LocalJudge, ReasoningDelta
 from irgate.backends import triton_embedder, triton_judge
 from irgate.backends.triton import RetryPolicy, parse_address
 from irgate.backends.triton_embedder import TritonEmbedder, bucket_length, pad_to_bucket
-from irgate.backends.triton_judge import FINAL_PARAMETER, TritonJudge, decode_stream_response
-from irgate.bench.judge import benchmark_prompts
-from irgate.core.judging import judge_prompt
-from irgate.core.tokenization import TextEncoder, pad_batch
+from irgate.backends.triton_judge import FINAL_PARAMETER, decode_stream_response
+from irgate.core.tokenization import pad_batch
 from irgate.errors import FailedPrecondition, InvalidArgument, Unavailable
 from irgate.models import triton as triton_models
-from conftest import free_port, judge_events, outcomes_of
+from conftest import free_port
 from irgate.local_server import LocalServer
-from irgate_client import Client, Document, IrgateError
+from irgate_client import Client, IrgateError
 
 REPO = Path(__file__).resolve().parent.parent
 REPOSITORY = REPO / "model_repository"
-sys.path.insert(0, str(Path(__file__).resolve().parent / "triton_peer"))
-
-from generation import GreedyGenerator  # noqa: E402
-from peer import MLServerPeer  # noqa: E402
-
 FAST_RETRY = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.05)
-TEXTS = [
-    "query: what causes diabetes",
-    "Insulin resistance is a major cause of type 2 diabetes, along with genetics and lifestyle.",
-    "The moon's gravity raises ocean tides twice a day.",
-    "short",
-]
 
 
 def _config(model: str) -> model_config_pb2.ModelConfig:
     return text_format.Parse((REPOSITORY / model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-
-
-# ---- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def peer(minilm_folder: Path, judge_folder: Path, tmp_path_factory: pytest.TempPathFactory):
-    """MLServer serving the embedder's model.onnx and the judge's causal LM (greedy, TRT-LLM tensors)."""
-    models = {
-        "embedder": {"template": "embedder", "uri": minilm_folder / "model.onnx"},
-        "judge": {"template": "judge", "uri": judge_folder},
-    }
-    with MLServerPeer(tmp_path_factory.mktemp("mlserver"), models) as running:
-        yield running
 
 
 # ---- configs: Triton's own schema, and the backends' tensor contract ----------------------
@@ -189,6 +160,39 @@ def test_prepare_triton_repository(minilm_folder: Path, tmp_path: Path) -> None:
     assert (fresh / "embedder" / "1" / "model.onnx").is_file()
 
 
+def test_cpu_flavour_has_the_gpu_flavours_tensor_contract(minilm_folder: Path, judge_folder: Path, tmp_path: Path) -> None:
+    """Both flavours come from one source: the CPU configs are rendered from the GPU ones, so the
+    inputs, outputs, batch limits, batching and transaction policy are the same, and they are
+    the backends' own tensor specs."""
+    cpu = tmp_path / "cpu"
+    triton_models.prepare_triton_repository(minilm_folder, cpu, flavour="cpu", judge_folder=judge_folder)
+    dimension = OnnxEmbedder(minilm_folder).manifest.dimension
+    for model, specs in (("embedder", triton_embedder), ("judge", triton_judge)):
+        gpu_config, cpu_config = _config(model), text_format.Parse((cpu / model / "config.pbtxt").read_text(),
+                                                                   model_config_pb2.ModelConfig())
+        for field in ("name", "max_batch_size", "input", "output", "dynamic_batching", "model_transaction_policy"):
+            assert getattr(cpu_config, field) == getattr(gpu_config, field), (model, field)
+        assert _tensors(cpu_config, cpu_config.input) == _specs(specs.INPUTS)
+        assert _tensors(cpu_config, cpu_config.output) == _specs(specs.OUTPUTS, dimension=dimension)
+        assert cpu_config.backend == "python" and gpu_config.backend != "python"
+        assert [group.kind for group in cpu_config.instance_group] == [model_config_pb2.ModelInstanceGroup.KIND_CPU]
+        assert not cpu_config.HasField("optimization")
+        assert cpu_config.parameters["irgate_model"].string_value == model
+        assert (cpu / model / "1" / "model.py").read_text() == (REPO / "server/irgate/triton_python/model.py").read_text()
+    assert (cpu / "embedder" / "1" / "model.onnx").read_bytes() == (minilm_folder / "model.onnx").read_bytes()
+    judge = text_format.Parse((cpu / "judge" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert judge.parameters["folder"].string_value == str(judge_folder.resolve())
+    assert "gpt_model_path" not in judge.parameters
+    # The stub's sys.path gets this environment (its own does not honour PYTHONPATH).
+    assert str(REPO / "server") in judge.parameters["irgate_python_path"].string_value.split(":")
+
+    # The CPU flavour never overwrites the GPU configs it is rendered from.
+    with pytest.raises(InvalidArgument, match="repository of its own"):
+        triton_models.prepare_triton_repository(minilm_folder, REPOSITORY, flavour="cpu")
+    with pytest.raises(InvalidArgument, match="unknown Triton flavour 'tpu'"):
+        triton_models.prepare_triton_repository(minilm_folder, cpu, flavour="tpu")
+
+
 def test_engine_build_commands(smollm2_hf: Path, tmp_path: Path) -> None:
     convert, build = triton_models.build_judge_engine_commands(smollm2_hf, tmp_path / "repo", max_batch_size=16)
     assert convert[1] == "-c" and "from_hugging_face" in convert[2] and convert[3] == str(smollm2_hf.resolve())
@@ -281,226 +285,15 @@ def test_decode_stream_response() -> None:
     assert step.tokens == [9] and step.final and step.logits is None
     empty = decode_stream_response(_response("x", [], None, final=True))
     assert empty.tokens == [] and empty.final
+    # A step that chose end_id: the token is not returned, the logits of the step are (a forced
+    # answer is scored from them).
+    ended = _response("x:0:f", [2], logits[:1], final=True)
+    ended.infer_response.raw_output_contents[1] = np.asarray([[0]], np.int32).tobytes()
+    step = decode_stream_response(ended)
+    assert step.tokens == [] and step.final
+    np.testing.assert_array_equal(step.logits, logits[:1])
     with pytest.raises(FailedPrecondition, match="out of memory"):
         decode_stream_response(service_pb2.ModelStreamInferResponse(error_message="out of memory"))
-
-
-class _FakeDecoupledTrtllm:
-    """Stands in for the gRPC stub's ModelStreamInfer: a decoupled `tensorrt_llm` model that
-    streams one token per response as real ModelStreamInferResponse messages, honours `stop`
-    requests, and computes with the same greedy generator as the MLServer peer."""
-
-    def __init__(self, generator: GreedyGenerator) -> None:
-        self.generator = generator
-        self.stopped: list[str] = []
-        self.generated = 0
-
-    def ModelStreamInfer(self, requests: Any, metadata: Any = None, timeout: Any = None, compression: Any = None) -> Any:
-        return _FakeCall(self, requests)
-
-
-class _FakeCall:
-    def __init__(self, model: _FakeDecoupledTrtllm, requests: Any) -> None:
-        self.model = model
-        self.out: asyncio.Queue[Any] = asyncio.Queue()
-        self.tasks: list[asyncio.Task[None]] = []
-        self.reader = asyncio.ensure_future(self._read(requests))
-        self.iterator = self._responses()
-
-    def __aiter__(self) -> Any:
-        return self.iterator
-
-    async def _responses(self) -> Any:
-        while (message := await self.out.get()) is not None:
-            yield message
-
-    async def _read(self, requests: Any) -> None:
-        try:
-            await self._serve(requests)
-        except BaseException as error:  # surface a broken fake instead of hanging the stream
-            self.out.put_nowait(service_pb2.ModelStreamInferResponse(error_message=f"fake model: {error!r}"))
-            raise
-
-    async def _serve(self, requests: Any) -> None:
-        from tritonclient.utils import triton_to_np_dtype
-
-        async for request in requests:
-            inputs = {tensor.name: np.frombuffer(raw, dtype=triton_to_np_dtype(tensor.datatype)).reshape(tensor.shape)
-                      for tensor, raw in zip(request.inputs, request.raw_input_contents)}
-            assert request.parameters["triton_enable_empty_final_response"].bool_param
-            if "stop" in inputs and inputs["stop"].reshape(-1)[0]:
-                self.model.stopped.append(request.id)
-                self.out.put_nowait(_response(request.id, [], None, final=True))
-                continue
-            assert inputs["streaming"].reshape(-1)[0] and inputs["return_generation_logits"].reshape(-1)[0]
-            self.tasks.append(asyncio.ensure_future(self._generate(request.id, inputs)))
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        self.out.put_nowait(None)
-
-    async def _generate(self, request_id: str, inputs: dict[str, np.ndarray]) -> None:
-        ids = inputs["input_ids"].reshape(-1)[: int(inputs["input_lengths"].reshape(-1)[0])].tolist()
-        budget = int(inputs["request_output_len"].reshape(-1)[0])
-        end_id = int(inputs["end_id"].reshape(-1)[0])
-        # Token by token, as the engine streams: the gateway sees each before the next exists.
-        for k, (token, logits) in enumerate(self.model.generator.steps(ids, budget, end_id)):
-            if request_id in self.model.stopped:
-                return
-            self.model.generated += 1
-            final = k == budget - 1 or token == end_id
-            self.out.put_nowait(_response(request_id, [token], logits[None, :], final=final))
-            await asyncio.sleep(0.001)  # let the gateway read it and send stop requests
-
-    def cancel(self) -> bool:
-        for task in [self.reader, *self.tasks]:
-            task.cancel()
-        self.out.put_nowait(None)
-        return True
-
-
-def _streamed(folder: Path, generator: GreedyGenerator, prompts: list[str], budget: int,
-              stream: bool) -> tuple[list[JudgeEvent], _FakeDecoupledTrtllm]:
-    judge = TritonJudge(f"triton://127.0.0.1:{free_port()}/judge", folder)
-    fake = _FakeDecoupledTrtllm(generator)
-
-    async def run() -> list[JudgeEvent]:
-        judge._client.stream_stub = lambda: fake  # type: ignore[method-assign]
-        try:
-            return [event async for event in judge.judge(prompts, budget, stream_reasoning=stream)]
-        finally:
-            await judge.close()
-
-    return asyncio.run(run()), fake
-
-
-def _assert_same(outcomes: list[JudgeOutcome], reference: list[JudgeOutcome]) -> None:
-    assert len(outcomes) == len(reference)
-    for outcome, expected in zip(outcomes, reference):
-        assert (outcome.index, outcome.ended, outcome.reasoning_tokens) == (expected.index, expected.ended, expected.reasoning_tokens)
-        assert outcome.reasoning == expected.reasoning
-        assert abs(outcome.score - expected.score) <= 1e-4, (outcome, expected)
-
-
-def test_streamed_judge_equals_local_judge(judge_folder: Path, few_shot_folder: Path, local_judge: LocalJudge) -> None:
-    generator = GreedyGenerator(str(judge_folder), threads=2)
-    prompts = benchmark_prompts(local_judge.manifest, 3)
-    for budget in (0, 8):
-        events, _ = _streamed(judge_folder, generator, prompts, budget, stream=True)
-        _assert_same(outcomes_of(events), outcomes_of(judge_events(local_judge, prompts, budget)))
-        for outcome in outcomes_of(events):  # deltas concatenate to the reasoning
-            deltas = "".join(e.text for e in events if isinstance(e, ReasoningDelta) and e.index == outcome.index)
-            assert deltas == outcome.reasoning
-
-    # The answered path: scored from the streamed logits of the answer step, and stopped there.
-    few_shot = LocalJudge(few_shot_folder, threads=2)
-    try:
-        prompts = [
-            judge_prompt(few_shot.manifest, "what causes diabetes", "", "", "Insulin resistance is a major cause of type 2 diabetes."),
-            judge_prompt(few_shot.manifest, "tides", "", "", "The moon's gravity raises ocean tides."),
-        ]
-        expected = outcomes_of(judge_events(few_shot, prompts, 48))
-    finally:
-        asyncio.run(few_shot.close())
-    events, fake = _streamed(few_shot_folder, generator, prompts, 48, stream=False)
-    outcomes = outcomes_of(events)
-    _assert_same(outcomes, expected)
-    assert {o.ended for o in outcomes} == {"answered"}
-    # A document that answered is stopped (the last one ends with the stream's cancel): the
-    # model generated no token past any answer.
-    assert fake.stopped and fake.generated <= sum(o.reasoning_tokens for o in outcomes) + len(prompts)
-    assert not any(isinstance(e, ReasoningDelta) for e in events)
-
-
-# ---- against the independent peer (MLServer) ------------------------------------------------
-
-
-def test_peer_readiness(peer: MLServerPeer, minilm_folder: Path) -> None:
-    async def run() -> None:
-        backend = TritonEmbedder(f"triton://{peer.address}/embedder", minilm_folder)
-        unknown = TritonEmbedder(f"triton://{peer.address}/no-such-model", minilm_folder, retry=FAST_RETRY)
-        try:
-            assert await backend.ready() is True
-            assert await unknown.ready() is False  # MLServer raises for an unknown model; still a plain no
-            ids, mask = pad_batch([[101, 2000, 102]], 0)
-            with pytest.raises(Unavailable, match="no-such-model"):
-                await unknown.embed(ids, mask)
-        finally:
-            await backend.close()
-            await unknown.close()
-
-    asyncio.run(run())
-
-
-def test_embeddings_through_triton_equal_in_process(peer: MLServerPeer, minilm_folder: Path) -> None:
-    local = OnnxEmbedder(minilm_folder, threads=1)
-    remote = TritonEmbedder(f"triton://{peer.address}/embedder", minilm_folder)
-    encoder = TextEncoder(local.manifest, minilm_folder)
-    ids, mask = pad_batch([e.ids for e in encoder.encode(TEXTS)], local.manifest.pad_token_id)
-    batch = [ids[i : i + 1, : int(mask[i].sum())] for i in range(len(TEXTS))]
-
-    async def run() -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        try:
-            expected = await local.embed(ids, mask)
-            got = await remote.embed(ids, mask)
-            # Concurrent single-text requests (each padded to its own bucket).
-            singles = await asyncio.gather(*(remote.embed(one, np.ones_like(one)) for one in batch))
-            return expected, got, singles
-        finally:
-            await local.close()
-            await remote.close()
-
-    expected, got, singles = asyncio.run(run())
-    assert got.shape == expected.shape == (len(TEXTS), local.manifest.dimension) and got.dtype == np.float32
-    diff = float(np.abs(got - expected).max())
-    single_diff = float(np.abs(np.concatenate(singles) - expected).max())
-    print(f"embedder max abs diff: batch {diff:.2e}, singles {single_diff:.2e}")
-    assert diff <= 1e-5 and single_diff <= 1e-5
-
-
-def test_judge_through_triton_equals_local_judge(peer: MLServerPeer, judge_folder: Path, local_judge: LocalJudge) -> None:
-    judge = TritonJudge(f"triton://{peer.address}/judge?stream=0", judge_folder)
-    assert isinstance(judge, JudgeBackend) and judge.streaming is False
-    prompts = benchmark_prompts(local_judge.manifest, 3)
-
-    async def run(budget: int) -> list[JudgeEvent]:
-        assert await judge.ready()
-        return [event async for event in judge.judge(prompts, budget, stream_reasoning=True)]
-
-    worst = 0.0
-    for budget in (0, 8):
-        events = asyncio.run(run(budget))
-        outcomes, expected = outcomes_of(events), outcomes_of(judge_events(local_judge, prompts, budget))
-        _assert_same(outcomes, expected)
-        worst = max(worst, *(abs(o.score - e.score) for o, e in zip(outcomes, expected)))
-        for outcome in outcomes:
-            deltas = "".join(e.text for e in events if isinstance(e, ReasoningDelta) and e.index == outcome.index)
-            assert deltas == outcome.reasoning
-    print(f"judge max score diff vs local: {worst:.2e}")
-    with pytest.raises(InvalidArgument, match="max_reasoning_tokens"):
-        asyncio.run(run(10**6))
-    asyncio.run(judge.close())
-
-
-def test_irgate_serves_through_triton_end_to_end(peer: MLServerPeer, minilm_folder: Path, judge_folder: Path,
-                                                 tmp_path: Path) -> None:
-    """The production topology: `irgate serve --embedder triton://... --judge triton://...` beside the peer."""
-    args = ["--embedder", f"triton://{peer.address}/embedder", "--embedder-folder", str(minilm_folder),
-            "--judge", f"triton://{peer.address}/judge?stream=0", "--judge-folder", str(judge_folder)]
-    local = OnnxEmbedder(minilm_folder, threads=1)
-    encoder = TextEncoder(local.manifest, minilm_folder)
-    ids, mask = pad_batch([e.ids for e in encoder.encode(TEXTS)], local.manifest.pad_token_id)
-    expected = asyncio.run(local.embed(ids, mask))
-    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    with LocalServer(tmp_path, args) as gateway, Client(gateway.address, timeout=120) as client:
-        info = client.info()
-        assert info.backend == f"triton://{peer.address}/embedder" and info.judge_model
-        got = np.asarray([item.values for item in client.embed(TEXTS)], dtype=np.float32)
-        assert float(np.abs(got - expected).max()) <= 1e-5
-        client.create_collection("through-triton")
-        client.upsert("through-triton", [Document(id=str(i), text=text) for i, text in enumerate(TEXTS)])
-        hits = client.search("through-triton", TEXTS[2], k=2, rerank=2, max_reasoning_tokens=4)
-        assert "2" in {hit.id for hit in hits} and all(hit.verdict is not None for hit in hits)
-        (verdict,) = client.judge("what causes rain", [TEXTS[0]], max_reasoning_tokens=0)
-        assert verdict.ended == "forced" and 0 <= verdict.score <= 1
 
 
 def test_gateway_reports_not_serving_while_triton_is_down(minilm_folder: Path, tmp_path: Path) -> None:
