@@ -78,25 +78,25 @@ def few_shot_folder(smollm2_hf: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="session")
 def local_judge(judge_folder: Path):
-    from irgate.backends.judge import LocalJudge
+    from irgate.backends.judge.local import LocalJudge
 
     backend = LocalJudge(judge_folder, threads=2)
     yield backend
     asyncio.run(backend.close())
 
 
-def judge_events(backend: Any, prompts: list[str], budget: int, stream: bool = False) -> list[Any]:
-    """Every event a judge backend yields for one call (outcomes and reasoning deltas)."""
+def judge_events(backend: Any, request: Any) -> list[Any]:
+    """Every event a judge backend yields for one JudgeRequest (outcomes and reasoning deltas)."""
 
     async def run() -> list[Any]:
-        return [event async for event in backend.judge(prompts, budget, stream_reasoning=stream)]
+        return [event async for event in backend.judge(request)]
 
     return asyncio.run(run())
 
 
 def outcomes_of(events: list[Any]) -> list[Any]:
     """The outcomes among judge events, in request order."""
-    from irgate.backends.judge import JudgeOutcome
+    from irgate.backends.judge.rank1 import JudgeOutcome
 
     return sorted((e for e in events if isinstance(e, JudgeOutcome)), key=lambda outcome: outcome.index)
 

@@ -24,7 +24,9 @@ from irgate.api.metrics import COLLECTION_DOCUMENTS, JUDGE_BUSY, QUEUED_TEXTS, s
 from irgate.api.rpc import Admission
 from irgate.api.search import SearchServicer
 from irgate.backends.embedder import EmbedderBackend, OnnxEmbedder
-from irgate.backends.judge import JudgeBackend, LocalJudge
+from irgate.backends.judge.contract import JudgeBackend
+from irgate.backends.judge.engine import EngineLimits, default_device
+from irgate.backends.judge.local import LocalJudge
 from irgate.backends.triton import is_triton_address  # tritonclient itself is imported only when used
 from irgate.config import Settings
 from irgate.core.batching import BatchingQueue
@@ -76,7 +78,15 @@ def open_judge(settings: Settings) -> JudgeBackend | None:
         return TritonJudge(address, _prepared(settings.judge_folder, "judge", "--judge-folder"))
     scheme, _, target = address.partition(":")
     if scheme == "local" and target:
-        return LocalJudge(_prepared(Path(target), "judge", "--judge"), threads=settings.threads or None)
+        device = default_device()
+        log.info("the in-process judge runs on torch device %s", device)
+        limits = EngineLimits.for_device(
+            device,
+            max_batch_tokens=settings.judge_max_batch_tokens,
+            max_batch_rows=settings.judge_max_batch_rows,
+            prefill_chunk_tokens=settings.judge_prefill_chunk_tokens,
+        )
+        return LocalJudge(_prepared(Path(target), "judge", "--judge"), threads=settings.threads or None, device=device, limits=limits)
     raise ConfigError(f"--judge {address!r} is not supported; use local:FOLDER, triton://HOST:PORT/MODEL or none")
 
 

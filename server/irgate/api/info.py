@@ -40,6 +40,7 @@ class InfoServicer(pb_grpc.InfoServicer):
                     model=judge.backend.manifest.name,
                     backend=judge.backend.address,
                     max_reasoning_tokens=judge.max_reasoning_tokens,
+                    max_context_tokens=judge.backend.manifest.max_context_tokens,
                 )
             )
 

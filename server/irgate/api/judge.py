@@ -54,7 +54,7 @@ class JudgeServicer(pb_grpc.JudgeServicer):
             request.query,
             request.instruction,
             passages(request),
-            request.max_reasoning_tokens,
+            convert.reasoning_budget(request),
             return_reasoning=request.return_reasoning,
             collection=request.collection,
         )
@@ -71,7 +71,7 @@ class JudgeServicer(pb_grpc.JudgeServicer):
             request.query,
             request.instruction,
             passages(request),
-            request.max_reasoning_tokens,
+            convert.reasoning_budget(request),
             return_reasoning=request.return_reasoning,
             stream_reasoning=request.return_reasoning,
             collection=request.collection,

@@ -1,6 +1,6 @@
 """The reasoning judge on Triton: a TensorRT-LLM engine (model_repository/judge) driven with token ids.
 
-The gateway keeps Rank1's rules (shared/REFERENCE.md section 2, irgate.core.judging) and the
+The gateway keeps Rank1's rules (irgate.backends.judge.rank1) and the
 tokenizer (the local prepared judge folder); Triton only generates:
 1. every document's prompt goes as its own request (the in-flight batcher merges them, and KV
    cache reuse shares the common prompt prefix): greedy, `request_output_len` = the budget,
@@ -31,19 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from irgate.backends.judge import (
-    Ended,
-    JudgeEvent,
-    JudgeOutcome,
-    Judgement,
-    check_budget,
-    check_context,
-    decoder,
-    p_true,
-)
+from irgate.backends.judge import rank1
+from irgate.backends.judge.contract import JudgeRequest
+from irgate.backends.judge.rank1 import Ended, FittedPrompt, JudgeEvent, JudgeOutcome, Judgement, decoder, p_true
 from irgate.backends.triton import RetryPolicy, TritonClient, parse_address
 from irgate.backends.triton_embedder import TensorSpec
-from irgate.core.judging import forced_continuation
 from irgate.errors import FailedPrecondition, IrgateError, Unavailable
 from irgate.models.judge import JudgeManifest
 
@@ -111,8 +103,9 @@ def decode_infer_response(response: Any, final_default: bool = True) -> StreamSt
     logits = None
     if GENERATION_LOGITS.name in names:
         raw = np.asarray(result.as_numpy(GENERATION_LOGITS.name))
-        raw = raw.reshape(-1, *raw.shape[-2:])[0]  # beam 0: [steps, vocab]
-        logits = raw[: len(tokens)] if raw.shape[0] >= len(tokens) else raw
+        # beam 0: [steps, vocab], every step that ran: one more than the tokens when the last
+        # chose end_id (not returned), which a forced answer is still scored from.
+        logits = raw.reshape(-1, *raw.shape[-2:])[0]
     return StreamStep(response.id, tokens, logits, final)
 
 
@@ -131,6 +124,7 @@ class _Doc(Judgement):
     state: str | None = None
     score: float = 0.5
     done: bool = False
+    ended: Ended = "forced"  # how a forced document ended: budget or EOS
 
 
 class TritonJudge:
@@ -174,16 +168,13 @@ class TritonJudge:
     async def close(self) -> None:
         await self._client.close()
 
-    async def judge(
-        self, prompts: list[str], max_reasoning_tokens: int, stream_reasoning: bool = False
-    ) -> AsyncIterator[JudgeEvent]:
-        check_budget(self.manifest, max_reasoning_tokens)
-        if not prompts:
+    async def judge(self, request: JudgeRequest) -> AsyncIterator[JudgeEvent]:
+        if not request.passages:
             return
+        max_reasoning_tokens, stream_reasoning = request.budget, request.stream_reasoning
         self._client.client()  # raises Unavailable when closed
-        ids = await asyncio.to_thread(self._encode, list(prompts))
-        check_context(self.manifest, ids, max_reasoning_tokens)
-        docs = [_Doc(index, prompt, row_ids) for index, (prompt, row_ids) in enumerate(zip(prompts, ids))]
+        prompts = await asyncio.to_thread(self._fit, request)
+        docs = [_Doc(index, prompt) for index, prompt in enumerate(prompts)]
         self._running += 1
         self._calls += 1
         try:
@@ -202,6 +193,12 @@ class TritonJudge:
     def _encode(self, texts: list[str]) -> list[list[int]]:
         return [list(row) for row in self._tokenizer(texts)["input_ids"]]
 
+    def _fit(self, request: JudgeRequest) -> list[FittedPrompt]:
+        return [
+            rank1.fit_prompt(self.manifest, self._tokenizer, request.query, request.instruction, p.title, p.text, request.budget)
+            for p in request.passages
+        ]
+
     def _feed(self, doc: _Doc, token: int, logits: np.ndarray | None, budget: int, stream: bool) -> list[JudgeEvent]:
         """Apply one generated token; returns deltas to emit. Sets doc.state when the document ends."""
         step = doc.feed(token, self.manifest, budget, self._decode_ids)
@@ -213,8 +210,9 @@ class TritonJudge:
             doc.state = "answered"
             doc.score = p_true(logits[self.manifest.true_token_id], logits[self.manifest.false_token_id])
             return []
-        if step == "forced":
+        if step in ("budget", "eos"):
             doc.state = "force"
+            doc.ended = rank1.ended_by(step)
             return []
         delta = doc.delta(self.manifest) if stream else None
         return [delta] if delta else []
@@ -224,11 +222,11 @@ class TritonJudge:
         end_id and did not return it. Count the EOS as the local judge does, then force."""
         doc.generated.append(self.manifest.eos_token_id)
         doc.state = "force"
+        doc.ended = "forced_eos"
 
     async def _forced_ids(self, doc: _Doc) -> list[int]:
         # A prompt can hold thousands of tokens: tokenise off the event loop.
-        text = doc.prompt + forced_continuation(doc.text, self.manifest.think_end)
-        return (await asyncio.to_thread(self._encode, [text]))[0]
+        return (await asyncio.to_thread(self._encode, [doc.forced_text(self.manifest)]))[0]
 
     def _finish(self, doc: _Doc, score: float, ended: Ended, stream: bool) -> list[JudgeEvent]:
         doc.done = True
@@ -283,7 +281,7 @@ class TritonJudge:
     async def _judge_one(self, doc: _Doc, budget: int, stream: bool, limit: asyncio.Semaphore) -> list[JudgeEvent]:
         async with limit:
             if budget > 0:
-                step = await self._generate(doc.prompt_ids, budget, "generate")
+                step = await self._generate(doc.prompt.ids, budget, "generate")
                 for k, token in enumerate(step.tokens):
                     row = step.logits[k] if step.logits is not None and k < len(step.logits) else None
                     self._feed(doc, token, row, budget, stream=False)
@@ -294,7 +292,7 @@ class TritonJudge:
             if doc.state == "answered":
                 return self._finish(doc, doc.score, "answered", stream)
             forced = await self._generate(await self._forced_ids(doc), 1, "forced answer")
-            return self._finish(doc, self._forced_score(forced), "forced", stream)
+            return self._finish(doc, self._forced_score(forced), doc.ended, stream)
 
     async def _judge_unary(self, docs: list[_Doc], budget: int, stream: bool) -> AsyncIterator[JudgeEvent]:
         limit = asyncio.Semaphore(_MAX_CONCURRENT_DOCUMENTS)
@@ -355,7 +353,7 @@ class TritonJudge:
 
         for doc in docs:
             if budget > 0:
-                send(rid(doc, "g"), doc.prompt_ids, budget)
+                send(rid(doc, "g"), doc.prompt.ids, budget)
             else:
                 doc.state = "force"
                 await force(doc)
@@ -388,9 +386,9 @@ class TritonJudge:
                     continue  # the answer to a stop request, or a final marker
                 events: list[JudgeEvent] = []
                 if kind == "f":
-                    if not step.tokens:
+                    if step.logits is None or len(step.logits) == 0:
                         continue
-                    events = self._finish(doc, self._forced_score(step), "forced", stream)
+                    events = self._finish(doc, self._forced_score(step), doc.ended, stream)
                 elif doc.state is None:
                     for k, token in enumerate(step.tokens):
                         row = step.logits[k] if step.logits is not None and k < len(step.logits) else None

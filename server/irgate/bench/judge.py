@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from irgate.backends.judge import Ended, JudgeOutcome, LocalJudge
-from irgate.core.judging import answer_stop, forced_continuation, judge_prompt
+from irgate.backends.judge.contract import JudgeRequest, PassageText
+from irgate.backends.judge.local import LocalJudge
+from irgate.backends.judge.rank1 import Ended, JudgeOutcome, answer_stop, forced_continuation, judge_prompt
 from irgate.models.judge import JudgeManifest
 
 R = TypeVar("R")
@@ -51,10 +52,27 @@ class NaiveVerdict:
     ended: Ended
 
 
-def benchmark_prompts(manifest: JudgeManifest, documents: int) -> list[str]:
-    """`documents` prompts for one pass over PAIRS (cycled when more are asked for)."""
-    pairs = [PAIRS[i % len(PAIRS)] for i in range(documents)]
-    return [judge_prompt(manifest, query, "", "", passage) for query, passage in pairs]
+# One query for every call, as reranking asks one question of many passages; the passage carries
+# the claim, so the pairs above still give documents of different kinds.
+QUERY = "Does the evidence in the passage support its claim?"
+
+
+def benchmark_request(documents: int, budget: int, length_tokens: int = 0) -> JudgeRequest:
+    """A judge call over `documents` passages of PAIRS (cycled); with `length_tokens`, each
+    passage is repeated to about that many tokens (it is then cut to fit the judge's context)."""
+    passages = []
+    for i in range(documents):
+        claim, evidence = PAIRS[i % len(PAIRS)]
+        text = f"Claim: {claim} Evidence: {evidence}"
+        if length_tokens:
+            text = " ".join([text] * (length_tokens // 20 + 1))
+        passages.append(PassageText("", text))
+    return JudgeRequest(query=QUERY, instruction="", passages=tuple(passages), budget=budget)
+
+
+def request_prompts(manifest: JudgeManifest, request: JudgeRequest) -> list[str]:
+    """The Rank1 prompts of a request's passages (untruncated), for the naive loop."""
+    return [judge_prompt(manifest, request.query, request.instruction, p.title, p.text) for p in request.passages]
 
 
 def naive_judge(model: Any, tokenizer: Any, manifest: JudgeManifest, prompts: list[str], budget: int) -> list[NaiveVerdict]:
@@ -95,12 +113,13 @@ def naive_judge(model: Any, tokenizer: Any, manifest: JudgeManifest, prompts: li
                 verdicts.append(NaiveVerdict(score, text[:at], len(generated), "answered"))
             else:
                 forced_ids = tokenizer(prompt + forced_continuation(text, manifest.think_end))["input_ids"]
-                verdicts.append(NaiveVerdict(p_true(forced_ids), text, len(generated), "forced"))
+                ended: Ended = "forced_eos" if generated and generated[-1] == manifest.eos_token_id else "forced"
+                verdicts.append(NaiveVerdict(p_true(forced_ids), text, len(generated), ended))
     return verdicts
 
 
-async def _collect(judge: LocalJudge, prompts: list[str], budget: int) -> list[JudgeOutcome]:
-    outcomes = [event async for event in judge.judge(prompts, budget) if isinstance(event, JudgeOutcome)]
+async def _collect(judge: LocalJudge, request: JudgeRequest) -> list[JudgeOutcome]:
+    outcomes = [event async for event in judge.judge(request) if isinstance(event, JudgeOutcome)]
     return sorted(outcomes, key=lambda outcome: outcome.index)
 
 
@@ -114,26 +133,97 @@ def _median_run(run: Callable[[], R], repeats: int) -> tuple[float, R]:
     return statistics.median(times), result
 
 
+async def _concurrent_vs_single(judge: LocalJudge, calls: int, documents: int, budget: int) -> float:
+    """Documents/s of `calls` concurrent calls of `documents` each, over one call of them all."""
+    started = time.perf_counter()
+    await _collect(judge, benchmark_request(calls * documents, budget))
+    single = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(_collect(judge, benchmark_request(documents, budget)) for _ in range(calls)))
+    concurrent = time.perf_counter() - started
+    return single / concurrent
+
+
+async def _small_behind_big(judge: LocalJudge, big: int, budget: int, repeats: int) -> float:
+    """Latency of a 1-document call sent while a `big`-document call runs, over its latency alone."""
+    small = benchmark_request(1, budget)
+
+    async def latency() -> float:
+        started = time.perf_counter()
+        await _collect(judge, small)
+        return time.perf_counter() - started
+
+    alone = statistics.median([await latency() for _ in range(repeats)])
+    behind = []
+    for _ in range(repeats):
+        running = asyncio.ensure_future(_collect(judge, benchmark_request(big, budget)))
+        await _until(lambda: judge.engine is not None and judge.engine.stats.running_rows > 0)
+        await asyncio.sleep(0.2)  # well inside the big call's work
+        behind.append(await latency())
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await _until(lambda: not judge.busy)
+    return statistics.median(behind) / alone
+
+
+async def _cancel_seconds(judge: LocalJudge, documents: int, budget: int) -> float:
+    """Seconds from cancelling a call of length-limit passages during its prefill until a new
+    1-document call starts being served (its latency then, less its latency alone)."""
+    small = benchmark_request(1, budget)
+    started = time.perf_counter()
+    await _collect(judge, small)
+    alone = time.perf_counter() - started
+    engine = judge.engine
+    assert engine is not None
+    long = benchmark_request(documents, budget, length_tokens=judge.manifest.max_context_tokens)
+    before = engine.stats.prefill_tokens
+    running = asyncio.ensure_future(_collect(judge, long))
+    await _until(lambda: engine.stats.prefill_tokens > before)  # the prefill is under way
+    await asyncio.sleep(0.5)
+    cancelled = time.perf_counter()
+    running.cancel()
+    await _collect(judge, small)
+    served = time.perf_counter() - cancelled
+    await asyncio.gather(running, return_exceptions=True)
+    return max(0.0, served - alone)
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the judge did not reach the benchmark's state in time")
+        await asyncio.sleep(0.01)
+
+
 def run_judge_benchmark(
-    folder: Path, documents: int = 16, max_reasoning_tokens: int = 64, repeats: int = 3
+    folder: Path, documents: int = 16, max_reasoning_tokens: int = 64, repeats: int = 3, scheduling: bool = True
 ) -> dict[str, Any]:
-    """Time LocalJudge and the naive loop on the same model folder and prompts; JSON-able results."""
+    """Time LocalJudge and the naive loop on the same model folder and prompts; JSON-able results.
+
+    With `scheduling`, also the continuous-batching figures (see benchmarks/README.md)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(folder)
     judge = LocalJudge(folder)
-    prompts = benchmark_prompts(judge.manifest, documents)
+    request = benchmark_request(documents, max_reasoning_tokens)
     # One small warm-up each, so neither side pays first-call allocation in its timing; then the
     # median of `repeats` runs, since a shared machine makes any single run noisy.
-    asyncio.run(_collect(judge, prompts[:1], 2))
-    judge_s, outcomes = _median_run(lambda: asyncio.run(_collect(judge, prompts, max_reasoning_tokens)), repeats)
+    asyncio.run(_collect(judge, benchmark_request(1, 2)))
+    judge_s, outcomes = _median_run(lambda: asyncio.run(_collect(judge, request)), repeats)
+    figures: dict[str, Any] = {}
+    if scheduling:
+        figures["concurrent_vs_single"] = round(asyncio.run(_concurrent_vs_single(judge, 8, 20, max_reasoning_tokens)), 2)
+        figures["small_behind_big"] = round(asyncio.run(_small_behind_big(judge, 100, max_reasoning_tokens, repeats)), 2)
+        figures["cancel_seconds"] = round(asyncio.run(_cancel_seconds(judge, 100, max_reasoning_tokens)), 3)
     asyncio.run(judge.close())
 
     device = torch.device(judge.device)  # the same device for both sides
     tokenizer = AutoTokenizer.from_pretrained(folder)
     dtype = torch.float32 if device.type == "cpu" else "auto"
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    prompts = request_prompts(judge.manifest, request)
     naive_judge(model, tokenizer, judge.manifest, prompts[:1], 2)
     naive_s, verdicts = _median_run(
         lambda: naive_judge(model, tokenizer, judge.manifest, prompts, max_reasoning_tokens), repeats
@@ -144,7 +234,7 @@ def run_judge_benchmark(
         "documents": documents,
         "max_reasoning_tokens": max_reasoning_tokens,
         "repeats": repeats,
-        "runtime": "transformers-prefix-cache-own-decode-loop",
+        "runtime": "transformers-continuous-batching-engine",
         "docs_per_s": round(docs_per_s, 3),
         "tokens_per_s": round(sum(o.reasoning_tokens for o in outcomes) / judge_s, 1),
         "naive_docs_per_s": round(naive_docs_per_s, 3),
@@ -152,5 +242,6 @@ def run_judge_benchmark(
         "judge_vs_naive": round(docs_per_s / naive_docs_per_s, 2),
         "max_score_diff": max(abs(o.score - v.score) for o, v in zip(outcomes, verdicts)),
         "answered": sum(o.ended == "answered" for o in outcomes),
+        **figures,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads of {os.cpu_count()} cores)",
     }

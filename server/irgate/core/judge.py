@@ -9,8 +9,8 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from irgate.backends.judge import JudgeBackend, JudgeOutcome, ReasoningDelta
-from irgate.core.judging import judge_prompt
+from irgate.backends.judge.contract import JudgeBackend, JudgeRequest, PassageText
+from irgate.backends.judge.rank1 import Ended, JudgeOutcome, ReasoningDelta
 from irgate.errors import InvalidArgument
 from irgate.index.store import CollectionStore
 
@@ -32,7 +32,9 @@ class Verdict:
     score: float
     reasoning: str
     reasoning_tokens: int
-    ended: str  # "answered" | "forced"
+    ended: Ended
+    truncated: bool  # the passage was cut at its end to fit the judge's context
+    reasoning_budget: int  # the budget this document was judged under (the request's, capped)
 
     @property
     def relevant(self) -> bool:
@@ -50,8 +52,13 @@ class JudgeService:
         self.backend = backend
         self._store = store
         self.max_documents = max_documents
-        # The server's cap: the manifest's, lowered further by --max-reasoning-tokens.
+        # The server's cap: the manifest's, lowered further by --max-reasoning-tokens. It is also
+        # the one default: a request that does not set a budget reasons up to the cap, as Rank1 does.
         self.max_reasoning_tokens = min(max_reasoning_tokens, backend.manifest.max_reasoning_tokens)
+
+    def budget(self, requested: int | None) -> int:
+        """The budget a request gets: the cap when unset, and never more than the cap."""
+        return self.max_reasoning_tokens if requested is None else min(requested, self.max_reasoning_tokens)
 
     async def resolve(self, passages: Sequence[Passage], collection: str) -> list[Passage]:
         """Fills in the text of documents given by id."""
@@ -76,27 +83,32 @@ class JudgeService:
         query: str,
         instruction: str,
         passages: Sequence[Passage],
-        max_reasoning_tokens: int,
+        max_reasoning_tokens: int | None,
         *,
         return_reasoning: bool = False,
         stream_reasoning: bool = False,
         collection: str = "",
     ) -> AsyncIterator[Verdict | Reasoning]:
-        """Verdicts in completion order; reasoning deltas before them when `stream_reasoning`."""
+        """Verdicts in completion order; reasoning deltas before them when `stream_reasoning`.
+
+        `max_reasoning_tokens` None takes the server's cap."""
         if not 1 <= len(passages) <= self.max_documents:
             raise InvalidArgument(f"documents has {len(passages)} entries; send 1 to {self.max_documents}")
         resolved = await self.resolve(passages, collection)
-        prompts = [
-            judge_prompt(self.backend.manifest, query, instruction, passage.title, passage.text) for passage in resolved
-        ]
-        budget = min(max_reasoning_tokens, self.max_reasoning_tokens)
-        events = self.backend.judge(prompts, budget, stream_reasoning=stream_reasoning)
+        request = JudgeRequest(
+            query=query,
+            instruction=instruction,
+            passages=tuple(PassageText(passage.title, passage.text) for passage in resolved),
+            budget=self.budget(max_reasoning_tokens),
+            stream_reasoning=stream_reasoning,
+        )
+        events = self.backend.judge(request)
         try:
             async for event in events:
                 if isinstance(event, ReasoningDelta):
                     yield Reasoning(index=event.index, text=event.text)
                 else:
-                    yield _verdict(event, resolved[event.index].id, return_reasoning)
+                    yield _verdict(event, resolved[event.index].id, return_reasoning, request.budget)
         finally:
             await events.aclose()  # a caller that went away stops the model work
 
@@ -105,7 +117,7 @@ class JudgeService:
         query: str,
         instruction: str,
         passages: Sequence[Passage],
-        max_reasoning_tokens: int,
+        max_reasoning_tokens: int | None,
         *,
         return_reasoning: bool = False,
         collection: str = "",
@@ -118,7 +130,7 @@ class JudgeService:
         return sorted(verdicts, key=lambda verdict: verdict.index)
 
 
-def _verdict(outcome: JudgeOutcome, document_id: str, return_reasoning: bool) -> Verdict:
+def _verdict(outcome: JudgeOutcome, document_id: str, return_reasoning: bool, budget: int) -> Verdict:
     return Verdict(
         index=outcome.index,
         id=document_id,
@@ -126,4 +138,6 @@ def _verdict(outcome: JudgeOutcome, document_id: str, return_reasoning: bool) ->
         reasoning=outcome.reasoning if return_reasoning else "",
         reasoning_tokens=outcome.reasoning_tokens,
         ended=outcome.ended,
+        truncated=outcome.truncated,
+        reasoning_budget=budget,
     )

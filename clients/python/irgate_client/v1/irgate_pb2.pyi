@@ -32,6 +32,7 @@ class Ended(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENDED_UNSPECIFIED: _ClassVar[Ended]
     ENDED_ANSWERED: _ClassVar[Ended]
     ENDED_FORCED: _ClassVar[Ended]
+    ENDED_FORCED_EOS: _ClassVar[Ended]
 TEXT_KIND_UNSPECIFIED: TextKind
 TEXT_KIND_QUERY: TextKind
 TEXT_KIND_DOCUMENT: TextKind
@@ -45,6 +46,7 @@ VECTOR_PRECISION_I8: VectorPrecision
 ENDED_UNSPECIFIED: Ended
 ENDED_ANSWERED: Ended
 ENDED_FORCED: Ended
+ENDED_FORCED_EOS: Ended
 
 class GetInfoRequest(_message.Message):
     __slots__ = ()
@@ -79,14 +81,16 @@ class EmbedderInfo(_message.Message):
     def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., pooling: _Optional[str] = ..., supports_instructions: _Optional[bool] = ...) -> None: ...
 
 class JudgeInfo(_message.Message):
-    __slots__ = ("model", "backend", "max_reasoning_tokens")
+    __slots__ = ("model", "backend", "max_reasoning_tokens", "max_context_tokens")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     MAX_REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend: str
     max_reasoning_tokens: int
-    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., max_reasoning_tokens: _Optional[int] = ...) -> None: ...
+    max_context_tokens: int
+    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., max_reasoning_tokens: _Optional[int] = ..., max_context_tokens: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_batch_size", "max_concurrent_requests", "max_k", "max_judge_documents")
@@ -363,7 +367,7 @@ class JudgeRequest(_message.Message):
     def __init__(self, query: _Optional[str] = ..., instruction: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[JudgeDocument, _Mapping]]] = ..., collection: _Optional[str] = ..., max_reasoning_tokens: _Optional[int] = ..., return_reasoning: _Optional[bool] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("index", "id", "relevant", "score", "reasoning", "reasoning_tokens", "ended")
+    __slots__ = ("index", "id", "relevant", "score", "reasoning", "reasoning_tokens", "ended", "truncated", "reasoning_budget")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     RELEVANT_FIELD_NUMBER: _ClassVar[int]
@@ -371,6 +375,8 @@ class Verdict(_message.Message):
     REASONING_FIELD_NUMBER: _ClassVar[int]
     REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ENDED_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    REASONING_BUDGET_FIELD_NUMBER: _ClassVar[int]
     index: int
     id: str
     relevant: bool
@@ -378,7 +384,9 @@ class Verdict(_message.Message):
     reasoning: str
     reasoning_tokens: int
     ended: Ended
-    def __init__(self, index: _Optional[int] = ..., id: _Optional[str] = ..., relevant: _Optional[bool] = ..., score: _Optional[float] = ..., reasoning: _Optional[str] = ..., reasoning_tokens: _Optional[int] = ..., ended: _Optional[_Union[Ended, str]] = ...) -> None: ...
+    truncated: bool
+    reasoning_budget: int
+    def __init__(self, index: _Optional[int] = ..., id: _Optional[str] = ..., relevant: _Optional[bool] = ..., score: _Optional[float] = ..., reasoning: _Optional[str] = ..., reasoning_tokens: _Optional[int] = ..., ended: _Optional[_Union[Ended, str]] = ..., truncated: _Optional[bool] = ..., reasoning_budget: _Optional[int] = ...) -> None: ...
 
 class JudgeResponse(_message.Message):
     __slots__ = ("verdicts", "timing")
