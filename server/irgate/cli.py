@@ -30,6 +30,8 @@ console = Console(stderr=True)
 DEFAULT_MODELS = Path("models")
 DEFAULT_SERVER = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 120.0
+# One default for the reasoning budget everywhere: unset, so the server applies its cap.
+REASONING_HELP = "reasoning tokens per judged document (default: the server's cap, see `irgate info`)"
 # Never shown as a default in --help: they come from the environment.
 SECRETS = {"api_key"}
 
@@ -210,7 +212,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="only documents whose metadata KEY equals VALUE (read as JSON when it parses: 2001, true); "
                              "repeat for more")
     search.add_argument("--rerank", type=int, default=0, metavar="N", help="let the judge rerank the top N hits")
-    search.add_argument("--max-reasoning-tokens", type=int, default=64, help="judge's reasoning budget per document")
+    search.add_argument("--max-reasoning-tokens", type=int, default=None, help=REASONING_HELP)
     search.add_argument("--reasoning", action="store_true", help="also show the judge's reasoning for each judged hit")
     search.add_argument("--json", action="store_true", help="one JSON object per hit, with the verdict of judged hits")
     _client_options(search)
@@ -219,7 +221,7 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("query", help="the query text")
     judge.add_argument("--doc", action="append", required=True, metavar="TEXT", help="a passage; repeat for more")
     judge.add_argument("--instruction", default="", help="free-text instruction joined to the query")
-    judge.add_argument("--max-reasoning-tokens", type=int, default=64, help="reasoning budget per document")
+    judge.add_argument("--max-reasoning-tokens", type=int, default=None, help=REASONING_HELP)
     judge.add_argument("--json", action="store_true", help="one JSON object per document, as each verdict is ready")
     _client_options(judge)
 
@@ -249,7 +251,7 @@ def _parser() -> argparse.ArgumentParser:
     beir.add_argument("--embedder", default=os.environ.get("IRGATE_EMBEDDER", f"onnx:{DEFAULT_MODELS / 'embedder'}"),
                       help="embedder of the temporary server when --server is not given (env IRGATE_EMBEDDER)")
     beir.add_argument("--rerank", type=int, default=0, metavar="N", help="judge the top N hits of every query")
-    beir.add_argument("--max-reasoning-tokens", type=int, default=64, help="reasoning budget per judged document")
+    beir.add_argument("--max-reasoning-tokens", type=int, default=None, help=REASONING_HELP)
     beir.add_argument("--judge", default=os.environ.get("IRGATE_JUDGE", f"local:{DEFAULT_MODELS / 'judge'}"),
                       help="judge of the temporary server when --rerank is used without --server (env IRGATE_JUDGE)")
     _client_options(beir, server_default="",
@@ -318,7 +320,7 @@ def _info(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(dataclasses.asdict(info)))
         return
-    table = Table("", "")
+    table = Table("field", "value")
     for key, value in dataclasses.asdict(info).items():
         table.add_row(key, str(value))
     _print_table(table)
@@ -475,7 +477,8 @@ def _waiting(message: str) -> Iterator[None]:
 def _search(args: argparse.Namespace) -> None:
     filters = _filters(args.filter)
     with _client(args) as client:
-        budget = f"up to {args.max_reasoning_tokens} reasoning tokens each"
+        budget = "up to the server's reasoning cap" if args.max_reasoning_tokens is None else (
+            f"up to {args.max_reasoning_tokens} reasoning tokens each")
         with _waiting(f"the judge reranks the top {args.rerank} hits ({budget})") if args.rerank else contextlib.nullcontext():
             hits = client.search(args.collection, args.query, instruction=args.instruction, k=args.k, filter=filters or None,
                                  include_documents=True, rerank=args.rerank, max_reasoning_tokens=args.max_reasoning_tokens,
