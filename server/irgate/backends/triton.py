@@ -2,7 +2,7 @@
 
 An address is `triton://HOST:PORT/MODEL[?option=value&...]` and names one model on a server
 that speaks the KServe v2 gRPC protocol (`inference.GRPCInferenceService`): NVIDIA Triton in
-production, any other v2 server (MLServer in the tests) for the unary paths.
+production (the tests run a real tritonserver), any other v2 server for the unary paths.
 
 Failures become irgate's domain errors so the api layer can give clear statuses:
 - the server cannot be reached, or answers UNAVAILABLE (down, restarting): retried a bounded
@@ -224,8 +224,8 @@ class TritonClient:
 
     async def ready(self, probe_timeout: float = 2.0) -> bool:
         """ServerReady and ModelReady, as a bool: False (never an exception) when either says no
-        or the server cannot be reached. MLServer raises for an unknown model instead of
-        answering False; that is a no as well."""
+        or the server cannot be reached. Some v2 servers (MLServer) raise for an unknown model
+        instead of answering False; that is a no as well."""
         try:
             client = self.client()
             if not await client.is_server_ready(client_timeout=probe_timeout):
