@@ -64,9 +64,9 @@ def test_verdicts_come_in_request_order_with_scores_in_range(client: Client) -> 
     for verdict in verdicts:
         assert 0.0 <= verdict.score <= 1.0
         assert verdict.relevant == (verdict.score > 0.5)
-        assert verdict.ended in ("answered", "forced")
+        assert verdict.ended in ("answered", "forced", "forced_eos")
         assert verdict.reasoning == ""  # only when asked for
-        assert verdict.reasoning_tokens <= 8
+        assert verdict.reasoning_tokens <= 8 and verdict.reasoning_budget == 8
 
 
 def test_budget_zero_answers_at_once(client: Client) -> None:
@@ -76,7 +76,31 @@ def test_budget_zero_answers_at_once(client: Client) -> None:
 
 def test_the_server_caps_the_reasoning_budget(client: Client) -> None:
     verdicts = client.judge("what causes rain", PASSAGES[:2], max_reasoning_tokens=10_000, return_reasoning=True)
-    assert all(verdict.reasoning_tokens <= CAP for verdict in verdicts)
+    assert all(verdict.reasoning_tokens <= CAP and verdict.reasoning_budget == CAP for verdict in verdicts)
+
+
+def test_one_budget_default_from_sdk_and_cli(judging_server: LocalServer, client: Client) -> None:
+    """Left unset (the SDK's and the CLI's default), the budget is the server's cap, as Info says."""
+    assert client.info().max_reasoning_tokens == CAP
+    (verdict,) = client.judge(COUNTING, ["1\n2\n3"])
+    assert (verdict.reasoning_budget, verdict.reasoning_tokens, verdict.ended) == (CAP, CAP, "forced")
+    client.create_collection("default-budget", exist_ok=True)
+    client.upsert("default-budget", [Document(id="count", text="1\n2\n3")])
+    (hit,) = client.search("default-budget", COUNTING, k=1, rerank=1)
+    assert hit.verdict is not None and hit.verdict.reasoning_budget == CAP
+    (line,) = irgate("judge", COUNTING, "--doc", "1\n2\n3", "--json", "--server", judging_server.address).splitlines()
+    assert json.loads(line)["reasoning_budget"] == CAP
+
+
+def test_a_long_stored_document_is_reranked_cut_to_the_context(client: Client) -> None:
+    """A stored passage longer than the judge's context is cut at its end, never a failed search."""
+    client.create_collection("long-documents", exist_ok=True)
+    long_text = "Rain forms when water vapour condenses into droplets. " * 1500  # ~15k tokens > 8192
+    client.upsert("long-documents", [Document(id="long", text=long_text), Document(id="short", text=PASSAGES[0])])
+    hits = client.search("long-documents", "what causes rain", k=2, rerank=2, max_reasoning_tokens=2)
+    verdicts = {hit.id: hit.verdict for hit in hits}
+    assert verdicts["long"] is not None and verdicts["long"].truncated
+    assert verdicts["short"] is not None and not verdicts["short"].truncated
 
 
 def test_stream_sends_each_verdict_with_its_reasoning(client: Client) -> None:
@@ -174,6 +198,29 @@ def test_bench_judge_reports_the_ratio_to_the_naive_loop(judge_folder: Path) -> 
                                "--max-reasoning-tokens", "8", "--repeats", "1", "--json"))
     assert report["judge_vs_naive"] > 0 and report["documents"] == 4
     assert report["max_score_diff"] < 1e-3  # the fast path judges exactly like the naive one
+
+
+def judge_metric(port: int, name: str) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith(name))
+
+
+def test_a_deadline_during_prefill_frees_the_judge(judging_server: LocalServer, judge_metrics_port: int) -> None:
+    """Four passages at the context limit take tens of seconds to prefill on a CPU: a 1 s deadline
+    stops that work within a chunk, and the next call is served."""
+    cancelled = judge_metric(judge_metrics_port, "irgate_judge_cancelled_documents_total")
+    long_text = "Rain forms when water vapour condenses into droplets. " * 1500
+    with Client(judging_server.address) as client:
+        with pytest.raises(IrgateError) as raised:
+            client.judge("what causes rain", [long_text] * 4, max_reasoning_tokens=CAP, timeout=1.0)
+        assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        deadline = time.monotonic() + 10
+        while judge_busy(judge_metrics_port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert judge_busy(judge_metrics_port) == 0.0
+        assert judge_metric(judge_metrics_port, "irgate_judge_cancelled_documents_total") - cancelled == 4
+        (verdict,) = client.judge("what causes rain", PASSAGES[:1], max_reasoning_tokens=0, timeout=60)
+        assert verdict.ended == "forced"
 
 
 def test_a_passed_deadline_stops_the_judge(judging_server: LocalServer, judge_metrics_port: int) -> None:

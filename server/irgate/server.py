@@ -20,7 +20,14 @@ from irgate.api.embed import EmbedServicer
 from irgate.api.info import InfoServicer
 from irgate.api.judge import JudgeServicer
 from irgate.api.malformed import MalformedRequestInterceptor
-from irgate.api.metrics import COLLECTION_DOCUMENTS, JUDGE_BUSY, QUEUED_TEXTS, serve_metrics
+from irgate.api.metrics import (
+    COLLECTION_DOCUMENTS,
+    JUDGE_BUSY,
+    JUDGE_QUEUE_WAIT,
+    JUDGE_WORK,
+    QUEUED_TEXTS,
+    serve_metrics,
+)
 from irgate.api.rpc import Admission
 from irgate.api.search import SearchServicer
 from irgate.backends.embedder import EmbedderBackend, OnnxEmbedder
@@ -213,6 +220,11 @@ async def start(settings: Settings) -> App:
     COLLECTION_DOCUMENTS.set_function(lambda: [(info.name, info.documents) for info in store.list()])
     if judge_backend is not None:
         JUDGE_BUSY.set_function(lambda: float(judge_backend.busy))
+    if judge is not None:
+        engine = judge_backend.engine if isinstance(judge_backend, LocalJudge) else None
+        if engine is not None:
+            engine.stats.on_queue_wait = JUDGE_QUEUE_WAIT.observe
+        JUDGE_WORK.watch(lambda: judge.counts, (lambda: engine.stats) if engine is not None else None)
     app = App(server=server, port=port, queue=queue, store=store, embedder=embedder, judge=judge_backend,
               health=health_servicer, statuses=statuses)
     await app.report_health()

@@ -216,7 +216,7 @@ def search_request(
     include_documents: bool,
     truncate: bool,
     rerank: int,
-    max_reasoning_tokens: int,
+    max_reasoning_tokens: int | None,
     return_reasoning: bool,
 ) -> pb.SearchRequest:
     whole_number("k", k, 1, "1 to the server's max_k (see info())")
@@ -258,7 +258,7 @@ def hits(response: pb.SearchResponse) -> list[Hit]:
     ]
 
 
-ENDED = {pb.ENDED_ANSWERED: "answered", pb.ENDED_FORCED: "forced"}
+ENDED = {pb.ENDED_ANSWERED: "answered", pb.ENDED_FORCED: "forced", pb.ENDED_FORCED_EOS: "forced_eos"}
 
 
 def judge_request(
@@ -266,10 +266,14 @@ def judge_request(
     documents: Sequence[str | Document],
     instruction: str,
     collection: str,
-    max_reasoning_tokens: int,
+    max_reasoning_tokens: int | None,
     return_reasoning: bool,
 ) -> pb.JudgeRequest:
-    """Strings and `Document`s with text are judged inline; a `Document` with only an id is looked up."""
+    """Strings and `Document`s with text are judged inline; a `Document` with only an id is looked up.
+
+    `max_reasoning_tokens` None leaves the budget to the server (its cap: the one default)."""
+    if max_reasoning_tokens is not None:
+        whole_number("max_reasoning_tokens", max_reasoning_tokens, 0, "reasoning tokens per judged document")
     items = []
     for item in documents:
         if isinstance(item, str):
@@ -297,6 +301,8 @@ def verdict(message: pb.Verdict) -> Verdict:
         reasoning=message.reasoning,
         reasoning_tokens=message.reasoning_tokens,
         ended=ENDED.get(message.ended, "unspecified"),
+        truncated=message.truncated,
+        reasoning_budget=message.reasoning_budget,
     )
 
 

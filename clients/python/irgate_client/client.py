@@ -265,7 +265,7 @@ class Client:
         include_documents: bool = False,
         truncate: bool = True,
         rerank: int = 0,
-        max_reasoning_tokens: int = 0,
+        max_reasoning_tokens: int | None = None,
         return_reasoning: bool = False,
         timeout: float | None = CLIENT_TIMEOUT,
     ) -> list[Hit]:
@@ -282,11 +282,13 @@ class Client:
         *,
         instruction: str = "",
         collection: str = "",
-        max_reasoning_tokens: int = 0,
+        max_reasoning_tokens: int | None = None,
         return_reasoning: bool = False,
         timeout: float | None = CLIENT_TIMEOUT,
     ) -> list[Verdict]:
-        """Judges each document (a passage, or a `Document` id in `collection`); verdicts in request order."""
+        """Judges each document (a passage, or a `Document` id in `collection`); verdicts in request order.
+
+        `max_reasoning_tokens` None (the default) reasons up to the server's cap, info().max_reasoning_tokens."""
         request = messages.judge_request(query, documents, instruction, collection, max_reasoning_tokens, return_reasoning)
         response = self._judge.Judge(request, **self._connection.call_options(timeout))
         return [messages.verdict(item) for item in response.verdicts]
@@ -298,7 +300,7 @@ class Client:
         *,
         instruction: str = "",
         collection: str = "",
-        max_reasoning_tokens: int = 0,
+        max_reasoning_tokens: int | None = None,
         return_reasoning: bool = False,
         timeout: float | None = CLIENT_TIMEOUT,
     ) -> Iterator[Verdict | ReasoningDelta]:
@@ -442,7 +444,7 @@ class AsyncClient:
         include_documents: bool = False,
         truncate: bool = True,
         rerank: int = 0,
-        max_reasoning_tokens: int = 0,
+        max_reasoning_tokens: int | None = None,
         return_reasoning: bool = False,
         timeout: float | None = CLIENT_TIMEOUT,
     ) -> list[Hit]:
@@ -459,7 +461,7 @@ class AsyncClient:
         *,
         instruction: str = "",
         collection: str = "",
-        max_reasoning_tokens: int = 0,
+        max_reasoning_tokens: int | None = None,
         return_reasoning: bool = False,
         timeout: float | None = CLIENT_TIMEOUT,
     ) -> list[Verdict]:
@@ -474,7 +476,7 @@ class AsyncClient:
         *,
         instruction: str = "",
         collection: str = "",
-        max_reasoning_tokens: int = 0,
+        max_reasoning_tokens: int | None = None,
         return_reasoning: bool = False,
         timeout: float | None = CLIENT_TIMEOUT,
     ) -> AsyncIterator[Verdict | ReasoningDelta]:

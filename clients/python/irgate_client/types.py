@@ -93,7 +93,11 @@ class Verdict:
     score: float  # p(true) at the answer, in [0, 1]
     reasoning: str
     reasoning_tokens: int
-    ended: str  # "answered": the model closed its reasoning; "forced": the budget ran out
+    # "answered": the model closed its reasoning by itself; "forced": the budget ran out and the
+    # answer was forced; "forced_eos": the model ended its text early and the answer was forced.
+    ended: str
+    truncated: bool = False  # the passage was cut at its end to fit the judge's context
+    reasoning_budget: int = 0  # the budget applied: the request's, or the server's cap
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 
 # method: the RPC name; Search with a rerank stage is counted as "Search+rerank" (seconds, not milliseconds).
@@ -54,6 +54,47 @@ class _CollectionDocuments:
 
 COLLECTION_DOCUMENTS = _CollectionDocuments()
 REGISTRY.register(COLLECTION_DOCUMENTS)
+
+JUDGE_QUEUE_WAIT = Histogram(
+    "irgate_judge_queue_seconds",
+    "time a judged document waited for room in the in-process judge's batch",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+
+
+class _JudgeWork:
+    """The judge's work, read at each scrape: verdicts by ending and reasoning tokens (every
+    backend), and the in-process engine's prefill, cancellations and batch occupancy."""
+
+    def __init__(self) -> None:
+        self._verdicts: Callable[[], Any] | None = None
+        self._engine: Callable[[], Any] | None = None
+
+    def watch(self, verdicts: Callable[[], Any], engine: Callable[[], Any] | None) -> None:
+        self._verdicts, self._engine = verdicts, engine
+
+    def collect(self) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
+        if self._verdicts is None:
+            return
+        counts = self._verdicts()
+        verdicts = CounterMetricFamily("irgate_judge_verdicts", "verdicts given, by how they ended", labels=["ended"])
+        for ended, count in sorted(counts.verdicts.items()):
+            verdicts.add_metric([ended], count)
+        yield verdicts
+        yield CounterMetricFamily("irgate_judge_reasoning_tokens", "tokens the judge generated", value=counts.reasoning_tokens)
+        stats = self._engine() if self._engine is not None else None
+        if stats is None:
+            return
+        yield CounterMetricFamily("irgate_judge_prefill_tokens", "prompt tokens the judge ran", value=stats.prefill_tokens)
+        yield CounterMetricFamily("irgate_judge_cancelled_documents", "documents whose work stopped because their call "
+                                  "was cancelled or passed its deadline", value=stats.cancelled_sequences)
+        yield GaugeMetricFamily("irgate_judge_batch_documents", "documents in the judge's batch now", value=stats.running_rows)
+        yield GaugeMetricFamily("irgate_judge_waiting_documents", "documents waiting for room in the batch",
+                                value=stats.waiting_sequences)
+
+
+JUDGE_WORK = _JudgeWork()
+REGISTRY.register(JUDGE_WORK)
 
 
 class _QuietHandler(WSGIRequestHandler):

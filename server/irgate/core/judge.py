@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from irgate.backends.judge.contract import JudgeBackend, JudgeRequest, PassageText
 from irgate.backends.judge.rank1 import Ended, JudgeOutcome, ReasoningDelta
@@ -41,6 +41,14 @@ class Verdict:
         return self.score > 0.5
 
 
+@dataclass
+class JudgeCounts:
+    """What the judge has done, for metrics."""
+
+    verdicts: dict[str, int] = field(default_factory=dict)  # by ending
+    reasoning_tokens: int = 0
+
+
 @dataclass(frozen=True)
 class Reasoning:
     index: int
@@ -52,6 +60,7 @@ class JudgeService:
         self.backend = backend
         self._store = store
         self.max_documents = max_documents
+        self.counts = JudgeCounts()
         # The server's cap: the manifest's, lowered further by --max-reasoning-tokens. It is also
         # the one default: a request that does not set a budget reasons up to the cap, as Rank1 does.
         self.max_reasoning_tokens = min(max_reasoning_tokens, backend.manifest.max_reasoning_tokens)
@@ -108,6 +117,8 @@ class JudgeService:
                 if isinstance(event, ReasoningDelta):
                     yield Reasoning(index=event.index, text=event.text)
                 else:
+                    self.counts.verdicts[event.ended] = self.counts.verdicts.get(event.ended, 0) + 1
+                    self.counts.reasoning_tokens += event.reasoning_tokens
                     yield _verdict(event, resolved[event.index].id, return_reasoning, request.budget)
         finally:
             await events.aclose()  # a caller that went away stops the model work
