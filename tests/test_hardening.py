@@ -174,15 +174,11 @@ def test_create_and_delete_of_one_name_racing_with_upserts_never_fail_internally
             details.append(error.details() or "")
 
     async def writer(stub: pb_grpc.CollectionsStub, seed: int) -> None:
-        for round_ in range(40):
-            messages = [
-                pb.UpsertDocumentsRequest(
-                    collection=name,
-                    documents=[pb.Document(id=f"w{seed}-{i}", vector=unit_vector(seed * 1000 + i)) for i in range(8)],
-                )
-                for _ in range(4)
-            ]
-            await call(stub.UpsertDocuments(iter(messages)))
+        # One message per stream: when the server ends a stream early (NOT_FOUND), grpc's client reports
+        # its own unsent messages as INTERNAL ("Internal error from Core"), which is not the server's answer.
+        for round_ in range(120):
+            documents = [pb.Document(id=f"w{seed}-{i}", vector=unit_vector(seed * 1000 + i)) for i in range(8)]
+            await call(stub.UpsertDocuments(iter([pb.UpsertDocumentsRequest(collection=name, documents=documents)])))
 
     async def churn(stub: pb_grpc.CollectionsStub) -> None:
         for _ in range(40):
@@ -195,7 +191,8 @@ def test_create_and_delete_of_one_name_racing_with_upserts_never_fail_internally
             await asyncio.gather(churn(stub), churn(stub), *(writer(stub, seed) for seed in range(4)))
 
     asyncio.run(run())
-    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS}, details
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS}, [
+        d for d in details if "does not exist" not in d and "already exists" not in d]
     assert codes.count(grpc.StatusCode.OK) > 40
 
 
