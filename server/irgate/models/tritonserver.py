@@ -182,9 +182,16 @@ class TritonServer:
 
     def _signal(self, signum: int, wait: float) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        os.killpg(process.pid, signum)
+        if process.poll() is not None:
+            # The server is gone (it crashed, or was killed): its python-backend stubs do not
+            # notice and would stay, holding their models' memory.
+            signum = signal.SIGKILL
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            return
         try:
             process.wait(timeout=wait)
         except subprocess.TimeoutExpired:
