@@ -73,10 +73,11 @@ test-fast: $(STAMP) $(TRITON)
 	$(PY) -m pytest -q -m "not slow"
 
 # Side-by-side speed runs; JSON reports land in benchmarks/results/ (git-ignored).
-bench: prepare
+bench: prepare $(TRITON)
 	mkdir -p benchmarks/results
 	$(VENV)/bin/irgate bench judge --json | tee benchmarks/results/judge.json
 	$(VENV)/bin/irgate bench embed --data $(SHARED)/data/scifact --documents 1024 --json | tee benchmarks/results/embed.json
+	$(VENV)/bin/irgate bench embed --triton --data $(SHARED)/data/scifact --documents 512 --json | tee benchmarks/results/embed-triton.json
 
 eval: prepare
 	$(VENV)/bin/irgate eval beir --data $(SHARED)/data/scifact --json
