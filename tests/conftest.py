@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,15 @@ REPO = Path(__file__).resolve().parent.parent
 # test are made fresh per session so a stale cache can never hide an exporter regression.
 TEST_MODEL_CACHE = REPO / ".cache" / "test-models"
 SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def eval_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`irgate eval` keeps finished queries in a cache; tests keep theirs apart from the user's, so a
+    rerun of the suite measures again instead of reading an earlier session's results."""
+    folder = tmp_path_factory.mktemp("eval-cache")
+    os.environ["IRGATE_EVAL_CACHE"] = str(folder)
+    return folder
 
 
 # ---------------------------------------------------------------------------

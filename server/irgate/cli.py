@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from irgate import __version__
 from irgate.errors import IrgateError as ServerSideError
 from irgate.errors import StartupError
 from irgate.progress import ProgressReport
-from irgate_client import AsyncClient, Client, Document, IrgateError, Query, Verdict
+from irgate_client import Client, Document, IrgateError, Query, Verdict
 
 console = Console(stderr=True)
 
@@ -241,21 +240,9 @@ def _parser() -> argparse.ArgumentParser:
                              help="instead: the Embed RPC through a local tritonserver (make triton) vs in-process, at 1 and 16 clients")
     bench_embed.add_argument("--json", action="store_true", help="one JSON object")
 
-    evaluate = _command(commands, "eval", "evaluate retrieval quality through the gRPC API")
-    eval_commands = evaluate.add_subparsers(dest="suite", required=True, metavar="SUITE")
-    beir = _command(eval_commands, "beir", "a BEIR data set folder (corpus, queries, qrels/)")
-    beir.add_argument("--data", type=Path, required=True, help="the BEIR folder")
-    beir.add_argument("--split", default="test", help="qrels/SPLIT.tsv to score against")
-    beir.add_argument("--instruction", default="", help="instruction given with every query")
-    beir.add_argument("--json", action="store_true", help="one JSON object")
-    beir.add_argument("--embedder", default=os.environ.get("IRGATE_EMBEDDER", f"onnx:{DEFAULT_MODELS / 'embedder'}"),
-                      help="embedder of the temporary server when --server is not given (env IRGATE_EMBEDDER)")
-    beir.add_argument("--rerank", type=int, default=0, metavar="N", help="judge the top N hits of every query")
-    beir.add_argument("--max-reasoning-tokens", type=int, default=None, help=REASONING_HELP)
-    beir.add_argument("--judge", default=os.environ.get("IRGATE_JUDGE", f"local:{DEFAULT_MODELS / 'judge'}"),
-                      help="judge of the temporary server when --rerank is used without --server (env IRGATE_JUDGE)")
-    _client_options(beir, server_default="",
-                    server_help="HOST:PORT of a running irgate; without it a temporary server is started (env IRGATE_SERVER)")
+    from irgate.eval.cli import add_eval_commands
+
+    add_eval_commands(commands)
     return parser
 
 
@@ -513,32 +500,9 @@ def _search(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from irgate.eval.beir import evaluate, load_beir
-    from irgate.local_server import LocalServer
+    from irgate.eval.cli import run_eval
 
-    data = load_beir(args.data, args.split)
-
-    async def run(address: str, remote: bool) -> dict[str, object]:
-        async with AsyncClient(address, api_key=args.api_key or None, tls=remote and args.tls,
-                               root_certificates=_root_certificates(args) if remote else None,
-                               timeout=_timeout(args)) as client:
-            return await evaluate(client, data, instruction=args.instruction, rerank=args.rerank,
-                                  max_reasoning_tokens=args.max_reasoning_tokens, show_progress=not args.json)
-
-    if args.server:
-        result = asyncio.run(run(args.server, remote=True))
-    else:
-        with tempfile.TemporaryDirectory(prefix="irgate-eval-") as data_dir:
-            judge = args.judge if args.rerank else "none"
-            with LocalServer(Path(data_dir), ["--embedder", args.embedder, "--judge", judge]) as server:
-                result = asyncio.run(run(server.address, remote=False))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        table = Table("metric", "value")
-        for key, value in result.items():
-            table.add_row(key, str(value))
-        _print_table(table)
+    run_eval(args)
 
 
 def _judge(args: argparse.Namespace) -> None:

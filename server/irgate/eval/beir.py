@@ -1,4 +1,5 @@
-"""BEIR evaluation through the public gRPC API: index the corpus, search every judged query, score.
+"""BEIR evaluation through the public gRPC API: index the corpus, search every judged query, score;
+with --rerank N, what the judge's reordering of the top N changes, at what cost.
 
 Documents go in as title + text (the server formats them as the model was trained, which for
 plain models is MTEB's `title + " " + text`); metrics come from ir-measures.
@@ -6,25 +7,19 @@ plain models is MTEB's `title + " " + text`); metrics come from ir-measures.
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import ir_measures
-from ir_measures import R, nDCG
-from rich.progress import Progress
+from irgate.eval import scoring
+from irgate.eval.runner import Evaluation, QueryResult
+from irgate_client import Query
 
-from irgate_client import AsyncClient, Document
-
-MEASURES = {"ndcg@10": nDCG @ 10, "recall@100": R @ 100}
-SEARCH_CONCURRENCY = 16
-UPSERT_BATCH = 256
+MEASURES = {"ndcg@10": "nDCG@10", "recall@100": "R@100"}
 
 
 @dataclass(frozen=True)
@@ -32,13 +27,14 @@ class BeirData:
     corpus: dict[str, tuple[str, str]]  # id -> (title, text)
     queries: dict[str, str]  # only queries that have judgements
     qrels: dict[str, dict[str, int]]
+    files: tuple[Path, ...]  # what was read, for the cache key
 
 
-def _open(path: Path) -> IO[str]:
+def open_text(path: Path) -> IO[str]:
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
 
 
-def _find(folder: Path, name: str) -> Path:
+def find_data_file(folder: Path, name: str) -> Path:
     for candidate in (folder / name, folder / f"{name}.gz"):
         if candidate.exists():
             return candidate
@@ -46,78 +42,98 @@ def _find(folder: Path, name: str) -> Path:
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with _open(path) as lines:
+    with open_text(path) as lines:
         for line in lines:
             if line.strip():
                 yield json.loads(line)
 
 
-def load_beir(folder: Path, split: str = "test") -> BeirData:
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """A BEIR qrels TSV: a header line, then `query-id corpus-id score` rows."""
     qrels: dict[str, dict[str, int]] = {}
-    with _open(_find(folder / "qrels", f"{split}.tsv")) as rows:
-        next(rows)  # header: query-id corpus-id score
-        for row in rows:
-            query_id, doc_id, score = row.rstrip("\n").split("\t")
-            qrels.setdefault(query_id, {})[doc_id] = int(score)
-    queries = {row["_id"]: row["text"] for row in read_jsonl(_find(folder, "queries.jsonl")) if row["_id"] in qrels}
+    with open_text(path) as rows:
+        next(rows, None)  # header: query-id corpus-id score
+        for number, row in enumerate(rows, start=2):
+            if not row.strip():
+                continue
+            fields = row.rstrip("\n").split("\t")
+            if len(fields) != 3:
+                raise ValueError(f"{path}:{number}: expected 3 tab-separated columns (query-id corpus-id score)")
+            query_id, doc_id, score = fields
+            try:
+                qrels.setdefault(query_id, {})[doc_id] = int(float(score))
+            except ValueError:
+                raise ValueError(f"{path}:{number}: score {score!r} is not a number") from None
+    return qrels
+
+
+def read_corpus(path: Path) -> dict[str, tuple[str, str]]:
     # Real corpora hold documents with an empty (or missing) title and text: BEIR and MTEB embed them as "".
-    corpus = {row["_id"]: (row.get("title") or "", row.get("text") or "") for row in read_jsonl(_find(folder, "corpus.jsonl"))}
-    return BeirData(corpus=corpus, queries=queries, qrels={q: qrels[q] for q in queries})
+    return {row["_id"]: (row.get("title") or "", row.get("text") or "") for row in read_jsonl(path)}
 
 
-async def evaluate(
-    client: AsyncClient,
-    data: BeirData,
-    *,
-    instruction: str = "",
-    k: int = 100,
-    rerank: int = 0,
-    max_reasoning_tokens: int = 64,
-    show_progress: bool = True,
-) -> dict[str, Any]:
-    """Indexes the corpus into a temporary collection, searches, and returns the metrics."""
-    info = await client.info()
-    if info.max_k < k:
-        raise ValueError(f"the server allows k up to {info.max_k}; this evaluation needs {k} (raise --max-k)")
-    batch_size = min(UPSERT_BATCH, info.max_batch_size)
-    collection = f"beir-{uuid.uuid4().hex[:12]}"
-    await client.create_collection(collection)
-    try:
-        started = time.perf_counter()
-        with Progress(disable=not show_progress, transient=True) as progress:
-            task = progress.add_task("indexing", total=len(data.corpus))
-            items = list(data.corpus.items())
-            for offset in range(0, len(items), batch_size):
-                batch = [Document(id=doc_id, title=title, text=text) for doc_id, (title, text) in items[offset:offset + batch_size]]
-                await client.upsert(collection, batch, timeout=600)
-                progress.advance(task, len(batch))
-        index_seconds = time.perf_counter() - started
+def load_beir(folder: Path, split: str = "test") -> BeirData:
+    qrels_path = find_data_file(folder / "qrels", f"{split}.tsv")
+    queries_path, corpus_path = find_data_file(folder, "queries.jsonl"), find_data_file(folder, "corpus.jsonl")
+    qrels = read_qrels(qrels_path)
+    queries = {row["_id"]: row["text"] for row in read_jsonl(queries_path) if row["_id"] in qrels}
+    return BeirData(corpus=read_corpus(corpus_path), queries=queries, qrels={q: qrels[q] for q in queries},
+                    files=(corpus_path, queries_path, qrels_path))
 
-        started = time.perf_counter()
-        limit = asyncio.Semaphore(SEARCH_CONCURRENCY)
 
-        async def search(query_id: str, text: str) -> list[ir_measures.ScoredDoc]:
-            async with limit:
-                hits = await client.search(collection, text, instruction=instruction, k=k, rerank=rerank,
-                                           max_reasoning_tokens=max_reasoning_tokens, timeout=3600)
-            # Score by rank: with rerank, judge scores of the top hits and dense scores of the rest
-            # are on different scales, and ir-measures would re-sort by them.
-            return [ir_measures.ScoredDoc(query_id, hit.id, float(len(hits) - rank)) for rank, hit in enumerate(hits)]
 
-        runs = await asyncio.gather(*(search(query_id, text) for query_id, text in data.queries.items()))
-        search_seconds = time.perf_counter() - started
-    finally:
-        await client.delete_collection(collection)
 
-    qrels = [ir_measures.Qrel(q, d, s) for q, docs in data.qrels.items() for d, s in docs.items()]
-    scores = ir_measures.calc_aggregate(list(MEASURES.values()), qrels, [doc for run in runs for doc in run])
-    return {
-        **{name: round(float(scores[measure]), 5) for name, measure in MEASURES.items()},
+async def evaluate(evaluation: Evaluation, data: BeirData, *, instruction: str = "", k: int = 100, rerank: int = 0,
+                   budgets: Sequence[int | None] = (None,)) -> dict[str, Any]:
+    """nDCG@10 and Recall@100 of dense search; with rerank, one judged run per reasoning budget
+    (None: the server's cap) and what it changed."""
+    queries = {qid: Query(text, instruction) for qid, text in data.queries.items()}
+    started = time.perf_counter()
+    dense = await evaluation.search("searching", queries, k=k)
+    search_seconds = time.perf_counter() - started
+    dense_run = scoring.run_of(dense)
+    result: dict[str, Any] = {
+        "suite": "beir",
+        **{name: scoring.score(measure, data.qrels, dense_run) for name, measure in MEASURES.items()},
         "queries": len(data.queries),
         "docs": len(data.corpus),
         "empty_docs": sum(1 for title, text in data.corpus.values() if not (title.strip() or text.strip())),
-        "index_seconds": round(index_seconds, 2),
+        "index_seconds": round(evaluation.index_seconds, 2),
         "search_seconds": round(search_seconds, 2),
+        "cached_queries": 0,
         "instruction": instruction,
         "rerank": rerank,
+        "model": evaluation.fingerprint,
+        "latency": {"search": scoring.latency(dense)},
+        "latency_samples_ms": scoring.latency_samples(dense),
+        "per_query": {"ndcg@10": scoring.per_query("nDCG@10", data.qrels, dense_run)},
+    }
+    if rerank:
+        result["reranking"] = [await _rerank(evaluation, data, queries, dense, result["ndcg@10"], k=k, rerank=rerank,
+                                             budget=budget) for budget in budgets]
+    result["cached_queries"] = evaluation.cached_queries
+    return result
+
+
+async def _rerank(evaluation: Evaluation, data: BeirData, queries: dict[str, Query], dense: dict[str, QueryResult],
+                  before: float, *, k: int, rerank: int, budget: int | None) -> dict[str, Any]:
+    """One judged run: nDCG@10 before and after, the verdicts by ending, and the judge's time per query
+    (judged search minus dense search of the same query, with queries in flight together)."""
+    label = f"judging the top {rerank}, " + ("the server's reasoning cap" if budget is None else f"budget {budget}")
+    judged = await evaluation.search(label, queries, k=k, rerank=rerank, max_reasoning_tokens=budget)
+    judged_run = scoring.run_of(judged)
+    after = scoring.score("nDCG@10", data.qrels, judged_run)
+    judge_seconds = [max(judged[qid].seconds - dense[qid].seconds, 0.0) for qid in queries]
+    summary = scoring.verdict_summary(judged)
+    return {
+        "max_reasoning_tokens": budget,
+        "reasoning_budget": max(summary["reasoning_budgets"], default=budget or 0),
+        "ndcg@10_before": before,
+        "ndcg@10_after": after,
+        "ndcg@10_change": round(after - before, 5),
+        **summary,
+        "judge_seconds_per_query": round(sum(judge_seconds) / len(judge_seconds), 3),
+        "latency": scoring.latency(judged),
+        "latency_samples_ms": scoring.latency_samples(judged),
+        "per_query": {"ndcg@10": scoring.per_query("nDCG@10", data.qrels, judged_run)},
     }
