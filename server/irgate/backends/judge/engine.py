@@ -499,11 +499,28 @@ class JudgeEngine:
         self._advance(job, logits)
 
     def _decode_step(self) -> None:
+        """Every row's last token in one forward; built without per-row tensors or a device sync,
+        since on a GPU this loop's host overhead, not the model, sets the pace."""
+        import torch
+
         batch = self._batch
         assert batch is not None
         self._compact(batch)
-        chunks = [row.pending if not row.finished else [self.manifest.pad_token_id] for row in batch.rows]
-        logits = self._forward(batch, chunks, 1)
+        pad = self.manifest.pad_token_id
+        tokens = [row.pending[0] if not row.finished else pad for row in batch.rows]
+        input_ids = torch.tensor(tokens, dtype=torch.long).to(self.device, non_blocking=True)[:, None]
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(tokens), 1))], dim=1)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=batch.mask,
+            position_ids=batch.positions[:, None],
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_argument: batch.cache},
+        )
+        self.stats.forward_passes += 1
+        batch.positions = batch.positions + 1
+        logits = out.logits[:, -1]
         for row in batch.rows:
             if not row.finished:
                 row.tokens.extend(row.pending)
@@ -551,8 +568,12 @@ class JudgeEngine:
 
     def _advance(self, part: _Part, logits: torch.Tensor) -> None:
         """Each row's policy sees its token; rows then go on decoding, rewrite, or leave."""
-        tokens = logits.argmax(-1).tolist()
-        scores = logits[:, self._score_ids].float().tolist()
+        import torch
+
+        # One transfer for the chosen tokens and the score logits (ids are exact as floats).
+        picked = torch.cat([logits.argmax(-1, keepdim=True).float(), logits[:, self._score_ids].float()], dim=1).tolist()
+        tokens = [int(row[0]) for row in picked]
+        scores = [row[1:] for row in picked]
         wanted = [k for k, row in enumerate(part.rows) if not row.finished and row.seq.wants_logits]
         full = dict(zip(wanted, logits[wanted].float().cpu().numpy())) if wanted else {}
         rewrites: list[tuple[int, list[int]]] = []

@@ -143,7 +143,13 @@ def p_true(true_logit: float, false_logit: float) -> float:
 
 def decoder(tokenizer: Any) -> Callable[[list[int]], str]:
     """Rank1 keeps special tokens (e.g. </think>) in the text, and no space clean-up that would
-    make a longer decode disagree with a shorter one."""
+    make a longer decode disagree with a shorter one.
+
+    A fast tokenizer decodes through its Rust backend directly: the judge decodes twice per
+    token of every document, and the Python wrapper's overhead per call was half a GPU judge's time."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return lambda ids: backend.decode(ids, skip_special_tokens=False)
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
