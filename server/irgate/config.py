@@ -15,6 +15,7 @@ from pathlib import Path
 from irgate.errors import ConfigError
 
 MAX_PORT = 65535
+MILVUS_SCHEME = "milvus://"
 # gRPC message limits are signed 32-bit byte counts.
 MAX_MESSAGE_MB = 2047
 
@@ -23,7 +24,8 @@ MAX_MESSAGE_MB = 2047
 class Settings:
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind; 0.0.0.0 exposes the server beyond this machine"})
     port: int = field(default=50051, metadata={"help": "gRPC port (0 picks a free one and prints it)"})
-    data_dir: Path = field(default=Path("data"), metadata={"help": "collections live under DATA_DIR/collections"})
+    data_dir: Path = field(default=Path("data"), metadata={"help": "collections live under DATA_DIR/collections (with --index local)"})
+    index: str = field(default="local", metadata={"help": "collection index: local (usearch + SQLite under DATA_DIR) or milvus://HOST:PORT (a Milvus server holds every collection; gateways sharing it hold no state)"})
     embedder: str = field(default="onnx:models/embedder", metadata={"help": "embedder backend: onnx:FOLDER (a prepared model) or triton://HOST:PORT/MODEL"})
     embedder_folder: Path = field(default=Path("models/embedder"), metadata={"help": "with a triton:// embedder: the prepared folder whose manifest and tokenizer the gateway uses"})
     judge: str = field(default="local:models/judge", metadata={"help": "judge backend: local:FOLDER (a prepared causal LM), triton://HOST:PORT/MODEL, or none"})
@@ -55,6 +57,17 @@ class Settings:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def milvus_address(self) -> str | None:
+        """HOST:PORT of --index milvus://HOST:PORT, None for the local index; raises ConfigError otherwise."""
+        if self.index == "local":
+            return None
+        target = self.index.removeprefix(MILVUS_SCHEME) if self.index.startswith(MILVUS_SCHEME) else ""
+        host, _, port = target.rpartition(":")
+        if not host or "/" in target or not port.isdigit() or not 0 < int(port) <= MAX_PORT:
+            raise ConfigError(f"{_flag('index')} is {self.index!r}; use local or milvus://HOST:PORT")
+        return target
+
     def validated(self) -> Settings:
         """These settings checked, with the API key read from --api-key-file; raises ConfigError."""
         for name in _AT_LEAST_ONE:
@@ -70,6 +83,7 @@ class Settings:
             raise ConfigError(f"{_flag('threads')} is {self.threads}; give 0 (every core) or more")
         if not 1 <= self.max_message_mb <= MAX_MESSAGE_MB:
             raise ConfigError(f"{_flag('max_message_mb')} is {self.max_message_mb}; it must be 1 to {MAX_MESSAGE_MB}")
+        self.milvus_address  # noqa: B018 - raises ConfigError for a malformed --index
         if not self.host.strip():
             raise ConfigError(f"{_flag('host')} is empty; give an address such as 127.0.0.1")
         if bool(self.tls_cert) != bool(self.tls_key):

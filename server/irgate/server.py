@@ -39,6 +39,7 @@ from irgate.config import Settings
 from irgate.core.batching import BatchingQueue
 from irgate.core.collections import CollectionService
 from irgate.core.embedding import EmbeddingService
+from irgate.core.index import Index
 from irgate.core.judge import JudgeService
 from irgate.core.search import SearchPipeline
 from irgate.core.tokenization import TextEncoder
@@ -74,6 +75,21 @@ def open_embedder(settings: Settings) -> EmbedderBackend:
     raise ConfigError(f"--embedder {address!r} is not supported; use onnx:FOLDER or triton://HOST:PORT/MODEL")
 
 
+def open_index(settings: Settings, dimension: int, model: str) -> Index:
+    """`local` -> usearch + SQLite under DATA_DIR/collections; `milvus://HOST:PORT` -> a Milvus server."""
+    milvus = settings.milvus_address
+    if milvus is None:
+        store = CollectionStore(settings.data_dir / "collections", dimension, model, snapshot_every=settings.snapshot_every)
+        for reason in store.unavailable.values():
+            log.error("%s", reason)
+        return store
+    try:
+        from irgate.index.milvus import MilvusIndex  # the [milvus] extra
+    except ImportError:
+        raise ConfigError("--index milvus:// needs pymilvus: pip install 'irgate[milvus]'") from None
+    return MilvusIndex(milvus, dimension, model)
+
+
 def open_judge(settings: Settings) -> JudgeBackend | None:
     """`local:FOLDER` -> in-process judge; `triton://HOST:PORT/MODEL` -> Triton; `none` -> no judge."""
     address = settings.judge
@@ -104,7 +120,7 @@ class App:
     server: grpc.aio.Server
     port: int
     queue: BatchingQueue
-    store: CollectionStore
+    store: Index
     embedder: EmbedderBackend
     judge: JudgeBackend | None
     health: health.aio.HealthServicer
@@ -153,11 +169,7 @@ async def start(settings: Settings) -> App:
     queue = BatchingQueue(embedder, max_batch_tokens=settings.max_batch_tokens)
     queue.start()
     embedding = EmbeddingService(embedder, encoder, queue)
-    store = CollectionStore(
-        settings.data_dir / "collections", manifest.dimension, manifest.name, snapshot_every=settings.snapshot_every
-    )
-    for reason in store.unavailable.values():
-        log.error("%s", reason)
+    store = open_index(settings, manifest.dimension, manifest.name)
     admission = Admission(settings.max_concurrent_requests)
     judge_backend = open_judge(settings)
     judge = (
@@ -236,7 +248,7 @@ async def start(settings: Settings) -> App:
 
 def _summary(
     settings: Settings, port: int, metrics_port: int, embedder: EmbedderBackend, judge: JudgeService | None,
-    store: CollectionStore,
+    store: Index,
 ) -> list[str]:
     """What an operator checks first: where it listens, which models run where, what it holds, its limits."""
     scheme = "https" if settings.tls_cert else "http"
@@ -252,7 +264,7 @@ def _summary(
         f"embedder: {manifest.name} on {embedder.address} ({manifest.dimension} dimensions, {manifest.max_tokens} tokens, "
         f"{manifest.pooling} pooling)",
         f"judge: {judged}",
-        f"collections under {settings.data_dir / 'collections'}: {collections}",
+        f"collections {store.location}: {collections}",
         f"limits: {settings.max_batch_size} texts per Embed or upsert message, k up to {settings.max_k}, "
         f"{settings.max_judge_documents} judged documents per call, {settings.max_concurrent_requests} concurrent calls, "
         f"{settings.max_batch_tokens} tokens per model batch, {settings.max_message_mb} MiB per message",

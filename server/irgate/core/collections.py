@@ -13,8 +13,8 @@ import numpy as np
 
 from irgate.core.documents import CollectionInfo, Document, UpsertCounts
 from irgate.core.embedding import EmbeddingService, TextInput, Truncation
-from irgate.index import collection as index
-from irgate.index.store import CollectionStore
+from irgate.core.index import Index
+from irgate.index import records as index
 
 
 def collection_info(info: index.CollectionInfo) -> CollectionInfo:
@@ -41,9 +41,9 @@ def same_content(stored: index.DocumentRecord, given: Document) -> bool:
 
 
 class CollectionService:
-    """Async front of the collection store: blocking SQLite/usearch work runs in worker threads."""
+    """Async front of the index: its blocking calls (SQLite and usearch, or Milvus) run in worker threads."""
 
-    def __init__(self, store: CollectionStore, embedding: EmbeddingService):
+    def __init__(self, store: Index, embedding: EmbeddingService):
         self.store = store
         self._embedding = embedding
 
@@ -111,4 +111,4 @@ class CollectionService:
 
     async def count(self, name: str) -> int:
         collection = await asyncio.to_thread(self.store.get, name)
-        return len(collection)
+        return await asyncio.to_thread(collection.count)

@@ -14,9 +14,9 @@ from typing import Any
 from irgate.core.collections import document_of
 from irgate.core.documents import Document
 from irgate.core.embedding import EmbeddingService, TextInput, Timing, Truncation
+from irgate.core.index import Index
 from irgate.core.judge import JudgeService, Passage, Verdict
 from irgate.errors import FailedPrecondition
-from irgate.index.store import CollectionStore
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class SearchResult:
 
 
 class SearchPipeline:
-    def __init__(self, embedding: EmbeddingService, store: CollectionStore, judge: JudgeService | None = None):
+    def __init__(self, embedding: EmbeddingService, store: Index, judge: JudgeService | None = None):
         self._embedding = embedding
         self._store = store
         self._judge = judge

@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,9 +33,21 @@ import numpy as np
 from usearch.index import Index
 
 from irgate.errors import DataLoss, InvalidArgument, NotFound, ResourceExhausted
-from irgate.identifiers import check_document_id
+from irgate.index.records import (
+    PRECISIONS,
+    CollectionInfo,
+    DocumentRecord,
+    ScoredKey,
+    UpsertResult,
+    check_model,
+    check_precision,
+    check_query,
+    check_upsert,
+    matches_filter,
+    validate_document_id,
+)
 
-PRECISIONS = ("f16", "f32", "i8")
+__all__ = ["PRECISIONS", "Collection", "CollectionInfo", "DocumentRecord", "ScoredKey", "UpsertResult", "damage_of"]
 
 DATABASE_FILE = "documents.sqlite"
 INDEX_FILE = "index.usearch"
@@ -112,55 +123,6 @@ def _reporting_damage(method: Callable[..., _Result]) -> Callable[..., _Result]:
     return guarded
 
 
-def json_equal(a: Any, b: Any) -> bool:
-    """Equality of JSON values: unlike Python's ==, true is not 1 and false is not 0."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(json_equal(a[key], b[key]) for key in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b  # 1 and 1.0 are one JSON number (protobuf Struct carries every number as a double)
-    return type(a) is type(b) and a == b
-
-@dataclass(frozen=True)
-class DocumentRecord:
-    id: str
-    text: str = ""
-    title: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-    vector: np.ndarray | None = None  # float32 [dim] when asked for
-
-
-@dataclass(frozen=True)
-class CollectionInfo:
-    name: str
-    documents: int
-    dimension: int
-    precision: str
-    model: str
-    created_at: float
-
-
-@dataclass(frozen=True)
-class UpsertResult:
-    upserted: int  # distinct documents written, replacements included
-    replaced: int  # of those, how many replaced a document with the same id
-
-
-@dataclass(frozen=True)
-class ScoredKey:
-    id: str
-    score: float  # cosine similarity, higher is better
-
-
-def validate_document_id(document_id: object) -> None:
-    """Ids are looked up through SQLite's JSON functions, which end a string at U+0000: the
-    identifier rule (no control characters) is what makes every stored id findable again."""
-    check_document_id(document_id)
-
-
 class Collection:
     """A collection opened from its folder. Methods are safe to call from several threads at once."""
 
@@ -205,8 +167,7 @@ class Collection:
         snapshot_every: int = 50_000,
     ) -> Collection:
         """Creates an empty collection in `folder`, which must not exist yet, and opens it."""
-        if precision not in PRECISIONS:
-            raise InvalidArgument(f"precision '{precision}' is not supported; use one of {', '.join(PRECISIONS)}")
+        check_precision(precision)
         if dimension < 1:
             raise InvalidArgument(f"dimension is {dimension}; it must be at least 1")
         folder = Path(folder)
@@ -243,6 +204,9 @@ class Collection:
     def __len__(self) -> int:
         return self._count
 
+    def count(self) -> int:
+        return self._count
+
     @_reporting_damage
     def upsert(self, documents: Sequence[DocumentRecord], vectors: np.ndarray) -> UpsertResult:
         """Writes documents with their vectors (float32 [n, dim]) in one transaction.
@@ -250,35 +214,11 @@ class Collection:
         A document whose id exists replaces it; when one call repeats an id, the last one wins.
         """
         self._check_model()
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[0] != len(documents):
-            raise InvalidArgument(
-                f"got {len(documents)} documents and vectors of shape {list(vectors.shape)}; "
-                f"give one vector of {self.dimension} values per document"
-            )
-        if documents and vectors.shape[1] != self.dimension:
-            raise InvalidArgument(
-                f"vector of document '{documents[0].id}' has {vectors.shape[1]} values; "
-                f"the collection's dimension is {self.dimension}"
-            )
-        last_position: dict[str, int] = {}
-        for position, document in enumerate(documents):
-            validate_document_id(document.id)
-            last_position[document.id] = position
-        rows = []
-        for document_id, position in last_position.items():
-            document = documents[position]
-            if not np.all(np.isfinite(vectors[position])):
-                raise InvalidArgument(f"vector of document '{document_id}' contains NaN or infinite values")
-            rows.append(
-                (
-                    document_id,
-                    _require_text(document.title, "title", document_id),
-                    _require_text(document.text, "text", document_id),
-                    _encode_metadata(document.metadata, document_id),
-                    vectors[position].astype("<f4").tobytes(),
-                )
-            )
+        checked = check_upsert(documents, vectors, self.dimension)
+        rows = [
+            (item.record.id, item.record.title, item.record.text, item.metadata_json, item.vector.astype("<f4").tobytes())
+            for item in checked
+        ]
         if not rows:
             return UpsertResult(upserted=0, replaced=0)
         with self._lock:
@@ -286,7 +226,7 @@ class Collection:
             with _transaction(self._db):
                 old_keys = [key for (key,) in self._db.execute(
                     "SELECT key FROM documents WHERE id IN (SELECT value FROM json_each(?))",
-                    (json.dumps(list(last_position)),),
+                    (json.dumps([item.record.id for item in checked]),),
                 )]
                 self._db.execute(
                     "DELETE FROM documents WHERE key IN (SELECT value FROM json_each(?))", (json.dumps(old_keys),)
@@ -301,7 +241,7 @@ class Collection:
                 self._log_changes("add", new_keys)
             # Committed: from here on a crash is repaired by replaying the changes log.
             self._index.remove(old_keys)
-            self._index.add(np.asarray(new_keys, dtype=np.uint64), vectors[list(last_position.values())])
+            self._index.add(np.asarray(new_keys, dtype=np.uint64), np.stack([item.vector for item in checked]))
             self._count = len(self._index)
             self._snapshot_if_due_safely()
         return UpsertResult(upserted=len(rows), replaced=len(old_keys))
@@ -367,20 +307,7 @@ class Collection:
         filter: top-level metadata key -> value; a document matches when every value is equal.
         """
         self._check_model()
-        query = np.asarray(vector, dtype=np.float32)
-        if query.ndim == 2 and query.shape[0] == 1:
-            query = query[0]
-        if query.ndim != 1 or query.shape[0] != self.dimension:
-            raise InvalidArgument(
-                f"query vector has {query.size} values; the collection's dimension is {self.dimension}"
-            )
-        if not np.all(np.isfinite(query)):
-            raise InvalidArgument("query vector contains NaN or infinite values")
-        if k < 1:
-            raise InvalidArgument(f"k is {k}; it must be at least 1")
-        if filter is not None and not isinstance(filter, Mapping):
-            raise InvalidArgument("filter must map metadata keys to the values a document must have")
-        wanted = dict(filter or {})
+        query, wanted = check_query(vector, k, filter, self.dimension)
         with self._lock:
             self._check_open()
             size = len(self._index)
@@ -461,11 +388,7 @@ class Collection:
 
     def _check_model(self) -> None:
         """Lock-free: reads only fields fixed at open."""
-        if self._serving_model is not None and self._serving_model != self.model:
-            raise InvalidArgument(
-                f"collection '{self.name}' was built with model '{self.model}' but this server embeds with "
-                f"'{self._serving_model}'; serve '{self.model}' or create a new collection"
-            )
+        check_model(self.name, self.model, self._serving_model)
 
     def _log_changes(self, op: str, keys: list[int]) -> None:
         self._db.executemany("INSERT INTO changes (op, key) VALUES (?, ?)", [(op, key) for key in keys])
@@ -575,10 +498,8 @@ class Collection:
             row = rows.get(int(key))
             if row is None:
                 continue
-            if wanted:
-                metadata = json.loads(row[1])
-                if any(name not in metadata or not json_equal(metadata[name], value) for name, value in wanted.items()):
-                    continue
+            if wanted and not matches_filter(json.loads(row[1]), wanted):
+                continue
             hits.append(ScoredKey(id=row[0], score=1.0 - float(distance)))
             if len(hits) == k:
                 break
@@ -652,21 +573,3 @@ def _fsync(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-def _require_text(value: object, field_name: str, document_id: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidArgument(f"{field_name} of document '{document_id}' must be text")
-    return value
-
-
-def _encode_metadata(metadata: object, document_id: str) -> str:
-    if not isinstance(metadata, Mapping) or not all(isinstance(key, str) for key in metadata):
-        raise InvalidArgument(f"metadata of document '{document_id}' must map text keys to JSON values")
-    try:
-        return json.dumps(dict(metadata), allow_nan=False)
-    except (TypeError, ValueError) as error:
-        raise InvalidArgument(
-            f"metadata of document '{document_id}' is not JSON ({error}); use strings, numbers, booleans, "
-            "null, lists and objects"
-        ) from None

@@ -14,7 +14,8 @@ from typing import TextIO
 
 from irgate.errors import AlreadyExists, DataDirInUse, DataLoss, FailedPrecondition, NotFound
 from irgate.identifiers import COLLECTION_NAME, check_collection_name
-from irgate.index.collection import DATABASE_FILE, Collection, CollectionInfo, damage_of
+from irgate.index.collection import DATABASE_FILE, Collection, damage_of
+from irgate.index.records import CollectionInfo
 
 # Work folders start with "." so they can never be taken for a collection (names start with a letter or digit).
 _STAGING_PREFIX = ".creating-"
@@ -75,6 +76,10 @@ class CollectionStore:
                     self._collections[folder.name] = self._open(folder)
                 except Exception as error:  # one damaged collection must not take the others down
                     self._unavailable[folder.name] = self._unavailable_reason(folder.name, error)
+
+    @property
+    def location(self) -> str:
+        return f"under {self.root}"
 
     @property
     def unavailable(self) -> dict[str, str]:

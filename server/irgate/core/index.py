@@ -1,0 +1,70 @@
+"""The index the gateway serves collections from: what core needs of it, whichever engine is behind.
+
+Two engines implement it:
+  - irgate.index.store.CollectionStore: usearch + SQLite in this process, under --data-dir (the default);
+  - irgate.index.milvus.MilvusIndex: a Milvus server holds every collection (vectors, text, title,
+    metadata), so gateways sharing it hold no state of their own.
+Both check their input with irgate.index.records and raise the same typed errors with the same
+messages. Their methods block: core calls them from worker threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from irgate.index.records import CollectionInfo, DocumentRecord, ScoredKey, UpsertResult
+
+
+class IndexedCollection(Protocol):
+    name: str
+
+    def info(self) -> CollectionInfo: ...
+
+    def count(self) -> int: ...
+
+    def upsert(self, documents: Sequence[DocumentRecord], vectors: np.ndarray) -> UpsertResult:
+        """Writes documents with their vectors (float32 [n, dim]); an existing id is replaced, and when
+        one call repeats an id, the last one wins. Acknowledged means visible to every later search."""
+        ...
+
+    def get(self, ids: Sequence[str], include_vectors: bool = False, skip_missing: bool = False) -> list[DocumentRecord]:
+        """The documents in request order; NotFound names the first missing id unless skip_missing."""
+        ...
+
+    def delete(self, ids: Sequence[str]) -> tuple[int, int]:
+        """(deleted, not_found), each id counted once."""
+        ...
+
+    def search(self, vector: np.ndarray, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
+        """Up to k documents by cosine similarity, best first; filter: top-level metadata key -> the
+        JSON value a document must hold there (true is not 1)."""
+        ...
+
+    def snapshot(self) -> None:
+        """Makes the next start fast where the engine keeps a snapshot; a no-op where it does not."""
+        ...
+
+
+class Index(Protocol):
+    @property
+    def location(self) -> str:
+        """Where the collections live, for the startup summary."""
+        ...
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        """Collections that exist but cannot be served, with the reason clients are told."""
+        ...
+
+    def create(self, name: str, precision: str = "f16") -> CollectionInfo: ...
+
+    def get(self, name: str) -> IndexedCollection: ...
+
+    def list(self) -> list[CollectionInfo]: ...
+
+    def delete(self, name: str) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,354 @@
+"""Collections held by a Milvus server, through pymilvus (the [milvus] extra).
+
+Milvus is the source of truth: each collection is one Milvus collection holding every document's
+id, vector, title, text and metadata, and its settings (model, precision, creation time) as
+collection properties. The gateway keeps nothing between calls, so any number of gateways can
+share one Milvus and a write acknowledged by one is seen by a search on another: collections are
+created with, and every read asks for, consistency level Strong (a read waits until every write
+acknowledged before it is searchable).
+
+Where Milvus differs from the in-process engine (docs/scale-out.md says more):
+  - vectors are stored as FLOAT_VECTOR (float32): Milvus has no FLOAT16 vectors. The precision asked
+    for picks the HNSW graph's quantisation instead: f32 -> HNSW, f16 -> HNSW_SQ FP16, i8 -> HNSW_SQ SQ8.
+  - metadata is one JSON column. A filter is pushed down to Milvus as a JSON expression that finds a
+    superset of the matches (Milvus takes true for 1 and a missing key for null), then the gateway keeps
+    exactly the documents whose values are equal as JSON, as the in-process engine does.
+  - title and text are VARCHAR columns of at most 1 MiB each (in UTF-8 bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+import grpc
+import numpy as np
+from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import ErrorCode, MilvusException
+
+from irgate.errors import AlreadyExists, InvalidArgument, NotFound, StartupError, Unavailable
+from irgate.identifiers import COLLECTION_NAME, check_collection_name
+from irgate.index.records import (
+    CollectionInfo,
+    DocumentRecord,
+    ScoredKey,
+    UpsertResult,
+    check_model,
+    check_precision,
+    check_query,
+    check_upsert,
+    matches_filter,
+    validate_document_id,
+)
+
+# Milvus collection names allow letters, digits and '_' only, starting with a letter or '_': an irgate
+# name is stored with '_' written as '__' and '-' as '_h' behind this prefix, which also keeps other
+# applications' collections on the same Milvus out of irgate's list.
+_PREFIX = "irgate_"
+# VARCHAR lengths count UTF-8 bytes. Ids are at most 256 characters, so at most 1024 bytes.
+_ID_BYTES = 1024
+MAX_TEXT_BYTES = 1024 * 1024
+# The most results one Milvus search returns (its topk limit).
+MAX_TOPK = 16384
+# Ids per query: well inside Milvus's query window and message limits.
+_IDS_PER_QUERY = 1000
+# A filtered search whose pushed-down superset held too few exact matches asks again for this many times more.
+_FILTER_GROWTH = 8
+# Integers beyond this are not all exact as doubles (protobuf Struct carries every number as a double).
+_EXACT_INTEGER = 2**53
+_STRONG = "Strong"
+# The quantisation of the HNSW graph per precision: Milvus stores FLOAT_VECTOR (float32) either way.
+_INDEX_OF_PRECISION: dict[str, tuple[str, dict[str, Any]]] = {
+    "f32": ("HNSW", {}),
+    "f16": ("HNSW_SQ", {"sq_type": "FP16"}),
+    "i8": ("HNSW_SQ", {"sq_type": "SQ8"}),
+}
+_GRAPH = {"M": 16, "efConstruction": 200}
+_SEARCH_EF = 64
+
+log = logging.getLogger("irgate.index")
+
+
+def milvus_name(name: str) -> str:
+    return _PREFIX + name.replace("_", "__").replace("-", "_h")
+
+
+def irgate_name(stored: str) -> str | None:
+    """The irgate name of a Milvus collection, or None when irgate did not make it."""
+    if not stored.startswith(_PREFIX):
+        return None
+    name = re.sub(r"_(.)", lambda match: "_" if match.group(1) == "_" else "-", stored[len(_PREFIX):])
+    return name if COLLECTION_NAME.fullmatch(name) and milvus_name(name) == stored else None
+
+
+def _literal(value: str) -> str:
+    """A string literal of Milvus's expression language (its escapes are JSON's)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _ids_expression(ids: Sequence[str]) -> str:
+    return f"id in [{', '.join(_literal(document_id) for document_id in ids)}]"
+
+
+def _superset_clause(key: str, value: Any) -> str | None:
+    """A Milvus expression true for every document whose metadata[key] equals value as JSON (and
+    maybe for some others, which the gateway drops), or None when Milvus cannot narrow on this key."""
+    if not key or not key.isprintable():
+        return None
+    field = f"metadata[{_literal(key)}]"
+    if isinstance(value, bool):
+        return f"{field} == {'true' if value else 'false'}"
+    if isinstance(value, int) and abs(value) <= _EXACT_INTEGER:
+        return f"{field} == {value}"
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) <= _EXACT_INTEGER:
+        return f"{field} == {int(value)}"
+    if isinstance(value, str) and value.isprintable():
+        return f"{field} == {_literal(value)}"
+    if value is None:
+        return f"{field} is null"  # also true where the key is missing
+    return f"exists {field}"  # lists, objects, fractions: compared by the gateway
+
+
+def filter_expression(wanted: Mapping[str, Any]) -> str:
+    clauses = [clause for key, value in wanted.items() if (clause := _superset_clause(key, value)) is not None]
+    return " and ".join(clauses)
+
+
+class MilvusIndex:
+    """Every collection of one Milvus server. Safe to call from several threads at once."""
+
+    def __init__(self, address: str, dimension: int, model: str, timeout: float = 30.0) -> None:
+        """address: HOST:PORT of Milvus's gRPC port; dimension and model describe the embedder serving now."""
+        self.address = address
+        self.dimension = dimension
+        self.model = model
+        # pymilvus logs every failed call with a traceback before raising it; irgate reports each one once.
+        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+        try:
+            self._client = MilvusClient(uri=f"http://{self.address}", timeout=timeout)
+        except MilvusException as error:
+            raise StartupError(f"cannot reach Milvus at {self.address} ({error.message}); start it or fix --index") from None
+
+    @property
+    def location(self) -> str:
+        return f"in Milvus at {self.address}"
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        return {}  # Milvus answers for its own collections' health
+
+    def create(self, name: str, precision: str = "f16") -> CollectionInfo:
+        check_collection_name(name, "collection name")
+        check_precision(precision)
+        stored = milvus_name(name)
+        created_at = time.time()
+        with self._answers(name):
+            if self._client.has_collection(stored):
+                raise AlreadyExists(f"collection '{name}' already exists")
+            schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_ID_BYTES)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dimension)
+            schema.add_field("title", DataType.VARCHAR, max_length=MAX_TEXT_BYTES)
+            schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES)
+            schema.add_field("metadata", DataType.JSON)
+            index_type, quantisation = _INDEX_OF_PRECISION[precision]
+            index = self._client.prepare_index_params()
+            index.add_index(field_name="vector", index_type=index_type, metric_type="COSINE", params={**_GRAPH, **quantisation})
+            self._client.create_collection(
+                stored,
+                schema=schema,
+                index_params=index,
+                consistency_level=_STRONG,
+                properties={"irgate.model": self.model, "irgate.precision": precision, "irgate.created_at": repr(created_at)},
+            )
+        return CollectionInfo(name, 0, self.dimension, precision, self.model, created_at)
+
+    def get(self, name: str) -> MilvusCollection:
+        check_collection_name(name, "collection name")
+        with self._answers(name):
+            described = self._client.describe_collection(milvus_name(name))
+        vector = next(field for field in described["fields"] if field["name"] == "vector")
+        properties = described.get("properties", {})
+        return MilvusCollection(
+            self._client,
+            self._answers,
+            name,
+            dimension=int(vector["params"]["dim"]),
+            precision=properties.get("irgate.precision", "f32"),
+            model=properties.get("irgate.model", ""),
+            created_at=float(properties.get("irgate.created_at", 0.0)),
+            serving_model=self.model,
+        )
+
+    def list(self) -> list[CollectionInfo]:
+        with self._answers(""):
+            stored = self._client.list_collections()
+        infos = []
+        for name in sorted(filter(None, map(irgate_name, stored))):
+            try:
+                infos.append(self.get(name).info())
+            except NotFound:
+                continue  # deleted by another gateway meanwhile
+        return infos
+
+    def delete(self, name: str) -> None:
+        check_collection_name(name, "collection name")
+        with self._answers(name):
+            if not self._client.has_collection(milvus_name(name)):
+                raise NotFound(f"collection '{name}' does not exist")
+            self._client.drop_collection(milvus_name(name))
+
+    def close(self) -> None:
+        self._client.close()
+
+    @contextmanager
+    def _answers(self, name: str) -> Iterator[None]:
+        """Milvus's failures as irgate's typed errors: a missing collection is NOT_FOUND, an
+        unreachable Milvus UNAVAILABLE; anything else is raised as it is (INTERNAL, logged)."""
+        try:
+            yield
+        except MilvusException as error:
+            if error.code == ErrorCode.COLLECTION_NOT_FOUND or "collection not found" in error.message.lower():
+                raise NotFound(f"collection '{name}' does not exist") from None
+            if error.code == 2 or "unavailable" in error.message.lower():
+                raise Unavailable(f"the Milvus index at {self.address} cannot be reached ({error.message}); retry") from None
+            raise
+        except grpc.RpcError as error:
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):  # type: ignore[attr-defined]
+                raise Unavailable(f"the Milvus index at {self.address} cannot be reached ({error.code().name}); retry") from None  # type: ignore[attr-defined]
+            raise
+
+
+class MilvusCollection:
+    """One collection; a handle holds its fixed settings only, every document lives in Milvus."""
+
+    def __init__(
+        self, client: MilvusClient, answers: Callable[[str], AbstractContextManager[None]], name: str, *, dimension: int, precision: str, model: str,
+        created_at: float, serving_model: str | None,
+    ) -> None:
+        self._client = client
+        self._answers = answers
+        self.name = name
+        self.dimension = dimension
+        self.precision = precision
+        self.model = model
+        self.created_at = created_at
+        self._serving_model = serving_model
+        self._stored = milvus_name(name)
+
+    def info(self) -> CollectionInfo:
+        return CollectionInfo(self.name, self.count(), self.dimension, self.precision, self.model, self.created_at)
+
+    def count(self) -> int:
+        with self._answers(self.name):
+            rows = self._client.query(self._stored, filter="", output_fields=["count(*)"], consistency_level=_STRONG)
+        return int(rows[0]["count(*)"])
+
+    def upsert(self, documents: Sequence[DocumentRecord], vectors: np.ndarray) -> UpsertResult:
+        check_model(self.name, self.model, self._serving_model)
+        checked = check_upsert(documents, vectors, self.dimension)
+        if not checked:
+            return UpsertResult(upserted=0, replaced=0)
+        for item in checked:
+            for field_name, value in (("title", item.record.title), ("text", item.record.text)):
+                size = len(value.encode("utf-8", "surrogatepass"))
+                if size > MAX_TEXT_BYTES:
+                    raise InvalidArgument(
+                        f"{field_name} of document '{item.record.id}' has {size} bytes in UTF-8; a collection "
+                        f"in Milvus holds at most {MAX_TEXT_BYTES} per {field_name}"
+                    )
+        ids = [item.record.id for item in checked]
+        rows = [
+            {
+                "id": item.record.id,
+                "vector": item.vector.tolist(),
+                "title": item.record.title,
+                "text": item.record.text,
+                "metadata": json.loads(item.metadata_json),
+            }
+            for item in checked
+        ]
+        with self._answers(self.name):
+            replaced = len(self._existing(ids))
+            self._client.upsert(self._stored, rows)
+        return UpsertResult(upserted=len(rows), replaced=replaced)
+
+    def get(self, ids: Sequence[str], include_vectors: bool = False, skip_missing: bool = False) -> list[DocumentRecord]:
+        for document_id in ids:
+            validate_document_id(document_id)
+        fields = ["id", "title", "text", "metadata", *(["vector"] if include_vectors else [])]
+        found: dict[str, DocumentRecord] = {}
+        with self._answers(self.name):
+            for start in range(0, len(ids), _IDS_PER_QUERY):
+                for row in self._client.query(
+                    self._stored, filter=_ids_expression(ids[start : start + _IDS_PER_QUERY]), output_fields=fields,
+                    consistency_level=_STRONG,
+                ):
+                    found[row["id"]] = DocumentRecord(
+                        id=row["id"],
+                        title=row["title"],
+                        text=row["text"],
+                        metadata=row["metadata"],
+                        vector=np.asarray(row["vector"], dtype=np.float32) if include_vectors else None,
+                    )
+        if not skip_missing:
+            for document_id in ids:
+                if document_id not in found:
+                    raise NotFound(f"document '{document_id}' does not exist in collection '{self.name}'")
+        return [found[document_id] for document_id in ids if document_id in found]
+
+    def delete(self, ids: Sequence[str]) -> tuple[int, int]:
+        for document_id in ids:
+            validate_document_id(document_id)
+        distinct = list(dict.fromkeys(ids))
+        with self._answers(self.name):
+            stored = self._existing(distinct)
+            existing = [document_id for document_id in distinct if document_id in stored]
+            if existing:
+                self._client.delete(self._stored, filter=_ids_expression(existing))
+        return len(existing), len(distinct) - len(existing)
+
+    def search(self, vector: np.ndarray, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
+        check_model(self.name, self.model, self._serving_model)
+        query, wanted = check_query(vector, k, filter, self.dimension)
+        expression = filter_expression(wanted)
+        limit = min(k, MAX_TOPK)
+        while True:
+            with self._answers(self.name):
+                found = self._client.search(
+                    self._stored,
+                    data=[query.tolist()],
+                    limit=limit,
+                    filter=expression,
+                    output_fields=["metadata"] if wanted else [],
+                    search_params={"metric_type": "COSINE", "params": {"ef": max(limit, _SEARCH_EF)}},
+                    consistency_level=_STRONG,
+                )[0]
+            hits = [
+                ScoredKey(id=hit["id"], score=float(hit["distance"]))
+                for hit in found
+                if not wanted or matches_filter(hit["entity"]["metadata"], wanted)
+            ]
+            # Done when k exact matches are in, or Milvus has nothing more to give.
+            if len(hits) >= k or len(found) < limit or limit == MAX_TOPK:
+                return hits[:k]
+            limit = min(limit * _FILTER_GROWTH, MAX_TOPK)
+
+    def snapshot(self) -> None:
+        """Milvus persists its own segments: nothing to do."""
+
+    def _existing(self, ids: Sequence[str]) -> set[str]:
+        existing: set[str] = set()
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            rows = self._client.query(
+                self._stored, filter=_ids_expression(ids[start : start + _IDS_PER_QUERY]), output_fields=["id"],
+                consistency_level=_STRONG,
+            )
+            existing.update(row["id"] for row in rows)
+        return existing
