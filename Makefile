@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 MODELS := models
 SHARED ?= ../shared
 
-.PHONY: install proto prepare soak serve serve-triton triton test test-fast eval bench clean
+.PHONY: install proto prepare soak serve serve-cluster serve-triton triton test test-fast eval bench clean
 
 install: $(STAMP)
 
@@ -36,6 +36,13 @@ prepare: $(STAMP)
 serve: prepare
 	IRGATE_EMBEDDER="$${IRGATE_EMBEDDER:-onnx:$(MODELS)/embedder}" IRGATE_JUDGE="$${IRGATE_JUDGE:-local:$(MODELS)/judge}" \
 		$(VENV)/bin/irgate serve $(ARGS)
+
+# A local cluster: two stateless gateways on 127.0.0.1:50051 and 127.0.0.1:50052 sharing one
+# milvus-lite server on 127.0.0.1:19530 (data under data/cluster); Ctrl-C stops all three.
+# Client(["127.0.0.1:50051", "127.0.0.1:50052"]) balances over the gateways. ARGS go to both gateways.
+serve-cluster: prepare
+	IRGATE_EMBEDDER="$${IRGATE_EMBEDDER:-onnx:$(MODELS)/embedder}" IRGATE_JUDGE="$${IRGATE_JUDGE:-local:$(MODELS)/judge}" \
+		$(PY) -m irgate.cluster -- $(ARGS)
 
 # NVIDIA Triton Inference Server 2.51 (CPU build, python backend) from PyPI's nvidia-pytriton
 # wheel, pinned by version: only the server binary, its libraries, the python backend and the

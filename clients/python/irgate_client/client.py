@@ -13,6 +13,8 @@ a bulk ingest takes as long as the corpus needs.
 from __future__ import annotations
 
 import functools
+import ipaddress
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -45,6 +47,57 @@ DEADLINE_HINT = (
 )
 
 
+# Several gateways: gRPC's own round_robin spreads calls over every address that is up, and a call
+# that finds its gateway gone (UNAVAILABLE: refused, or reset before any answer) is tried again on
+# another, so losing one gateway fails no call. Retried calls are safe: an upsert of the same ids
+# writes the same documents, and the others only read or answer ALREADY_EXISTS/NOT_FOUND the second time.
+BALANCED_SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{}],
+        "retryPolicy": {
+            "maxAttempts": 4,
+            "initialBackoff": "0.05s",
+            "maxBackoff": "1s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }],
+})
+
+
+def channel_target(target: str | Sequence[str]) -> tuple[str, list[tuple[str, Any]]]:
+    """The gRPC target and channel options for one address, or for several gateways to balance over.
+
+    Several addresses must be IP literals (`127.0.0.1:50051`, `[::1]:50051`), all of one family:
+    they become one `ipv4:` or `ipv6:` target. For host names, give one `dns:///NAME:PORT` target
+    whose name resolves to every gateway, with options=[("grpc.lb_policy_name", "round_robin")]."""
+    if isinstance(target, str):
+        return target, []
+    if not isinstance(target, Sequence) or not target:
+        raise messages.invalid(f"target is {target!r}; give 'HOST:PORT' or a list of gateway addresses")
+    addresses = messages.texts("target", target)
+    families = set()
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        try:
+            ip = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+        except ValueError:
+            ip = None
+        if ip is None or not port.isdigit() or (ip.version == 6) != host.startswith("["):
+            raise messages.invalid(
+                f"target {address!r} is not IP:PORT; several gateways are given by IP address "
+                "('127.0.0.1:50051' or '[::1]:50051'), or as one 'dns:///NAME:PORT' target"
+            )
+        families.add(ip.version)
+    if len(families) > 1:
+        raise messages.invalid("target mixes IPv4 and IPv6 addresses; give gateways of one family")
+    return f"ipv{families.pop()}:{','.join(addresses)}", [
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.service_config", BALANCED_SERVICE_CONFIG),
+    ]
+
+
 class _ClientTimeout:
     """The default of every call's `timeout`: use the client's."""
 
@@ -71,20 +124,21 @@ class _Connection:
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         api_key: str | None,
         tls: bool,
         root_certificates: bytes | None,
         timeout: float | None,
         options: Sequence[tuple[str, Any]],
     ):
-        self.target = messages.text("target", target)
+        self.target, balancing = channel_target(target)
         self.credentials = grpc.ssl_channel_credentials(root_certificates) if tls or root_certificates else None
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.timeout = _check_timeout(timeout)
         self.options = [
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            *balancing,
             *options,
         ]
 
@@ -129,11 +183,16 @@ def _raising_async(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
 
 
 class Client:
-    """Blocking client. Every method takes `timeout` (seconds; None: no deadline) to override the client's."""
+    """Blocking client. Every method takes `timeout` (seconds; None: no deadline) to override the client's.
+
+    target: "HOST:PORT" (or any gRPC target), or a list of gateway addresses sharing one index
+    (["127.0.0.1:50051", "127.0.0.1:50052"]): calls are spread over them by gRPC's round_robin policy,
+    and a call that finds its gateway gone is retried on another.
+    """
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
         api_key: str | None = None,
         tls: bool = False,
@@ -143,9 +202,11 @@ class Client:
     ):
         self._connection = _Connection(target, api_key, tls, root_certificates, timeout, options)
         if self._connection.credentials:
-            self._channel = grpc.secure_channel(target, self._connection.credentials, self._connection.options)
+            self._channel = grpc.secure_channel(
+                self._connection.target, self._connection.credentials, self._connection.options
+            )
         else:
-            self._channel = grpc.insecure_channel(target, self._connection.options)
+            self._channel = grpc.insecure_channel(self._connection.target, self._connection.options)
         self._info = pb_grpc.InfoStub(self._channel)
         self._embed = pb_grpc.EmbedStub(self._channel)
         self._collections = pb_grpc.CollectionsStub(self._channel)
@@ -321,7 +382,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | Sequence[str] = DEFAULT_TARGET,
         *,
         api_key: str | None = None,
         tls: bool = False,
@@ -331,9 +392,11 @@ class AsyncClient:
     ):
         self._connection = _Connection(target, api_key, tls, root_certificates, timeout, options)
         if self._connection.credentials:
-            self._channel = grpc.aio.secure_channel(target, self._connection.credentials, self._connection.options)
+            self._channel = grpc.aio.secure_channel(
+                self._connection.target, self._connection.credentials, self._connection.options
+            )
         else:
-            self._channel = grpc.aio.insecure_channel(target, self._connection.options)
+            self._channel = grpc.aio.insecure_channel(self._connection.target, self._connection.options)
         self._info = pb_grpc.InfoStub(self._channel)
         self._embed = pb_grpc.EmbedStub(self._channel)
         self._collections = pb_grpc.CollectionsStub(self._channel)

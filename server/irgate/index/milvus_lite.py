@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import deque
 from pathlib import Path
 
 _READY = "gRPC server listening on "
@@ -22,7 +23,7 @@ class MilvusLiteServer:
         self.host = host
         self.port = port
         self.start_timeout = start_timeout
-        self.output: list[str] = []
+        self.output: deque[str] = deque(maxlen=200)  # its latest lines, for an error report
         self._process: subprocess.Popen[str] | None = None
 
     @property
@@ -38,13 +39,14 @@ class MilvusLiteServer:
         self._process = subprocess.Popen(
             [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir),
              "--host", self.host, "--port", str(self.port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            # Its own session: a Ctrl-C meant for its owner must not stop it before the gateways using it.
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         ready = threading.Event()
         threading.Thread(target=self._read_output, args=(ready,), daemon=True).start()
         if not ready.wait(self.start_timeout) or self._process.poll() is not None:
             self.stop()
-            raise RuntimeError("milvus-lite server did not start:\n" + "".join(self.output[-40:]))
+            raise RuntimeError("milvus-lite server did not start:\n" + "".join(self.output))
         return self
 
     def _read_output(self, ready: threading.Event) -> None:
