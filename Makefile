@@ -71,9 +71,11 @@ test: $(STAMP) $(TRITON)
 	$(VENV)/bin/ruff check server clients/python tests
 	$(PY) -m pytest -q -rs
 
-# Long runs of the fuzz and crash tests (make test runs short ones): ~15 minutes on 2 cores.
+# Long runs of the fuzz and crash tests (make test runs short ones): ~15 minutes on 2 cores; then SciFact on Milvus.
 soak: $(STAMP)
 	IRGATE_FUZZ_EXAMPLES=2000 IRGATE_CRASH_TRIALS=60 $(PY) -m pytest -q -s tests/test_fuzz.py tests/test_crash.py
+	# BEIR SciFact through a Milvus-backed gateway (tens of minutes on 2 cores).
+	IRGATE_SOAK_MILVUS=1 $(PY) -m pytest -q -s tests/test_milvus_scifact.py
 
 # Everything but the minutes-long checks (full SciFact evaluation).
 test-fast: $(STAMP) $(TRITON)

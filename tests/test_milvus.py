@@ -195,3 +195,26 @@ def test_the_sdk_balances_over_ip_addresses_only() -> None:
         with pytest.raises(IrgateError) as raised:
             Client(bad)
         assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_snapshot_seals_the_writes_into_the_vector_index(index: MilvusIndex) -> None:
+    index.create("notes", precision="f32")
+    notes = index.get("notes")
+    vectors = np.eye(4, dtype=np.float32)
+    notes.upsert([DocumentRecord(id=f"n{i}") for i in range(4)], vectors)
+    notes.snapshot()
+    described = index._client.describe_index(milvus_name("notes"), "vector")
+    assert (described["index_type"], described["indexed_rows"], described["pending_index_rows"]) == ("HNSW", 4, 0)
+    assert notes.search(vectors[2], k=1)[0].id == "n2" and notes.count() == 4
+
+
+def test_the_compose_file_sets_only_real_settings() -> None:
+    import dataclasses
+    import re
+
+    from irgate.config import Settings
+
+    compose = (Path(__file__).resolve().parent.parent / "deploy" / "docker-compose.yml").read_text()
+    variables = set(re.findall(r"\b(IRGATE_[A-Z_]+):", compose))
+    assert variables and variables <= {f"IRGATE_{item.name.upper()}" for item in dataclasses.fields(Settings)}
+    assert "IRGATE_INDEX: milvus://milvus:19530" in compose

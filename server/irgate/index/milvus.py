@@ -131,7 +131,12 @@ class MilvusIndex:
         # pymilvus logs every failed call with a traceback before raising it; irgate reports each one once.
         logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
         try:
-            self._client = MilvusClient(uri=f"http://{self.address}", timeout=timeout)
+            # pymilvus pings idle connections every 10 s; a gRPC server with default settings (milvus-lite's)
+            # answers that with GOAWAY "too_many_pings" and drops the connection. Pings during calls are enough.
+            self._client = MilvusClient(
+                uri=f"http://{self.address}", timeout=timeout,
+                grpc_options={"grpc.keepalive_permit_without_calls": False},
+            )
         except MilvusException as error:
             raise StartupError(f"cannot reach Milvus at {self.address} ({error.message}); start it or fix --index") from None
 
@@ -340,8 +345,17 @@ class MilvusCollection:
                 return hits[:k]
             limit = min(limit * _FILTER_GROWTH, MAX_TOPK)
 
-    def snapshot(self) -> None:
-        """Milvus persists its own segments: nothing to do."""
+    def snapshot(self, timeout: float = 300.0) -> None:
+        """Seals what was written into indexed segments (Milvus's flush) and returns once the vector
+        index covers them. Milvus does this by itself as segments fill up or age; until then fresh
+        writes are searched by brute force, which milvus-lite does in Python (see docs/scale-out.md)."""
+        with self._answers(self.name):
+            self._client.flush(self._stored)
+            deadline = time.monotonic() + timeout
+            while self._client.describe_index(self._stored, "vector").get("pending_index_rows", 0) > 0:
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"Milvus did not finish indexing collection '{self.name}' within {timeout:.0f} s")
+                time.sleep(0.2)
 
     def _existing(self, ids: Sequence[str]) -> set[str]:
         existing: set[str] = set()
