@@ -343,8 +343,11 @@ class JudgeEngine:
         return self._prefill_turn and 2 * smallest >= mine
 
     def _rewrite_due(self, decoding: set[Hashable]) -> bool:
-        """Rewrites run together once some request waits only on them, or nothing else runs."""
+        """Rewrites run together once some request waits only on them, once a quarter of a batch
+        waits (so a big request's verdicts keep streaming), or when nothing else runs."""
         if not decoding and not self._jobs:
+            return True
+        if sum(len(part.rows) for part in self._rewrites) * 4 >= self.limits.max_batch_rows:
             return True
         waiting_on = {row.group for part in self._rewrites for row in part.rows}
         busy = decoding | {row.group for job in self._jobs for row in job.rows} | set(self._waiting)
