@@ -426,6 +426,16 @@ def test_scifact_through_triton_matches_in_process(gateway: LocalServer) -> None
     assert abs(report["ndcg@10"] - 0.6451) <= 1e-4, report
 
 
+def test_bench_embed_through_triton_reports_ratios_on_equal_vectors(minilm_folder: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "irgate", "bench", "embed", "--triton", "--model", str(minilm_folder),
+                           "--documents", "16", "--json"], capture_output=True, text=True, timeout=900, check=True)
+    report = json.loads(done.stdout)
+    assert report["documents"] == 16
+    assert report["triton_vs_in_process_1_clients"] > 0 and report["triton_vs_in_process_16_clients"] > 0
+    assert report["in_process_one_text_p50_ms"] > 0 and report["triton_one_text_p50_ms"] > 0
+    assert report["max_abs_diff_triton_vs_in_process"] <= 1e-5  # the same vectors, or the speed means nothing
+
+
 # ---- faults: a tritonserver of its own, killed and restarted -------------------------------------------
 
 
