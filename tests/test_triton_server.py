@@ -478,14 +478,20 @@ def test_killed_triton_is_unavailable_then_picked_up_again(cpu_repository: Path,
             assert not caller.is_alive(), "the call did not end after Triton died"
             error = outcome.get("error")
             assert error is not None and error.code == grpc.StatusCode.UNAVAILABLE, outcome
-            assert time.monotonic() - killed_at < 30
+            unavailable_after = time.monotonic() - killed_at
+            assert unavailable_after < 30
             with pytest.raises(IrgateError) as raised:
                 client.embed(["rain"])
             assert raised.value.code == grpc.StatusCode.UNAVAILABLE and "unreachable" in raised.value.message
-            _wait_for(lambda: _health(gateway.address) == health_pb2.HealthCheckResponse.NOT_SERVING, 20, "NOT_SERVING")
+            not_serving_after = time.monotonic() - killed_at
+            not_serving_after += _wait_for(lambda: _health(gateway.address) == health_pb2.HealthCheckResponse.NOT_SERVING,
+                                           20, "NOT_SERVING")
 
             restarted = TritonServer(repository, **ports).start()
-            _wait_for(lambda: _health(gateway.address) == health_pb2.HealthCheckResponse.SERVING, 30, "SERVING again")
+            serving_after = _wait_for(lambda: _health(gateway.address) == health_pb2.HealthCheckResponse.SERVING, 30,
+                                      "SERVING again")
+            print(f"Triton killed: the call UNAVAILABLE after {unavailable_after:.1f}s, health NOT_SERVING after "
+                  f"{not_serving_after:.1f}s; restarted: SERVING {serving_after:.1f}s after it was ready")
             assert len(client.embed(["rain"])) == 1
             (verdict,) = client.judge("tides", ["The moon raises the tides."], max_reasoning_tokens=2)
             assert verdict.ended == "forced"
