@@ -54,7 +54,9 @@ TRITON_WHEEL := nvidia-pytriton==0.7.0
 
 triton: $(TRITON)
 
-$(TRITON): $(STAMP)
+# Order-only on the venv (its interpreter runs the unpacking): a reinstalled venv does not
+# download the wheel again.
+$(TRITON): | $(STAMP)
 	rm -rf $(TRITON_DIR)
 	$(PY) -m pip download --quiet --no-deps --dest $(TRITON_DIR)/wheel $(TRITON_WHEEL)
 	$(PY) -m irgate.models.tritonserver unpack $(TRITON_DIR)/wheel/nvidia_pytriton-*.whl $(TRITON_DIR)
