@@ -231,6 +231,10 @@ def _parser() -> argparse.ArgumentParser:
     bench_judge.add_argument("--documents", type=int, default=16, help="documents judged per run")
     bench_judge.add_argument("--max-reasoning-tokens", type=int, default=64, help="reasoning budget per document")
     bench_judge.add_argument("--repeats", type=int, default=3, help="timed runs per side; the median counts")
+    bench_judge.add_argument("--scheduling", action=argparse.BooleanOptionalAction, default=True,
+                             help="also measure the continuous-batching scheduler (minutes on a CPU)")
+    bench_judge.add_argument("--big", type=int, default=100,
+                             help="documents of the big call in the scheduler figures (the concurrent calls hold big/5 each)")
     bench_judge.add_argument("--json", action="store_true", help="one JSON object")
     bench_embed = _command(bench_commands, "embed", "irgate over gRPC vs raw ONNX Runtime vs sentence-transformers")
     bench_embed.add_argument("--model", type=Path, default=DEFAULT_MODELS / "embedder", help="prepared embedder folder")
@@ -529,8 +533,8 @@ def _bench(args: argparse.Namespace) -> None:
     if args.suite == "judge":
         from irgate.bench.judge import run_judge_benchmark
 
-        result = run_judge_benchmark(args.model, documents=args.documents,
-                                     max_reasoning_tokens=args.max_reasoning_tokens, repeats=args.repeats)
+        result = run_judge_benchmark(args.model, documents=args.documents, max_reasoning_tokens=args.max_reasoning_tokens,
+                                     repeats=args.repeats, scheduling=args.scheduling, big=args.big)
     else:
         from irgate.bench.embed import run_embed_benchmark, synthetic_texts
         from irgate.eval.beir import load_beir

@@ -197,11 +197,18 @@ async def _until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
 
 
 def run_judge_benchmark(
-    folder: Path, documents: int = 16, max_reasoning_tokens: int = 64, repeats: int = 3, scheduling: bool = True
+    folder: Path,
+    documents: int = 16,
+    max_reasoning_tokens: int = 64,
+    repeats: int = 3,
+    scheduling: bool = True,
+    big: int = 100,
 ) -> dict[str, Any]:
     """Time LocalJudge and the naive loop on the same model folder and prompts; JSON-able results.
 
-    With `scheduling`, also the continuous-batching figures (see benchmarks/README.md)."""
+    With `scheduling`, also the continuous-batching figures (see benchmarks/README.md): 8
+    concurrent calls of big/5 documents against one call of them all, a 1-document call behind a
+    `big`-document one, and the cancellation of a `big`-document call of length-limit passages."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -214,9 +221,11 @@ def run_judge_benchmark(
     judge_s, outcomes = _median_run(lambda: asyncio.run(_collect(judge, request)), repeats)
     figures: dict[str, Any] = {}
     if scheduling:
-        figures["concurrent_vs_single"] = round(asyncio.run(_concurrent_vs_single(judge, 8, 20, max_reasoning_tokens)), 2)
-        figures["small_behind_big"] = round(asyncio.run(_small_behind_big(judge, 100, max_reasoning_tokens, repeats)), 2)
-        figures["cancel_seconds"] = round(asyncio.run(_cancel_seconds(judge, 100, max_reasoning_tokens)), 3)
+        figures["concurrent_vs_single"] = round(
+            asyncio.run(_concurrent_vs_single(judge, 8, max(1, big // 5), max_reasoning_tokens)), 2
+        )
+        figures["small_behind_big"] = round(asyncio.run(_small_behind_big(judge, big, max_reasoning_tokens, repeats)), 2)
+        figures["cancel_seconds"] = round(asyncio.run(_cancel_seconds(judge, big, max_reasoning_tokens)), 3)
     asyncio.run(judge.close())
 
     device = torch.device(judge.device)  # the same device for both sides
