@@ -1,8 +1,8 @@
 """The two index engines side by side, through the interface the gateway calls (irgate.core.index):
 usearch + SQLite in this process against Milvus (a `milvus-lite server` process on loopback).
 
-Same documents, vectors, queries and settings on both: clustered unit vectors (no embedding, so the
-index alone is measured), ~1.2 KB of text per document, upserts of 256 documents as the gateway
+Same documents, vectors, queries and settings on both: unit vectors of a low intrinsic dimension, as
+embeddings have (no model runs, so the index alone is measured), ~1.2 KB of text per document, upserts of 256 documents as the gateway
 sends them, then one query per call as a Search RPC makes it, unfiltered and with a metadata filter
 matching 10% of the documents. Reports ingest documents/s, then search latency p50/p99 in ms and
 recall@10 against exact search twice: right after the writes (fresh_*) and after the collection's
@@ -31,10 +31,13 @@ BATCH = 256
 MODEL = "bench-embedder"
 
 
-def clustered_unit_vectors(count: int, dimension: int, seed: int) -> np.ndarray:
+def embedding_like_unit_vectors(count: int, dimension: int, seed: int) -> np.ndarray:
+    """Points of a 16-dimensional space mapped into `dimension` dimensions, plus a little noise: like
+    real embeddings, they have a low intrinsic dimension, so nearest neighbours are well defined
+    (i.i.d. noise in 384 dimensions puts every point nearly equally far from every other)."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((50, dimension))
-    points = centres[rng.integers(0, 50, count)] + 0.7 * rng.standard_normal((count, dimension))
+    projection = np.random.default_rng(0).standard_normal((16, dimension))
+    points = rng.standard_normal((count, 16)) @ projection + 0.3 * rng.standard_normal((count, dimension))
     return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -99,8 +102,8 @@ def main() -> None:
     parser.add_argument("--dimension", type=int, default=384)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     options = parser.parse_args()
-    corpus = clustered_unit_vectors(options.documents, options.dimension, seed=1)
-    queries = clustered_unit_vectors(options.queries, options.dimension, seed=2)
+    corpus = embedding_like_unit_vectors(options.documents, options.dimension, seed=1)
+    queries = embedding_like_unit_vectors(options.queries, options.dimension, seed=2)
     exact = np.argsort(-(queries @ corpus.T), axis=1)[:, :10]
     report: dict[str, object] = {"documents": options.documents, "queries": options.queries, "dimension": options.dimension}
     with tempfile.TemporaryDirectory() as folder:

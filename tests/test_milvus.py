@@ -126,6 +126,7 @@ def test_losing_a_gateway_fails_no_call_of_a_client_given_both(
         victim.stop()
         with Client(gateways[0].address) as cleanup:
             cleanup.delete_collection(name)
+    print(f"searches: {before_kill} before the kill, {sum(answered) - before_kill} after; failed: {failures}")
     assert before_kill > 0 and sum(answered) > before_kill  # searches went on after the kill
     # Only calls in flight at the kill may fail (one per searcher); gRPC's retry usually saves those too.
     assert len(failures) <= searchers, failures
