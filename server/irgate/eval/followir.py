@@ -16,6 +16,7 @@ reorders the first N documents of each top-ranked list (or, without lists, the t
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import re
 from collections import Counter
@@ -192,7 +193,8 @@ def derive_exclusion_set(data: BeirData, out: Path) -> dict[str, Any]:
             og_rows.append((qid, doc_id, score))
             changed_rows.append((qid, doc_id, 0 if term in words.get(doc_id, set()) else score))
     out.mkdir(parents=True, exist_ok=True)
-    with gzip.open(out / "corpus.jsonl.gz", "wt", encoding="utf-8") as corpus:
+    # mtime 0: the same input gives the same bytes, so the set (and the cache key of its runs) is reproducible.
+    with gzip.GzipFile(out / "corpus.jsonl.gz", "wb", mtime=0) as packed, io.TextIOWrapper(packed, encoding="utf-8") as corpus:
         for doc_id, (title, text) in data.corpus.items():
             corpus.write(json.dumps({"_id": doc_id, "title": title, "text": text}) + "\n")
     (out / "queries.jsonl").write_text("".join(json.dumps(row) + "\n" for row in queries), encoding="utf-8")

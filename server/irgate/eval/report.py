@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from irgate.eval.pmrr import Run, write_run
+from irgate.eval.runner import SEARCH_CONCURRENCY
 
 RAW_FILE = "results.json"
 REPORT_FILE = "report.md"
@@ -51,7 +52,7 @@ def _latency_plot(folder: Path, samples: Mapping[str, Sequence[float]], title: s
     figure, axes = _figure(7.0, 0.9 + 0.35 * len(samples))
     labels = list(samples)
     axes.boxplot([samples[label] for label in labels], vert=False, tick_labels=labels, showfliers=True)
-    axes.set(title=title, xlabel="milliseconds per query call")
+    axes.set(title=f"{title} ({SEARCH_CONCURRENCY} queries in flight)", xlabel="milliseconds per query call")
     axes.invert_yaxis()
     return _save(figure, folder, "latency.png")
 
@@ -75,13 +76,13 @@ def _prompts(folder: Path, result: Mapping[str, Any]) -> tuple[list[str], list[s
     figure, axes = _figure(7.0, 4.5)
     names = [run["name"] for run in runs]
     values = [run["ndcg@10"] for run in runs]
-    axes.barh(names, values, color=["tab:gray"] + ["tab:blue"] * (len(runs) - 1))
+    bars = axes.barh(names, values, color=["tab:gray"] + ["tab:blue"] * (len(runs) - 1))
+    axes.bar_label(bars, fmt="%.4f", padding=3, fontsize=8)
     axes.axvline(result["prompts"]["mean"], color="tab:orange", linestyle="--", label="mean of the 10 prompts")
-    low = min(values)
-    axes.set_xlim(max(0.0, low - 0.05), min(1.0, max(values) + 0.02))
+    axes.set_xlim(max(0.0, min(values) - 0.05), max(values) + 0.03)
     axes.invert_yaxis()
     axes.set(title=f"nDCG@10 per prompt ({result['queries']} queries)", xlabel="nDCG@10")
-    axes.legend(loc="lower right")
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     plots = [_save(figure, folder, "prompts.png")]
     baseline = runs[0]["per_query"]
     deltas = {qid: statistics.fmean(run["per_query"][qid] for run in runs[1:]) - baseline[qid] for qid in baseline}
@@ -124,7 +125,7 @@ def _reranking(folder: Path, result: Mapping[str, Any]) -> tuple[list[str], list
           row["ended"].get("answered", 0), row["ended"].get("forced", 0), row["ended"].get("forced_eos", 0),
           row["reasoning_tokens_mean"], row["judge_seconds_per_query"]] for row in rows])
     lines = ["", f"Judge reranking of the top {result['rerank']} dense hits. Judge time per query: the judged search's "
-             "wall time minus the dense search's, with 16 queries in flight sharing the judge.", "", table]
+             f"wall time minus the dense search's, with {SEARCH_CONCURRENCY} queries in flight sharing the judge.", "", table]
     return lines, plots
 
 
