@@ -121,3 +121,13 @@ def test_the_command_prints_p_mrr_and_per_query_values(tmp_path: Path) -> None:
     broken = irgate("eval", "pmrr", "--run-og", str(qrels), "--run-changed", str(changed), "--changed-qrels", str(qrels),
                     check=False)
     assert broken.returncode == 2 and "Traceback" not in broken.stderr and "expected 6 columns" in broken.stderr
+
+
+def test_qrels_are_read_with_or_without_their_header(tmp_path: Path) -> None:
+    from irgate.eval.beir import read_qrels
+
+    rows = "q1\td1\t1\nq1\td2\t0\n"
+    assert read_qrels(_write(tmp_path / "with.tsv", "query-id\tcorpus-id\tscore\n" + rows)) == {"q1": {"d1": 1, "d2": 0}}
+    assert read_qrels(_write(tmp_path / "without.tsv", rows)) == {"q1": {"d1": 1, "d2": 0}}
+    with pytest.raises(ValueError, match=r"bad.tsv:3: score 'high' is not a number"):
+        read_qrels(_write(tmp_path / "bad.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\thigh\n"))

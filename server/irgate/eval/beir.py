@@ -49,11 +49,11 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    """A BEIR qrels TSV: a header line, then `query-id corpus-id score` rows."""
+    """A BEIR qrels TSV: `query-id corpus-id score` rows after a header line (kept when it is missing:
+    a first line whose score is a number is a judgement)."""
     qrels: dict[str, dict[str, int]] = {}
     with open_text(path) as rows:
-        next(rows, None)  # header: query-id corpus-id score
-        for number, row in enumerate(rows, start=2):
+        for number, row in enumerate(rows, start=1):
             if not row.strip():
                 continue
             fields = row.rstrip("\n").split("\t")
@@ -61,9 +61,12 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
                 raise ValueError(f"{path}:{number}: expected 3 tab-separated columns (query-id corpus-id score)")
             query_id, doc_id, score = fields
             try:
-                qrels.setdefault(query_id, {})[doc_id] = int(float(score))
+                value = int(float(score))
             except ValueError:
+                if number == 1:
+                    continue  # the header
                 raise ValueError(f"{path}:{number}: score {score!r} is not a number") from None
+            qrels.setdefault(query_id, {})[doc_id] = value
     return qrels
 
 

@@ -13,7 +13,7 @@ import os
 import shlex
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,6 +30,7 @@ from irgate.cli import (
     _timeout,
     console,
 )
+from irgate.eval.runner import Evaluation, digest_files
 from irgate_client import AsyncClient
 
 T = TypeVar("T")
@@ -145,11 +146,9 @@ def _with_server(args: argparse.Namespace, judge: bool, work: Callable[[AsyncCli
             return asyncio.run(connect(server.address, remote=False))
 
 
-def _evaluation(args: argparse.Namespace, client: AsyncClient, corpus: dict[str, tuple[str, str]], files: Any) -> Any:
-    from irgate.eval.runner import Evaluation, digest_files
-
-    return Evaluation(client, corpus, digest_files(files), None if args.no_cache else args.cache, console,
-                      show_progress=True)
+def _evaluation(args: argparse.Namespace, client: AsyncClient, corpus: dict[str, tuple[str, str]],
+                files: Sequence[Path]) -> Evaluation:
+    return Evaluation(client, corpus, digest_files(files), None if args.no_cache else args.cache, console)
 
 
 def _finish(args: argparse.Namespace, result: dict[str, Any], runs: Any = None) -> None:

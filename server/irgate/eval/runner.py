@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 
 from irgate.progress import ProgressReport
-from irgate_client import AsyncClient, Document, Query, ServerInfo
+from irgate_client import AsyncClient, Document, Query, ServerInfo, Verdict
 
 SEARCH_CONCURRENCY = 16
 UPSERT_BATCH = 256
@@ -129,7 +129,11 @@ async def model_fingerprint(client: AsyncClient, info: ServerInfo, with_judge: b
     return fingerprint
 
 
-def _judged(verdict: Any) -> JudgedHit:
+# What one query's call returns: the ranking (best first) and the verdicts by document id.
+OneQuery = Callable[[str, str, Query], Awaitable[tuple[list[str], dict[str, "JudgedHit"]]]]
+
+
+def _judged(verdict: Verdict) -> JudgedHit:
     return JudgedHit(verdict.score, verdict.ended, verdict.reasoning_tokens, verdict.truncated, verdict.reasoning_budget)
 
 
@@ -137,13 +141,12 @@ class Evaluation:
     """Runs queries against one server for one data set; see the module docstring."""
 
     def __init__(self, client: AsyncClient, corpus: Mapping[str, tuple[str, str]], data_digest: str,
-                 cache_dir: Path | None, console: Console, show_progress: bool = True):
+                 cache_dir: Path | None, console: Console):
         self.client = client
         self.corpus = corpus
         self.data_digest = data_digest
         self.cache_dir = cache_dir
         self.console = console
-        self.show_progress = show_progress
         self.info: ServerInfo | None = None
         self.fingerprint: dict[str, Any] = {}
         self.index_seconds = 0.0
@@ -185,15 +188,15 @@ class Evaluation:
             return self._collection
 
     def _progress(self, description: str, total: int, unit: str) -> ProgressReport:
-        console = self.console if self.show_progress else Console(stderr=True, quiet=True)
-        return ProgressReport(console, description, total, unit)
+        return ProgressReport(self.console, description, total, unit)
 
     def _cache(self, kind: str, queries: Mapping[str, Query], settings: Mapping[str, Any]) -> ResultCache:
         key = {"kind": kind, "model": self.fingerprint, "data": self.data_digest,
                "queries": digest(sorted((qid, q.text, q.instruction) for qid, q in queries.items())), **settings}
         return ResultCache(self.cache_dir, key)
 
-    async def _run(self, label: str, cache: ResultCache, queries: Mapping[str, Query], one: Any) -> dict[str, QueryResult]:
+    async def _run(self, label: str, cache: ResultCache, queries: Mapping[str, Query], one: OneQuery) -> dict[str, QueryResult]:
+        """Runs `one` for every query the cache does not hold yet, SEARCH_CONCURRENCY at a time, keeping each as it ends."""
         done = cache.load()
         results = {qid: done[qid] for qid in queries if qid in done}
         self.cached_queries += len(results)
