@@ -70,6 +70,14 @@ def benchmark_request(documents: int, budget: int, length_tokens: int = 0) -> Ju
     return JudgeRequest(query=QUERY, instruction="", passages=tuple(passages), budget=budget)
 
 
+def pair_requests(documents: int, budget: int) -> list[JudgeRequest]:
+    """One call per document of PAIRS (cycled), each claim judging its own evidence."""
+    return [
+        JudgeRequest(query=claim, instruction="", passages=(PassageText("", evidence),), budget=budget)
+        for claim, evidence in (PAIRS[i % len(PAIRS)] for i in range(documents))
+    ]
+
+
 def request_prompts(manifest: JudgeManifest, request: JudgeRequest) -> list[str]:
     """The Rank1 prompts of a request's passages (untruncated), for the naive loop."""
     return [judge_prompt(manifest, request.query, request.instruction, p.title, p.text) for p in request.passages]
@@ -131,6 +139,12 @@ def _median_run(run: Callable[[], R], repeats: int) -> tuple[float, R]:
         result = run()
         times.append(time.perf_counter() - started)
     return statistics.median(times), result
+
+
+async def _collect_calls(judge: LocalJudge, calls: list[JudgeRequest]) -> list[JudgeOutcome]:
+    """Concurrent calls; their outcomes in call order."""
+    results = await asyncio.gather(*(_collect(judge, call) for call in calls))
+    return [outcome for outcomes in results for outcome in outcomes]
 
 
 async def _concurrent_vs_single(judge: LocalJudge, calls: int, documents: int, budget: int) -> float:
@@ -214,11 +228,13 @@ def run_judge_benchmark(
 
     folder = Path(folder)
     judge = LocalJudge(folder)
-    request = benchmark_request(documents, max_reasoning_tokens)
+    # The documents of PAIRS, each claim against its own evidence, sent as concurrent calls: the
+    # engine batches them as one, and the naive loop takes the same prompts one at a time.
+    calls = pair_requests(documents, max_reasoning_tokens)
     # One small warm-up each, so neither side pays first-call allocation in its timing; then the
     # median of `repeats` runs, since a shared machine makes any single run noisy.
     asyncio.run(_collect(judge, benchmark_request(1, 2)))
-    judge_s, outcomes = _median_run(lambda: asyncio.run(_collect(judge, request)), repeats)
+    judge_s, outcomes = _median_run(lambda: asyncio.run(_collect_calls(judge, calls)), repeats)
     figures: dict[str, Any] = {}
     if scheduling:
         figures["concurrent_vs_single"] = round(
@@ -232,7 +248,7 @@ def run_judge_benchmark(
     tokenizer = AutoTokenizer.from_pretrained(folder)
     dtype = torch.float32 if device.type == "cpu" else "auto"
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
-    prompts = request_prompts(judge.manifest, request)
+    prompts = [prompt for call in calls for prompt in request_prompts(judge.manifest, call)]
     naive_judge(model, tokenizer, judge.manifest, prompts[:1], 2)
     naive_s, verdicts = _median_run(
         lambda: naive_judge(model, tokenizer, judge.manifest, prompts, max_reasoning_tokens), repeats
