@@ -19,6 +19,7 @@ from pathlib import Path
 
 from irgate.index.milvus_lite import MilvusLiteServer
 from irgate.local_server import READY_PREFIX
+from irgate.processes import stop_process
 
 HOST = "127.0.0.1"
 
@@ -46,13 +47,7 @@ class Gateway:
         self.ready.set()  # it ended
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+
+from irgate.processes import stop_process
 
 READY_PREFIX = "irgate serving on "
 
@@ -56,14 +57,7 @@ class LocalServer:
         """Graceful stop (SIGTERM: indexes are snapshotted); returns the exit code."""
         if self._process is None:
             return None
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        return self._process.returncode
+        return stop_process(self._process, timeout)
 
     def kill(self) -> None:
         """Hard stop (SIGKILL), as a crash would."""

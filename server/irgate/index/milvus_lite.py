@@ -3,12 +3,13 @@ and the tests share between gateways (milvus-lite ships with the [milvus] extra)
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import threading
 from collections import deque
 from pathlib import Path
+
+from irgate.processes import stop_process
 
 _READY = "gRPC server listening on "
 
@@ -58,14 +59,8 @@ class MilvusLiteServer:
         ready.set()  # it ended before it was ready
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self._process is None or self._process.poll() is not None:
-            return
-        self._process.send_signal(signal.SIGTERM)
-        try:
-            self._process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        if self._process is not None:
+            stop_process(self._process, timeout)
 
     def __enter__(self) -> MilvusLiteServer:
         return self.start()

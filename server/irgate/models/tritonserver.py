@@ -30,6 +30,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from irgate.processes import stop_process
+
 WHEEL_REQUIREMENT = "nvidia-pytriton==0.7.0"  # tritonserver 2.51.0
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_INSTALL = REPO / ".cache" / "triton"
@@ -227,12 +229,7 @@ def serve(repository: Path, embedder_folder: Path, judge_folder: Path, irgate_ar
     except KeyboardInterrupt:
         pass
     finally:
-        if gateway.poll() is None:
-            gateway.send_signal(signal.SIGINT)
-            try:
-                gateway.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                gateway.kill()
+        stop_process(gateway, signum=signal.SIGINT)
         server.stop()
     return gateway.returncode or 0
 
