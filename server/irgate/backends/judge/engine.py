@@ -160,6 +160,8 @@ class _Part:
 # of a batch tend to end within a few steps of each other, and on a CPU one forward costs about
 # the same for 1 row as for 16.
 _REWRITE_PATIENCE = 4
+# Seconds an idle engine waits after the first arrival for others to join it.
+_ADMISSION_WINDOW_S = 0.005
 # Stands in a part's row list for a row that moved to another part.
 _MOVED = _Row(seq=None, group=None, cost=0, submitted=0.0, finished=True)  # type: ignore[arg-type]
 
@@ -292,8 +294,14 @@ class JudgeEngine:
         with torch.inference_mode():  # grad mode is per thread: set it here
             while True:
                 with self._lock:
+                    idle = not self._has_work()
                     while not self._closed and not self._has_work():
                         self._lock.wait()
+                if idle:
+                    # Calls that arrive together (a fan-out of single-document calls) start as one
+                    # job instead of one forward each, as Triton's max_queue_delay does.
+                    time.sleep(_ADMISSION_WINDOW_S)
+                with self._lock:
                     if self._closed:
                         break
                     self._sweep_cancelled()
@@ -406,16 +414,19 @@ class JudgeEngine:
 
     def _form_jobs(self, rows: list[_Row]) -> list[_Part]:
         """Rows of similar length share a job (little padding); a job's padded size is bounded."""
-        rows = sorted(rows, key=lambda row: len(row.pending))
+        def tail(row: _Row) -> int:  # what a job runs of the row: its prompt past the cached prefix
+            return len(row.pending) - min(_common_prefix(row.pending, self._prefix_ids), len(row.pending) - 1)
+
+        rows = sorted(rows, key=tail)
         groups: list[list[_Row]] = []
         cap = 4 * self.limits.prefill_chunk_tokens
         for row in rows:
             current = groups[-1] if groups else None
-            longest = len(row.pending)
+            longest = tail(row)
             if (
                 current is not None
                 and (len(current) + 1) * longest <= cap
-                and sum(len(r.pending) for r in current) + longest >= 0.75 * (len(current) + 1) * longest
+                and sum(tail(r) for r in current) + longest >= 0.5 * (len(current) + 1) * longest
             ):
                 current.append(row)
             else:

@@ -26,6 +26,9 @@ from irgate.backends.judge.rank1 import Ended, FittedPrompt, JudgeEvent, JudgeOu
 from irgate.errors import ResourceExhausted, Unavailable
 
 
+_INLINE_FIT_CHARACTERS = 16_384
+
+
 class _Rank1Sequence:
     """One document on the engine: reasoning under Rank1's stops, then the answer or a forced one."""
 
@@ -105,8 +108,12 @@ class LocalJudge:
             raise Unavailable(f"judge {self.manifest.name} is closed")
         if not request.passages:
             return
-        # Tokenising thousands of tokens per passage: off the event loop.
-        prompts = await asyncio.to_thread(self._fit, request)
+        # Long passages are tokenised off the event loop; short ones (a millisecond or two) on it,
+        # so that calls arriving together reach the engine together and share their first forward.
+        if sum(len(p.title) + len(p.text) for p in request.passages) + len(request.query) <= _INLINE_FIT_CHARACTERS:
+            prompts = self._fit(request)
+        else:
+            prompts = await asyncio.to_thread(self._fit, request)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[JudgeEvent | str] = asyncio.Queue()
 
