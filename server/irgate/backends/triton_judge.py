@@ -17,8 +17,8 @@ Two transports, one decoding:
   documents as requests on it, tokens arrive as they are generated (reasoning deltas stream to
   the client), and a document that answered is stopped at once (a `stop` request with its id);
 - unary (`?stream=0`, or `stream=False`): one ModelInfer per document, returning all tokens at
-  the end. For KServe v2 servers that cannot stream in Triton's format (MLServer, REFERENCE
-  section 6) and for a TensorRT-LLM model deployed non-decoupled.
+  the end. For KServe v2 servers that cannot stream in Triton's format (MLServer answers a
+  stream with bare ModelInferResponse messages) and for a TensorRT-LLM model deployed non-decoupled.
 """
 
 from __future__ import annotations

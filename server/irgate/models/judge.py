@@ -2,7 +2,7 @@
 
 A reasoning judge served with another prompt, other answer tokens or other stop strings than
 it was trained with scores silently worse, so those live in the folder's manifest.json and the
-server reads them instead of guessing (see shared/REFERENCE.md section 2). Another model can
+server reads them instead of guessing (the rules are orionw/rank1's; backends.judge.rank1 states them). Another model can
 override the template, the answer tokens and the stops by editing its manifest.
 """
 
@@ -29,7 +29,8 @@ RANK1_PROMPT_TEMPLATE = (
 THINK_END = "</think>"
 DEFAULT_JUDGE_NAME = "SmolLM2-135M-Instruct"
 # Rank1 allows 8192 reasoning tokens; SmolLM2 only shows the mechanics (it has no relevance
-# signal, REFERENCE section 7), so its default cap keeps a CPU server responsive.
+# signal: its p(true) stays between 0.03 and 0.19 for every pair), so its default cap keeps a CPU
+# server responsive.
 RANK1_MAX_REASONING_TOKENS = 8192
 SMOLLM2_MAX_REASONING_TOKENS = 256
 

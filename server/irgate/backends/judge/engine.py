@@ -101,7 +101,7 @@ DONE: Final = _Done()
 Action = Rewrite | _Done | None  # None: go on with the chosen token
 
 
-class Sequence_(Protocol):
+class EngineSequence(Protocol):
     """What the engine drives: a prompt and a policy that sees every chosen token."""
 
     prompt_ids: list[int]
@@ -133,7 +133,7 @@ class EngineStats:
 
 @dataclass(eq=False)
 class _Row:
-    seq: Sequence_
+    seq: EngineSequence
     group: Hashable
     cost: int
     submitted: float
@@ -246,7 +246,7 @@ class JudgeEngine:
 
     # ---- public API (any thread) ---------------------------------------------------------------
 
-    def submit(self, sequences: Sequence[Sequence_], group: Hashable | None = None) -> Handle:
+    def submit(self, sequences: Sequence[EngineSequence], group: Hashable | None = None) -> Handle:
         """Queue sequences of one request; `group` is the fairness key (a new one by default)."""
         group = object() if group is None else group
         now = time.monotonic()

@@ -84,7 +84,6 @@ class LocalJudge:
         self.manifest = self.engine.manifest
         self.address = f"local:{folder}"
         self.device = str(self.engine.device)
-        self.limits = self.engine.limits
         self._tokenizer = self.engine.tokenizer
         self._decode_ids = rank1.decoder(self._tokenizer)
 
