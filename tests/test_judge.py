@@ -358,3 +358,32 @@ def test_long_passages_are_cut_to_fit_the_context(local_judge: LocalJudge, judge
     # Through the backend the verdict says so.
     (outcome,) = outcomes_of(judge_events(local_judge, request(["Droplets condense. " * 3000], 4)))
     assert outcome.truncated
+
+
+def test_growing_kv_cache_holds_what_transformers_dynamic_cache_holds() -> None:
+    """The engine's cache appends into spare columns instead of copying the whole cache each
+    step; attention must still see exactly DynamicLayer's keys and values."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from irgate.backends.judge.kv_cache import GrowingLayer
+
+    grown, plain = GrowingLayer(), DynamicLayer()
+
+    def append(width: int) -> None:
+        keys, values = torch.randn(3, 2, width, 4), torch.randn(3, 2, width, 4)
+        for got, want in zip(grown.update(keys, values), plain.update(keys, values)):
+            assert torch.equal(got, want)
+
+    for width in (5, 1, 30, 1):
+        append(width)
+    storage = grown.keys.untyped_storage().data_ptr()
+    append(1)
+    assert grown.keys.untyped_storage().data_ptr() == storage  # written in place, not copied
+    # The engine assigns keys and values when rows leave; the layer takes them as its content.
+    for layer in (grown, plain):
+        layer.keys, layer.values = layer.keys[[0, 2]], layer.values[[0, 2]]
+    keys, values = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    for got, want in zip(grown.update(keys, values), plain.update(keys, values)):
+        assert torch.equal(got, want)
+    assert grown.get_seq_length() == plain.get_seq_length() == 39

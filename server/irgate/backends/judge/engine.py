@@ -8,16 +8,18 @@ How a step is chosen (one model forward at a time, on one worker thread):
 - Admission: sequences wait per group (one group per request) and are admitted round-robin
   across groups while the KV budget (prompt + new tokens of every running sequence) and the
   row limit allow, so a small request is not starved behind a large one.
-- Prefill: admitted sequences of similar length form a job whose prompts run in chunks of at
-  most `prefill_chunk_tokens` (weighted by the attention over the context already cached), so
-  a cancellation, a deadline or a newly arrived request waits for at most one chunk. Jobs of
-  different groups take turns; prefill chunks and decode steps alternate.
+- Prefill: admitted sequences are cut into jobs of similar length, trading padding against the
+  fixed cost of a forward; a job's prompts run in chunks of at most `prefill_chunk_tokens`
+  (weighted by the attention over the context already cached), so a cancellation, a deadline
+  or a newly arrived request waits for at most one chunk. Jobs of different groups take turns;
+  a new request's prefill and older requests' decode steps alternate.
 - Decode: every running sequence advances one token per step; finished ones leave the batch
   and their capacity is free at once.
-- Rewrites (Rank1's forced answer): a sequence may replace the tail of its tokens; the rows that
-  do are copied out, keep the cached part their new tokens share, and run the rest together in
-  one step once their request has nothing else to wait for (on a CPU a step costs about the
-  same for 1 row as for 16).
+- Rewrites (Rank1's forced answer): a sequence may replace the tail of its tokens. Its row keeps
+  the cached columns the new tokens share (the others are masked out) and feeds the rest one
+  per decode step alongside the rows still generating, which costs almost nothing (on a CPU a
+  step costs about the same for 2 rows as for 16); once no row is generating, what is left runs
+  in one forward.
 
 KV layout: one cache per batch, rows left padded; a 2D mask marks each row's own columns and
 explicit position ids keep every row's positions its own, so rows of any length share a batch.
@@ -138,33 +140,30 @@ class _Row:
     cost: int
     submitted: float
     tokens: list[int] = field(default_factory=list)  # ids whose KV is in the row's cache, in order
-    pending: list[int] = field(default_factory=list)  # ids to run next (a prompt tail or the last token)
+    pending: list[int] = field(default_factory=list)  # ids to run next (a prompt tail, a rewrite or the last token)
+    admission: int = 0  # the admission round that started the row
     cancelled: bool = False
     finished: bool = False
 
 
 @dataclass(eq=False)
 class _Part:
-    """Rows with their own cache: a prefill job, a rewrite waiting to run, or the decode batch."""
+    """Rows with their own cache: a prefill job or the decode batch."""
 
     rows: list[_Row]
-    cache: Any  # transformers DynamicCache; each layer's keys/values are [rows, heads, columns, head_dim]
+    cache: Any  # kv_cache.growing_cache; each layer's keys/values are [rows, heads, columns, head_dim]
     mask: torch.Tensor  # [rows, width]; 1 where a column holds the row's own token
     positions: torch.Tensor  # [rows]; the position of each row's next token
-    # Prefill/rewrite: the rows' pending ids left padded to one width, and how many columns ran.
+    # Prefill: the rows' pending ids left padded to one width, and how many columns ran.
     width: int = 0
     done: int = 0
-    born: int = 0  # the forward count when a rewrite part was made
 
 
-# Forwards a waiting rewrite gives others to join it before its request's wait counts: documents
-# of a batch tend to end within a few steps of each other, and on a CPU one forward costs about
-# the same for 1 row as for 16.
-_REWRITE_PATIENCE = 4
 # Seconds an idle engine waits after the first arrival for others to join it.
 _ADMISSION_WINDOW_S = 0.005
-# Stands in a part's row list for a row that moved to another part.
-_MOVED = _Row(seq=None, group=None, cost=0, submitted=0.0, finished=True)  # type: ignore[arg-type]
+# The fixed cost of a forward in prefill tokens, as a share of a chunk: measured on a 2-core
+# CPU, a forward costs about as much as 64 more prompt tokens (with 256-token chunks).
+_FORWARD_COST_CHUNKS = 0.25
 
 
 class Handle:
@@ -205,7 +204,7 @@ class JudgeEngine:
         self._lock = threading.Condition()
         self._waiting: OrderedDict[Hashable, deque[_Row]] = OrderedDict()
         self._jobs: list[_Part] = []
-        self._rewrites: list[_Part] = []
+        self._admissions = itertools.count(1)
         self._batch: _Part | None = None
         self._reserved = 0
         self._rows = 0
@@ -315,59 +314,60 @@ class JudgeEngine:
             self._end_everything("closed")
 
     def _has_work(self) -> bool:
-        return bool(self._waiting or self._jobs or self._rewrites or self._decoding())
+        return bool(self._waiting or self._jobs or self._decoding())
 
     def _decoding(self) -> bool:
         return self._batch is not None and any(not row.finished for row in self._batch.rows)
 
     def _step(self) -> None:
-        """One forward: a prefill chunk, the waiting rewrites, or a decode step."""
+        """One forward: a prefill chunk, a decode step, or the rewritten tails of the batch."""
         if self._batch is not None and not self._decoding():
             self._batch = None  # every row left: its cache goes at once
-        decoding = {row.group for row in self._batch.rows if not row.finished} if self._batch else set()
+        decoding = [row for row in self._batch.rows if not row.finished] if self._batch else []
         job = min(self._jobs, key=self._job_order) if self._jobs else None
         if job is not None and self._prefill_now(job, decoding):
             self._prefill_chunk(job)
             self._prefill_turn = False
-        elif self._rewrites and self._rewrite_due(decoding):
-            self._run_rewrites()
         elif decoding:
-            self._decode_step()
+            if self._tails_due(decoding):
+                self._run_tails()
+            else:
+                self._decode_step()
             self._prefill_turn = True
-        elif self._rewrites:
-            self._run_rewrites()
 
     def _priority(self, group: Hashable) -> int:
         """Smaller requests first: a group's sequences still to finish."""
         return self._outstanding.get(group, 0)
 
     def _job_order(self, job: _Part) -> tuple[int, int]:
-        group = job.rows[0].group
-        return self._priority(group), self._served.get(group, -1)
+        """A job holding rows of several requests goes by its smallest one; among equals, the
+        one whose prefill ran longest ago goes first."""
+        return min((self._priority(row.group), self._served.get(row.group, -1)) for row in job.rows)
 
-    def _prefill_now(self, job: _Part, decoding: set[Hashable]) -> bool:
-        """Prefill and decode alternate, except that a request much smaller than the job's is
-        never slowed down by its prefill, and a smaller request's prefill goes first."""
-        if not decoding:
+    def _prefill_now(self, job: _Part, decoding: list[_Row]) -> bool:
+        """Rows admitted together finish their prefill before decoding (fewest forwards in all);
+        a new request's prefill and older requests' decode steps alternate, except that a request
+        much smaller than the job's is never slowed down by its prefill, and a smaller request's
+        prefill goes first."""
+        if not decoding or min(row.admission for row in decoding) >= job.rows[0].admission:
             return True
-        mine = self._priority(job.rows[0].group)
-        smallest = min(self._priority(group) for group in decoding)
+        mine = self._job_order(job)[0]
+        smallest = min(self._priority(row.group) for row in decoding)
         if mine < smallest:
             return True
         return self._prefill_turn and 2 * smallest >= mine
 
-    def _rewrite_due(self, decoding: set[Hashable]) -> bool:
-        """Rewrites run together once some request waits only on them, once a quarter of a batch
-        waits (so a big request's verdicts keep streaming), or when nothing else runs."""
-        if not decoding and not self._jobs:
+    def _tails_due(self, decoding: list[_Row]) -> bool:
+        """Rewritten tails ride along decode steps for free, except when nothing is generating,
+        or when a request waiting only on its tails is much smaller than every generating one
+        (a small call behind a big one is not kept a step per tail token)."""
+        generating = {row.group for row in decoding if len(row.pending) == 1}
+        if not generating:
             return True
-        if sum(len(part.rows) for part in self._rewrites) * 4 >= self.limits.max_batch_rows:
-            return True
-        if self.stats.forward_passes - min(part.born for part in self._rewrites) < _REWRITE_PATIENCE:
-            return False  # others are likely to follow within a few steps: one forward for them all
-        waiting_on = {row.group for part in self._rewrites for row in part.rows}
-        busy = decoding | {row.group for job in self._jobs for row in job.rows} | set(self._waiting)
-        return bool(waiting_on - busy)
+        busy = generating | {row.group for job in self._jobs for row in job.rows} | set(self._waiting)
+        riding = {row.group for row in decoding if len(row.pending) > 1} - busy
+        smallest = min(self._priority(group) for group in generating)
+        return any(2 * self._priority(group) < smallest for group in riding)
 
     # ---- admission ---------------------------------------------------------------------------------
 
@@ -375,6 +375,7 @@ class JudgeEngine:
         """Round-robin across groups within the KV budget and the row limit; a group with nothing
         running may pass the row limit, so every request makes progress at once."""
         admitted: list[_Row] = []
+        admission = next(self._admissions)
         while (row := self._next_admissible()) is not None:
             queue = self._waiting[row.group]
             queue.popleft()
@@ -387,6 +388,7 @@ class JudgeEngine:
             self.stats.waiting_sequences -= 1
             if self.stats.on_queue_wait is not None:
                 self.stats.on_queue_wait(time.monotonic() - row.submitted)
+            row.admission = admission
             admitted.append(row)
         self.stats.running_rows = self._rows
         self._outstanding = dict(self._running)
@@ -400,8 +402,15 @@ class JudgeEngine:
                 self._jobs.remove(job)
                 for row in job.rows:
                     row.pending, row.tokens = row.tokens + row.pending, []
+                    row.admission = admission
                 admitted = job.rows + admitted
-            self._jobs.extend(self._form_jobs(admitted))
+            # Requests of about the same size share jobs; a much smaller one's rows get their own,
+            # so its prefill is not as long as a big request's.
+            sizes: dict[int, list[_Row]] = {}
+            for row in admitted:
+                sizes.setdefault(self._priority(row.group).bit_length(), []).append(row)
+            for rows in sizes.values():
+                self._jobs.extend(self._form_jobs(rows))
 
     def _next_admissible(self) -> _Row | None:
         for group, queue in self._waiting.items():
@@ -414,26 +423,32 @@ class JudgeEngine:
         return None
 
     def _form_jobs(self, rows: list[_Row]) -> list[_Part]:
-        """Rows of similar length share a job (little padding); a job's padded size is bounded."""
-        def tail(row: _Row) -> int:  # what a job runs of the row: its prompt past the cached prefix
+        """Rows sorted by the tail they run (their prompt past the cached prefix) are cut into
+        jobs at the least cost: padded tokens, plus the fixed cost of each chunk's forward."""
+        def tail(row: _Row) -> int:
             return len(row.pending) - min(_common_prefix(row.pending, self._prefix_ids), len(row.pending) - 1)
 
         rows = sorted(rows, key=tail)
-        groups: list[list[_Row]] = []
-        cap = 4 * self.limits.prefill_chunk_tokens
-        for row in rows:
-            current = groups[-1] if groups else None
-            longest = tail(row)
-            if (
-                current is not None
-                and (len(current) + 1) * longest <= cap
-                and sum(tail(r) for r in current) + longest >= 0.5 * (len(current) + 1) * longest
-            ):
-                current.append(row)
-            else:
-                groups.append([row])
+        tails = [tail(row) for row in rows]
+        chunk = self.limits.prefill_chunk_tokens
+        forward_cost = _FORWARD_COST_CHUNKS * chunk
+        # cost[end]: the cheapest cut of rows[:end]; start[end]: where its last job begins.
+        cost, start = [0.0] * (len(rows) + 1), [0] * (len(rows) + 1)
+        for end in range(1, len(rows) + 1):
+            options = []
+            for first in range(end - 1, -1, -1):
+                count, width = end - first, tails[end - 1]
+                if count > 1 and count * width > 4 * chunk:
+                    break  # a job of many rows stays within a few chunks, so each starts soon
+                forwards = -(-width // max(1, chunk // count))
+                options.append((cost[first] + forwards * forward_cost + count * width, first))
+            cost[end], start[end] = min(options)
+        groups, end = [], len(rows)
+        while end:
+            groups.append(rows[start[end] : end])
+            end = start[end]
         jobs = []
-        for group in groups:
+        for group in reversed(groups):
             if len(group) > 1 and self._shared(group) <= 0:
                 # Without a cached column a padded query would attend to nothing: a job per row.
                 jobs.extend(self._new_job([row]) for row in group)
@@ -487,19 +502,18 @@ class JudgeEngine:
                 self._waiting[group] = kept
             else:
                 del self._waiting[group]
-        for parts in (self._jobs, self._rewrites):
-            for part in list(parts):
-                if any(row.cancelled for row in part.rows):
-                    self._drop_rows(part, [row for row in part.rows if row.cancelled])
-                    if not part.rows:
-                        parts.remove(part)
+        for job in list(self._jobs):
+            if any(row.cancelled for row in job.rows):
+                self._drop_rows(job, [row for row in job.rows if row.cancelled])
+                if not job.rows:
+                    self._jobs.remove(job)
         if self._batch is not None:
             for row in self._batch.rows:
                 if row.cancelled and not row.finished:
                     self._end(row, "cancelled")
 
     def _drop_rows(self, part: _Part, dropped: list[_Row]) -> None:
-        """Removes rows from a job or rewrite part (its cache keeps only the others)."""
+        """Removes rows from a job (its cache keeps only the others)."""
         for row in dropped:
             self._end(row, "cancelled")
         self._select(part, [k for k, row in enumerate(part.rows) if not row.finished])
@@ -508,7 +522,9 @@ class JudgeEngine:
 
     def _prefill_chunk(self, job: _Part) -> None:
         """One bounded chunk of a job."""
-        self._served[job.rows[0].group] = next(self._tick)
+        tick = next(self._tick)
+        for row in job.rows:
+            self._served[row.group] = tick
         context = job.mask.shape[1]
         weight = 1 + context / self._keys_per_token_cost
         columns = max(1, int(self.limits.prefill_chunk_tokens / (len(job.rows) * weight)))
@@ -529,8 +545,8 @@ class JudgeEngine:
         self._advance(job, logits)
 
     def _decode_step(self) -> None:
-        """Every row's last token in one forward; built without per-row tensors or a device sync,
-        since on a GPU this loop's host overhead, not the model, sets the pace."""
+        """The next pending token of every row in one forward; built without per-row tensors or
+        a device sync, since on a GPU this loop's host overhead, not the model, sets the pace."""
         import torch
 
         batch = self._batch
@@ -550,23 +566,22 @@ class JudgeEngine:
         )
         self.stats.forward_passes += 1
         batch.positions = batch.positions + 1
-        logits = out.logits[:, -1]
         for row in batch.rows:
             if not row.finished:
-                row.tokens.extend(row.pending)
-                row.pending = []
-        self._advance(batch, logits)
+                row.tokens.append(row.pending.pop(0))
+        self._advance(batch, out.logits[:, -1])
 
-    def _run_rewrites(self) -> None:
-        part = self._merge(self._rewrites) if len(self._rewrites) > 1 else self._rewrites[0]
-        self._rewrites = []
-        chunks = [row.pending for row in part.rows]
-        width = max(len(chunk) for chunk in chunks)
-        logits = self._forward(part, chunks, width)
-        for row in part.rows:
-            row.tokens.extend(row.pending)
+    def _run_tails(self) -> None:
+        """Every row's pending ids (a rewritten tail, or the last token) in one forward."""
+        batch = self._batch
+        assert batch is not None
+        self._compact(batch)
+        chunks = [row.pending if not row.finished else [] for row in batch.rows]
+        logits = self._forward(batch, chunks, max(len(chunk) for chunk in chunks))
+        for row, chunk in zip(batch.rows, chunks):
+            row.tokens.extend(chunk)
             row.pending = []
-        self._advance(part, logits)
+        self._advance(batch, logits)
 
     def _forward(self, part: _Part, chunks: list[list[int]], width: int) -> torch.Tensor:
         """Append each row's chunk (left padded to `width`) to the part's cache; last-column logits."""
@@ -597,60 +612,46 @@ class JudgeEngine:
         return out.logits[:, -1]
 
     def _advance(self, part: _Part, logits: torch.Tensor) -> None:
-        """Each row's policy sees its token; rows then go on decoding, rewrite, or leave."""
+        """The policy of each row that ran all its pending ids sees its token; rows then go on
+        decoding, rewrite their tail, or leave. Rows still feeding a rewritten tail wait."""
         import torch
 
         # One transfer for the chosen tokens and the score logits (ids are exact as floats).
         picked = torch.cat([logits.argmax(-1, keepdim=True).float(), logits[:, self._score_ids].float()], dim=1).tolist()
         tokens = [int(row[0]) for row in picked]
         scores = [row[1:] for row in picked]
-        wanted = [k for k, row in enumerate(part.rows) if not row.finished and row.seq.wants_logits]
+        ready = [k for k, row in enumerate(part.rows) if not row.finished and not row.pending]
+        wanted = [k for k in ready if part.rows[k].seq.wants_logits]
         full = dict(zip(wanted, logits[wanted].float().cpu().numpy())) if wanted else {}
-        rewrites: list[tuple[int, list[int]]] = []
-        for k, row in enumerate(part.rows):
-            if row.finished:
-                continue
+        for k in ready:
+            row = part.rows[k]
             try:
                 action = row.seq.advance(tokens[k], scores[k], full.get(k))
             except Exception as error:  # noqa: BLE001 - a policy's failure ends its own row only
                 self._end(row, f"failed: {error}")
                 continue
             if isinstance(action, Rewrite):
-                rewrites.append((k, action.ids))
+                self._rewind(part, k, action.ids)
             elif action is DONE:
                 self._end(row, None)
             else:
                 self.stats.generated_tokens += 1
                 row.pending = [tokens[k]]
-        if rewrites:
-            rewrite = self._rewrite_part(part, rewrites)
-            rewrite.born = self.stats.forward_passes
-            self._rewrites.append(rewrite)
         if part is not self._batch:
             going = [k for k, row in enumerate(part.rows) if not row.finished and row.pending]
             if going:
                 self._select(part, going)
                 self._batch = part if self._batch is None or not self._batch.rows else self._merge([self._batch, part])
 
-    def _rewrite_part(self, part: _Part, rewrites: list[tuple[int, list[int]]]) -> _Part:
-        """The rewriting rows move to a part of their own with copies of their caches, each
-        keeping the cached columns its new ids share."""
-        import torch
-
-        index = torch.tensor([k for k, _ in rewrites], device=self.device)
-        mask = part.mask[index].clone()
-        rows, positions = [], []
-        for n, (k, ids) in enumerate(rewrites):
-            row = part.rows[k]
-            common = min(_common_prefix(row.tokens, ids), len(ids) - 1)
-            # The n-th unmasked column holds the row's token n-1: keep the first `common`.
-            mask[n] *= (mask[n].cumsum(0) <= common).long()
-            row.tokens, row.pending = ids[:common], ids[common:]
-            part.rows[k] = _MOVED
-            rows.append(row)
-            positions.append(common)
-        layers = [(layer.keys[index], layer.values[index]) for layer in part.cache.layers]
-        return _Part(rows, self._new_cache(layers), mask, torch.tensor(positions, dtype=torch.long, device=self.device))
+    def _rewind(self, part: _Part, k: int, ids: list[int]) -> None:
+        """Row k's tokens become `ids`: it keeps the cached columns they share with its tokens
+        (the others are masked out) and the rest become its pending tail."""
+        row = part.rows[k]
+        common = min(_common_prefix(row.tokens, ids), len(ids) - 1)
+        # The n-th unmasked column holds the row's token n-1: keep the first `common`.
+        part.mask[k] *= (part.mask[k].cumsum(0) <= common).long()
+        part.positions[k] = common
+        row.tokens, row.pending = ids[:common], ids[common:]
 
     # ---- cache bookkeeping ---------------------------------------------------------------------------
 
@@ -708,9 +709,9 @@ class JudgeEngine:
         )
 
     def _new_cache(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
-        from transformers import DynamicCache
+        from irgate.backends.judge.kv_cache import growing_cache
 
-        cache = DynamicCache(config=self.model.config)
+        cache = growing_cache(self.model.config)
         for index, (keys, values) in enumerate(layers):
             cache.update(keys, values, index)  # copies: a new cache never aliases another's tensors
         return cache
@@ -749,6 +750,8 @@ class JudgeEngine:
             self._running[row.group] -= 1
             if not self._running[row.group]:
                 del self._running[row.group]
+                if row.group not in self._waiting:
+                    self._served.pop(row.group, None)
             self.stats.running_rows = self._rows
         if reason == "cancelled":
             self.stats.cancelled_sequences += 1
@@ -766,20 +769,20 @@ class JudgeEngine:
         else:
             message = f"{type(error).__name__}: {error}"
         with self._lock:
-            for part in [*self._jobs, *self._rewrites, *([self._batch] if self._batch else [])]:
+            for part in [*self._jobs, *([self._batch] if self._batch else [])]:
                 for row in part.rows:
                     self._end(row, f"failed: {message}")
-            self._jobs, self._rewrites, self._batch = [], [], None
+            self._jobs, self._batch = [], None
 
     def _end_everything(self, reason: str) -> None:
         for queue in self._waiting.values():
             for row in queue:
                 self._end(row, reason, admitted=False)
         self._waiting.clear()
-        for part in [*self._jobs, *self._rewrites, *([self._batch] if self._batch else [])]:
+        for part in [*self._jobs, *([self._batch] if self._batch else [])]:
             for row in part.rows:
                 self._end(row, reason)
-        self._jobs, self._rewrites, self._batch = [], [], None
+        self._jobs, self._batch = [], None
 
 
 @dataclass(eq=False)
