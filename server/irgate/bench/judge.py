@@ -131,14 +131,11 @@ async def _collect(judge: LocalJudge, request: JudgeRequest) -> list[JudgeOutcom
     return sorted(outcomes, key=lambda outcome: outcome.index)
 
 
-def _median_run(run: Callable[[], R], repeats: int) -> tuple[float, R]:
-    """Median wall time of `repeats` runs, and the last run's result."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), result
+def _timed(run: Callable[[], R]) -> tuple[float, R]:
+    """Wall time of one run, and its result."""
+    started = time.perf_counter()
+    result = run()
+    return time.perf_counter() - started, result
 
 
 async def _collect_calls(judge: LocalJudge, calls: list[JudgeRequest]) -> list[JudgeOutcome]:
@@ -228,13 +225,25 @@ def run_judge_benchmark(
 
     folder = Path(folder)
     judge = LocalJudge(folder)
+    device = torch.device(judge.device)  # the same device for both sides
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    dtype = torch.float32 if device.type == "cpu" else "auto"
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     # The documents of PAIRS, each claim against its own evidence, sent as concurrent calls: the
     # engine batches them as one, and the naive loop takes the same prompts one at a time.
     calls = pair_requests(documents, max_reasoning_tokens)
+    prompts = [prompt for call in calls for prompt in request_prompts(judge.manifest, call)]
     # One small warm-up each, so neither side pays first-call allocation in its timing; then the
-    # median of `repeats` runs, since a shared machine makes any single run noisy.
+    # sides alternate run by run (a shared machine's load drifts) and each gives its median.
     asyncio.run(_collect(judge, benchmark_request(1, 2)))
-    judge_s, outcomes = _median_run(lambda: asyncio.run(_collect_calls(judge, calls)), repeats)
+    naive_judge(model, tokenizer, judge.manifest, prompts[:1], 2)
+    judge_times, naive_times = [], []
+    for _ in range(repeats):
+        judge_run, outcomes = _timed(lambda: asyncio.run(_collect_calls(judge, calls)))
+        naive_run, verdicts = _timed(lambda: naive_judge(model, tokenizer, judge.manifest, prompts, max_reasoning_tokens))
+        judge_times.append(judge_run)
+        naive_times.append(naive_run)
+    judge_s, naive_s = statistics.median(judge_times), statistics.median(naive_times)
     figures: dict[str, Any] = {}
     if scheduling:
         figures["concurrent_vs_single"] = round(
@@ -243,16 +252,6 @@ def run_judge_benchmark(
         figures["small_behind_big"] = round(asyncio.run(_small_behind_big(judge, big, max_reasoning_tokens, repeats)), 2)
         figures["cancel_seconds"] = round(asyncio.run(_cancel_seconds(judge, big, max_reasoning_tokens)), 3)
     asyncio.run(judge.close())
-
-    device = torch.device(judge.device)  # the same device for both sides
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    dtype = torch.float32 if device.type == "cpu" else "auto"
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
-    prompts = [prompt for call in calls for prompt in request_prompts(judge.manifest, call)]
-    naive_judge(model, tokenizer, judge.manifest, prompts[:1], 2)
-    naive_s, verdicts = _median_run(
-        lambda: naive_judge(model, tokenizer, judge.manifest, prompts, max_reasoning_tokens), repeats
-    )
 
     docs_per_s, naive_docs_per_s = documents / judge_s, documents / naive_s
     return {
