@@ -387,3 +387,12 @@ def test_growing_kv_cache_holds_what_transformers_dynamic_cache_holds() -> None:
     for got, want in zip(grown.update(keys, values), plain.update(keys, values)):
         assert torch.equal(got, want)
     assert grown.get_seq_length() == plain.get_seq_length() == 39
+
+
+def test_loading_the_judge_draws_no_progress_bar(judge_folder: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A server's log gets no "Loading weights" bar (a line per redraw); others' bars stay on."""
+    from transformers.utils import logging as hf_logging
+
+    JudgeEngine.load(judge_folder, threads=1).close()
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()

@@ -36,6 +36,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -216,17 +217,36 @@ class JudgeEngine:
         self._prefix_ids: list[int] = []
         self._prefix: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._prefill_turn = True
-        self._thread = threading.Thread(target=self._run, name="judge-engine", daemon=True)
-        self._thread.start()
+        self._thread = threading.current_thread()  # the one that runs the scheduler (see load)
 
     @classmethod
     def load(
         cls, folder: Path, *, device: str | None = None, threads: int | None = None, limits: EngineLimits | None = None
     ) -> JudgeEngine:
+        """Loads the model, and runs every forward after, on the engine's own thread: a second
+        thread running torch in a process gets an OpenMP pool of its own, and forwards on a
+        2-core CPU ran about 5% slower when the model had been loaded by another thread."""
+        built: Future[JudgeEngine] = Future()
+
+        def serve() -> None:
+            try:
+                engine = cls._build(Path(folder), device, threads, limits)
+            except BaseException as error:  # noqa: BLE001 - raised again in the caller's thread
+                built.set_exception(error)
+                return
+            built.set_result(engine)
+            engine._run()
+
+        threading.Thread(target=serve, name="judge-engine", daemon=True).start()
+        return built.result()
+
+    @classmethod
+    def _build(cls, folder: Path, device: str | None, threads: int | None, limits: EngineLimits | None) -> JudgeEngine:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+        from transformers.utils import logging as hf_logging
 
-        folder = Path(folder).resolve()
+        folder = folder.resolve()
         manifest = JudgeManifest.load(folder)
         target = torch.device(device or default_device())
         cores = os.cpu_count() or 1
@@ -235,7 +255,14 @@ class JudgeEngine:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         # fp32 on CPU (bf16 matmuls are slow there); the checkpoint's own dtype on a GPU.
         dtype = torch.float32 if target.type == "cpu" else "auto"
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(target).eval()
+        # No "Loading weights" progress bar: in a server's log it is a line per redraw.
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(target).eval()
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         if any(getattr(layer, "is_sliding", False) for layer in DynamicCache(config=model.config).layers):
             # Rows are masked by column; a sliding window would drop columns a row still needs.
             raise InvalidArgument(f"{folder}: sliding-window attention is not supported by the judge engine")
