@@ -24,6 +24,7 @@ Two transports, one decoding:
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,9 @@ class TritonJudge:
         self._decode_ids = decoder(self._tokenizer)
         self._running = 0
         self._calls = 0
+        # Call ids are "<gateway>.<n>": gateways sharing one Triton must not share ids, since its
+        # judge groups documents by call for fairness and stops them by request id.
+        self._gateway = secrets.token_hex(4)
 
     @property
     def busy(self) -> bool:
@@ -179,7 +183,8 @@ class TritonJudge:
         self._calls += 1
         try:
             if self.streaming:
-                events = self._judge_streaming(docs, max_reasoning_tokens, stream_reasoning, self._calls)
+                call = f"{self._gateway}.{self._calls}"
+                events = self._judge_streaming(docs, max_reasoning_tokens, stream_reasoning, call)
             else:
                 events = self._judge_unary(docs, max_reasoning_tokens, stream_reasoning)
             async with _closing(events):
@@ -323,7 +328,7 @@ class TritonJudge:
         return request
 
     async def _judge_streaming(
-        self, docs: list[_Doc], budget: int, stream: bool, call: int
+        self, docs: list[_Doc], budget: int, stream: bool, call: str
     ) -> AsyncIterator[JudgeEvent]:
         outgoing: asyncio.Queue[Any] = asyncio.Queue()
 
