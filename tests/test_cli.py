@@ -224,8 +224,10 @@ def test_user_errors_and_an_unreachable_server_print_no_traceback(server: LocalS
         failed = irgate(*command, "--server", nobody, check=False)
         assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
         assert f"cannot reach irgate at {nobody}" in failed.stderr
-    missing = irgate("index", "c", "/no/such/corpus.jsonl", "--server", server.address, check=False)
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr and "/no/such/corpus.jsonl" in missing.stderr
+    # A long error stays on one line (a log or a grep finds it whole), whatever the terminal's width.
+    deep = "/no/such/" + "folder/" * 20 + "corpus.jsonl"
+    missing = irgate("index", "c", deep, "--server", server.address, check=False)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr and deep in missing.stderr
 
 
 def test_a_deadline_says_how_to_raise_it(server: LocalServer) -> None:

@@ -301,6 +301,11 @@ def _say(message: str) -> None:
     console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
+def _error(message: str) -> None:
+    """An error on stderr, unwrapped: a log or a grep finds it on one line whatever the terminal."""
+    console.print(Text("error: ", style="red") + Text(message), highlight=False, soft_wrap=True)
+
+
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
@@ -583,10 +588,10 @@ def main(argv: list[str] | None = None) -> None:
         COMMANDS[args.command](args)
     # The user's to fix (a status from the server, a bad file or argument, a setting): no traceback.
     except IrgateError as error:
-        console.print(Text("error: ", style="red") + Text(_explained(error, args)))
+        _error(_explained(error, args))
         sys.exit(2)
     except (ServerSideError, StartupError, OSError, ValueError) as error:
-        console.print(Text("error: ", style="red") + Text(str(error)))
+        _error(str(error))
         sys.exit(2)
     except KeyboardInterrupt:
         _say("interrupted")
