@@ -393,6 +393,7 @@ def test_loading_the_judge_draws_no_progress_bar(judge_folder: Path, capfd: pyte
     """A server's log gets no "Loading weights" bar (a line per redraw); others' bars stay on."""
     from transformers.utils import logging as hf_logging
 
+    hf_logging.enable_progress_bar()
     JudgeEngine.load(judge_folder, threads=1).close()
     assert "Loading weights" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled()

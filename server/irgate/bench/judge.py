@@ -254,23 +254,22 @@ def run_judge_benchmark(
 
     folder = Path(folder)
     judge = LocalJudge(folder)
-    # The same device and threads for both sides.
-    naive = _naive_process(folder, judge.device, torch.get_num_threads())
     # The documents of PAIRS, each claim against its own evidence, sent as concurrent calls: the
     # engine batches them as one, and the naive loop takes the same prompts one at a time.
     calls = pair_requests(documents, max_reasoning_tokens)
     prompts = [prompt for call in calls for prompt in request_prompts(judge.manifest, call)]
-    # One small warm-up each, so neither side pays first-call allocation in its timing; then the
-    # sides alternate run by run (a shared machine's load drifts) and each gives its median.
-    asyncio.run(_collect(judge, benchmark_request(1, 2)))
-    naive.submit(_run_naive, prompts[:1], 2).result()
     judge_times, naive_times = [], []
-    for _ in range(repeats):
-        judge_run, outcomes = _timed(lambda: asyncio.run(_collect_calls(judge, calls)))
-        naive_run, verdicts = naive.submit(_run_naive, prompts, max_reasoning_tokens).result()
-        judge_times.append(judge_run)
-        naive_times.append(naive_run)
-    naive.shutdown()
+    # The same device and threads for both sides.
+    with _naive_process(folder, judge.device, torch.get_num_threads()) as naive:
+        # One small warm-up each, so neither side pays first-call allocation in its timing; then
+        # the sides alternate run by run (a shared machine's load drifts) and each gives its median.
+        asyncio.run(_collect(judge, benchmark_request(1, 2)))
+        naive.submit(_run_naive, prompts[:1], 2).result()
+        for _ in range(repeats):
+            judge_run, outcomes = _timed(lambda: asyncio.run(_collect_calls(judge, calls)))
+            naive_run, verdicts = naive.submit(_run_naive, prompts, max_reasoning_tokens).result()
+            judge_times.append(judge_run)
+            naive_times.append(naive_run)
     judge_s, naive_s = statistics.median(judge_times), statistics.median(naive_times)
     figures: dict[str, Any] = {}
     if scheduling:

@@ -224,8 +224,8 @@ class JudgeEngine:
         cls, folder: Path, *, device: str | None = None, threads: int | None = None, limits: EngineLimits | None = None
     ) -> JudgeEngine:
         """Loads the model, and runs every forward after, on the engine's own thread: a second
-        thread running torch in a process gets an OpenMP pool of its own, and forwards on a
-        2-core CPU ran about 5% slower when the model had been loaded by another thread."""
+        thread running torch in a process gets an OpenMP pool of its own, and on a 2-core CPU the
+        16-document judge benchmark took about 20% longer when another thread had loaded the model."""
         built: Future[JudgeEngine] = Future()
 
         def serve() -> None:
