@@ -20,6 +20,10 @@ from irgate.eval.runner import Evaluation, QueryResult
 from irgate_client import Query
 
 MEASURES = {"ndcg@10": "nDCG@10", "recall@100": "R@100"}
+# The fields every line must hold (a corpus line's title and text may be missing: embedded as ""),
+# and a line as it should be, for the error that names a line without them.
+CORPUS_FIELDS, CORPUS_LINE = ("_id",), '{"_id": "d1", "title": "...", "text": "..."}'
+QUERY_FIELDS, QUERY_LINE = ("_id", "text"), '{"_id": "q1", "text": "..."}'
 
 
 @dataclass(frozen=True)
@@ -41,11 +45,38 @@ def find_data_file(folder: Path, name: str) -> Path:
     raise FileNotFoundError(f"{folder} has neither {name} nor {name}.gz (BEIR layout expected)")
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with open_text(path) as lines:
-        for line in lines:
+def read_jsonl(path: Path, required: Sequence[str] = (), example: str = "") -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSONL file, one a line (blank lines skipped), each holding the `required`
+    fields. A line that is not such an object raises ValueError naming the file, the line and what
+    was expected (`example`, a line as it should be), since the decoder's own message counts lines
+    and columns within the one line it was given."""
+    expected = f"one JSON object per line, like {example or json.dumps({name: '...' for name in required or ('_id',)})}"
+    with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                # A byte order mark, which some editors write, can only start the file.
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}:{number}: not UTF-8 text (byte {error.start + 1} of the line); "
+                                 f"expected {expected}") from None
             if line.strip():
-                yield json.loads(line)
+                yield _record(path, number, line, required, expected)
+
+
+def _record(path: Path, number: int, line: str, required: Sequence[str], expected: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{number}: not JSON ({error.msg.removesuffix(' at')} at column {error.colno} of "
+                         f"{line.rstrip()[:60]!r}); expected {expected}") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{path}:{number}: a JSON {type(row).__name__}, not an object; expected {expected}")
+    missing = [name for name in required if name not in row]
+    if missing:
+        renamed = ' (it has "id": BEIR names that field "_id")' if "_id" in missing and "id" in row else ""
+        raise ValueError(f"{path}:{number}: the record has no {' or '.join(json.dumps(name) for name in missing)}{renamed}; "
+                         f"its fields are {', '.join(json.dumps(name) for name in row) or 'none'}; expected {expected}")
+    return row
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
@@ -72,18 +103,18 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
 
 def read_corpus(path: Path) -> dict[str, tuple[str, str]]:
     # Real corpora hold documents with an empty (or missing) title and text: BEIR and MTEB embed them as "".
-    return {row["_id"]: (row.get("title") or "", row.get("text") or "") for row in read_jsonl(path)}
+    return {str(row["_id"]): (row.get("title") or "", row.get("text") or "")
+            for row in read_jsonl(path, CORPUS_FIELDS, CORPUS_LINE)}
 
 
 def load_beir(folder: Path, split: str = "test") -> BeirData:
     qrels_path = find_data_file(folder / "qrels", f"{split}.tsv")
     queries_path, corpus_path = find_data_file(folder, "queries.jsonl"), find_data_file(folder, "corpus.jsonl")
     qrels = read_qrels(qrels_path)
-    queries = {row["_id"]: row["text"] for row in read_jsonl(queries_path) if row["_id"] in qrels}
+    queries = {str(row["_id"]): row["text"] for row in read_jsonl(queries_path, QUERY_FIELDS, QUERY_LINE)
+               if str(row["_id"]) in qrels}
     return BeirData(corpus=read_corpus(corpus_path), queries=queries, qrels={q: qrels[q] for q in queries},
                     files=(corpus_path, queries_path, qrels_path))
-
-
 
 
 async def evaluate(evaluation: Evaluation, data: BeirData, *, instruction: str = "", k: int = 100, rerank: int = 0,

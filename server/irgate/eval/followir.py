@@ -25,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from irgate.eval import scoring
-from irgate.eval.beir import BeirData, find_data_file, read_corpus, read_jsonl, read_qrels
+from irgate.eval.beir import QUERY_FIELDS, BeirData, find_data_file, read_corpus, read_jsonl, read_qrels
 from irgate.eval.pmrr import PMRR, Run, changed_documents, p_mrr
 from irgate.eval.runner import Evaluation, QueryResult
 from irgate_client import Query
 
+# Lines as they should be, for the error that names a line without its fields.
+QUERY_LINE = '{"_id": "q1", "text": "...", "instruction_og": "...", "instruction_changed": "..."}'
+TOP_RANKED_FIELDS, TOP_RANKED_LINE = ("qid", "pid"), '{"qid": "q1", "pid": "d1"} or {"qid": "q1", "pid": ["d1", "d2"]}'
 # FollowIR's standard scores: MAP@1000 for Robust04 and News21, nDCG@5 for Core17.
 MEASURE_NAMES = {"map": "AP", "ndcg": "nDCG", "recall": "R", "p": "P", "mrr": "RR"}
 
@@ -58,7 +61,7 @@ def load_followir(folder: Path, split: str = "test") -> FollowIRData:
     changed_path = find_data_file(folder / "qrels_changed", f"{split}.tsv")
     og_qrels, changed_qrels = read_qrels(og_path), read_qrels(changed_path)
     queries: dict[str, tuple[str, str, str]] = {}
-    for row in read_jsonl(queries_path):
+    for row in read_jsonl(queries_path, QUERY_FIELDS, QUERY_LINE):
         if row["_id"] not in og_qrels:
             continue
         missing = [key for key in ("instruction_og", "instruction_changed") if key not in row]
@@ -71,7 +74,7 @@ def load_followir(folder: Path, split: str = "test") -> FollowIRData:
     top_path = _optional(folder, "top_ranked.jsonl")
     if top_path is not None:
         files.append(top_path)
-        for row in read_jsonl(top_path):
+        for row in read_jsonl(top_path, TOP_RANKED_FIELDS, TOP_RANKED_LINE):
             qid = str(row["qid"])
             ids = [str(pid) for pid in row["pid"]] if isinstance(row["pid"], list) else [str(row["pid"])]
             unknown = [doc_id for doc_id in ids if doc_id not in corpus]
