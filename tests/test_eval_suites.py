@@ -155,6 +155,35 @@ def test_other_data_is_another_cache_key(server: LocalServer, beir_folder: Path,
     assert json.loads(irgate("eval", "prompts", "--data", str(changed), *common).stdout)["cached_queries"] == 0
 
 
+def test_another_index_engine_or_precision_is_another_cache_key(server: LocalServer, milvus, minilm_folder: Path,
+                                                                  beir_folder: Path, tmp_path: Path) -> None:
+    """The same model and data behind a Milvus-backed gateway, or in i8 vectors, run again: the cache
+    key holds the server's index engine and the collection's precision, and the report says how
+    many query runs came from the cache."""
+    cache = tmp_path / "cache"
+
+    def run(address: str, *more: str) -> dict:
+        return json.loads(irgate("eval", "beir", "--data", str(beir_folder), "--server", address, "--cache", str(cache),
+                                 "--json", *more).stdout)
+
+    local = run(server.address)
+    assert local["server"]["index_engine"] == "local" and local["server"]["index_address"] == ""
+    assert (local["query_runs"], local["cached_queries"]) == (2, 0)
+    report_dir = tmp_path / "report"
+    again = run(server.address, "--report", str(report_dir))
+    assert (again["query_runs"], again["cached_queries"]) == (2, 2) and again["ndcg@10"] == local["ndcg@10"]
+    assert "2 of 2 query runs came from the cache (`--no-cache` runs every query again)" in (report_dir / "report.md").read_text()
+    assert "index local, f16 vectors, embedder on onnx:" in (report_dir / "report.md").read_text()
+
+    args = ["--embedder", f"onnx:{minilm_folder}", "--judge", "none", "--max-batch-size", "8", "--max-k", "100"]
+    with LocalServer(tmp_path / "gateway", [*args, "--index", milvus.index_setting]) as gateway:
+        on_milvus = run(gateway.address)
+    assert on_milvus["server"]["index_engine"] == "milvus" and on_milvus["server"]["index_address"] == milvus.address
+    assert on_milvus["model"] == local["model"] and on_milvus["cached_queries"] == 0 and on_milvus["index_seconds"] > 0
+    in_i8 = run(server.address, "--precision", "i8")
+    assert in_i8["server"]["precision"] == "i8" and in_i8["cached_queries"] == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # followir and p-MRR
 # ---------------------------------------------------------------------------------------------

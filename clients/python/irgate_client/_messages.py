@@ -6,6 +6,7 @@ Arguments are checked here, before anything is sent, so that a wrong one raises 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -28,10 +29,16 @@ from irgate_client.v1 import irgate_pb2 as pb
 
 PRECISIONS = {"f16": pb.VECTOR_PRECISION_F16, "f32": pb.VECTOR_PRECISION_F32, "i8": pb.VECTOR_PRECISION_I8}
 UINT32_MAX = 2**32 - 1
+# Metadata and filters travel as protobuf Structs, whose numbers are doubles: exact for integers up to
+# 2**53 - 1 only. Beyond it 9007199254740993 would arrive as 9007199254740992, so such numbers are refused.
+MAX_EXACT_NUMBER = 2**53 - 1
 
 
 def invalid(message: str) -> IrgateError:
     return IrgateError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+PASSAGE_CAP_ALLOWED = "1 to the server's passage cap (info().max_passage_tokens), or None for the cap"
 
 
 def whole_number(name: str, value: object, minimum: int, allowed: str) -> int:
@@ -57,6 +64,31 @@ def texts(name: str, values: object) -> list[str]:
     for position, item in enumerate(items):
         text(f"{name}[{position}]", item)
     return items
+
+
+def exact_numbers(name: str, value: object) -> None:
+    """Refuses numbers a Struct would round (beyond +-MAX_EXACT_NUMBER), naming where they are, as the server does."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isfinite(value) and abs(value) > MAX_EXACT_NUMBER:
+            raise invalid(f"{name} is {value}; metadata numbers are doubles, exact within +-{MAX_EXACT_NUMBER} (2^53 - 1) "
+                          "only: send a larger number as a string")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            exact_numbers(f"{name}.{key}", item)
+    elif isinstance(value, (list, tuple)):
+        for position, item in enumerate(value):
+            exact_numbers(f"{name}[{position}]", item)
+
+
+def json_value(value: Any) -> Any:
+    """A value read from a Struct, whole numbers as int (2021, not 2021.0) as they were sent; -0.0 stays a float."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_EXACT_NUMBER and (value or math.copysign(1, value) > 0):
+        return int(value)
+    if isinstance(value, dict):
+        return {key: json_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_value(item) for item in value]
+    return value
 
 
 def truncation(truncate: bool) -> int:
@@ -102,17 +134,22 @@ def server_info(response: pb.GetInfoResponse) -> ServerInfo:
         judge_model=response.judge.model,
         judge_backend=response.judge.backend,
         max_reasoning_tokens=response.judge.max_reasoning_tokens,
+        max_passage_tokens=response.judge.max_passage_tokens,
         max_batch_size=response.limits.max_batch_size,
         max_concurrent_requests=response.limits.max_concurrent_requests,
         max_k=response.limits.max_k,
         max_judge_documents=response.limits.max_judge_documents,
+        index_engine=response.index.engine,
+        index_address=response.index.address,
     )
 
 
 def collection_info(message: pb.CollectionInfo) -> CollectionInfo:
     precision = {value: name for name, value in PRECISIONS.items()}.get(message.precision, "f16")
+    state = "DAMAGED" if message.state == pb.COLLECTION_STATE_DAMAGED else "READY"
     return CollectionInfo(
-        message.name, message.documents, message.dimension, precision, message.model, message.created_at
+        message.name, message.documents, message.dimension, precision, message.model, message.created_at,
+        state, message.damage,
     )
 
 
@@ -121,6 +158,7 @@ def document_message(document: Document) -> pb.Document:
         raise TypeError(f"got a {type(document).__name__}; upsert takes Document(id=..., text=...)")
     message = pb.Document(id=document.id, text=document.text, title=document.title)
     if document.metadata:
+        exact_numbers(f"metadata of document {document.id!r}", dict(document.metadata))
         message.metadata.update(dict(document.metadata))
     if document.vector is not None:
         message.vector.extend(document.vector)
@@ -132,7 +170,7 @@ def document(message: pb.Document) -> Document:
         id=message.id,
         text=message.text,
         title=message.title,
-        metadata=json_format.MessageToDict(message.metadata),
+        metadata=json_value(json_format.MessageToDict(message.metadata)),
         vector=list(message.vector) if len(message.vector) else None,
     )
 
@@ -181,8 +219,7 @@ class UpsertStream:
 
     def failed(self, error: IrgateError) -> IrgateError:
         """The call's error, saying what was sent: a rerun skips what the server had committed."""
-        return IrgateError(
-            error.code,
+        return error.reworded(
             f"{error.message} [upsert: {self.sent} documents sent before the failure; documents the server "
             "committed stay committed, and rerunning the same upsert resumes: stored unchanged documents are skipped]",
         )
@@ -218,11 +255,15 @@ def search_request(
     rerank: int,
     max_reasoning_tokens: int | None,
     return_reasoning: bool,
+    *,
+    max_passage_tokens: int | None = None,
 ) -> pb.SearchRequest:
     whole_number("k", k, 1, "1 to the server's max_k (see info())")
     whole_number("rerank", rerank, 0, "the number of top hits the judge reranks, 0 for none")
     if max_reasoning_tokens is not None:
         whole_number("max_reasoning_tokens", max_reasoning_tokens, 0, "reasoning tokens per judged document")
+    if max_passage_tokens is not None:
+        whole_number("max_passage_tokens", max_passage_tokens, 1, PASSAGE_CAP_ALLOWED)
     if filter is not None and not isinstance(filter, Mapping):
         raise invalid(f"filter is a {type(filter).__name__}; give a dict of metadata key -> required value")
     request = pb.SearchRequest(
@@ -233,10 +274,14 @@ def search_request(
         include_documents=include_documents,
         truncation=truncation(truncate),
         rerank=pb.RerankOptions(
-            top_n=rerank, max_reasoning_tokens=max_reasoning_tokens, return_reasoning=return_reasoning
+            top_n=rerank,
+            max_reasoning_tokens=max_reasoning_tokens,
+            return_reasoning=return_reasoning,
+            max_passage_tokens=max_passage_tokens,
         ),
     )
     if filter:
+        exact_numbers("filter", dict(filter))
         request.filter.CopyFrom(struct_pb2.Struct())
         try:
             request.filter.update(dict(filter))
@@ -268,12 +313,16 @@ def judge_request(
     collection: str,
     max_reasoning_tokens: int | None,
     return_reasoning: bool,
+    *,
+    max_passage_tokens: int | None = None,
 ) -> pb.JudgeRequest:
     """Strings and `Document`s with text are judged inline; a `Document` with only an id is looked up.
 
-    `max_reasoning_tokens` None leaves the budget to the server (its cap: the one default)."""
+    `max_reasoning_tokens` and `max_passage_tokens` None leave them to the server (its caps)."""
     if max_reasoning_tokens is not None:
         whole_number("max_reasoning_tokens", max_reasoning_tokens, 0, "reasoning tokens per judged document")
+    if max_passage_tokens is not None:
+        whole_number("max_passage_tokens", max_passage_tokens, 1, PASSAGE_CAP_ALLOWED)
     items = []
     for item in documents:
         if isinstance(item, str):
@@ -289,6 +338,7 @@ def judge_request(
         collection=collection,
         max_reasoning_tokens=max_reasoning_tokens,
         return_reasoning=return_reasoning,
+        max_passage_tokens=max_passage_tokens,
     )
 
 

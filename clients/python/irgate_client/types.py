@@ -9,17 +9,47 @@ from typing import Any
 import grpc
 
 
+@dataclass(frozen=True)
+class FieldViolation:
+    """A request field at fault: its path (e.g. "documents[3].id") and what was wrong and what is allowed."""
+
+    field: str
+    description: str
+
+
 class IrgateError(Exception):
     """A call failed; `code` is the gRPC status code, `message` the server's explanation.
+
+    From the server's error details (google.rpc): `reason`, a stable word to branch on (e.g.
+    "RESPONSE_TOO_LARGE", "SERVER_BUSY"; empty when the call failed before the server answered);
+    `field_violations`, the request fields at fault; `retry_after`, the seconds to wait before
+    retrying, or None when retrying the same call does not help.
 
     Arguments the SDK can check before sending (a negative k, ids given as one string, ...) raise
     it too, with INVALID_ARGUMENT and a message that names the argument, as the server would.
     """
 
-    def __init__(self, code: grpc.StatusCode, message: str):
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        reason: str = "",
+        field_violations: Sequence[FieldViolation] = (),
+        retry_after: float | None = None,
+    ):
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+        self.reason = reason
+        self.field_violations = tuple(field_violations)
+        self.retry_after = retry_after
+
+    def reworded(self, message: str) -> IrgateError:
+        """The same error with another message (details kept)."""
+        return IrgateError(
+            self.code, message, reason=self.reason, field_violations=self.field_violations, retry_after=self.retry_after
+        )
 
 
 @dataclass(frozen=True)
@@ -58,10 +88,13 @@ class ServerInfo:
     judge_model: str  # empty when the server runs without a judge
     judge_backend: str
     max_reasoning_tokens: int  # the server's cap per judged document
+    max_passage_tokens: int  # most tokens of each passage the judge reads (0 without a judge)
     max_batch_size: int
     max_concurrent_requests: int
     max_k: int
     max_judge_documents: int
+    index_engine: str = ""  # where collections are held: "local" or "milvus" (empty from an older server)
+    index_address: str = ""  # the Milvus server's HOST:PORT; empty for the local index
 
 
 @dataclass(frozen=True)
@@ -72,6 +105,9 @@ class CollectionInfo:
     precision: str
     model: str
     created_at: float
+    # "READY", or "DAMAGED": its calls fail with DATA_LOSS (`damage` says why) until it is deleted.
+    state: str = "READY"
+    damage: str = ""
 
 
 @dataclass(frozen=True)

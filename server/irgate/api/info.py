@@ -33,6 +33,8 @@ class InfoServicer(pb_grpc.InfoServicer):
                 max_k=settings.max_k,
                 max_judge_documents=settings.max_judge_documents,
             ),
+            index=pb.IndexInfo(engine="milvus" if settings.milvus_address else "local",
+                               address=settings.milvus_address or ""),
         )
         if judge is not None:
             self._info.judge.CopyFrom(
@@ -41,6 +43,7 @@ class InfoServicer(pb_grpc.InfoServicer):
                     backend=judge.backend.address,
                     max_reasoning_tokens=judge.max_reasoning_tokens,
                     max_context_tokens=judge.backend.manifest.max_context_tokens,
+                    max_passage_tokens=judge.max_passage_tokens,
                 )
             )
 

@@ -134,7 +134,6 @@ async def evaluate(evaluation: Evaluation, data: BeirData, *, instruction: str =
         "empty_docs": sum(1 for title, text in data.corpus.values() if not (title.strip() or text.strip())),
         "index_seconds": round(evaluation.index_seconds, 2),
         "search_seconds": round(search_seconds, 2),
-        "cached_queries": 0,
         "instruction": instruction,
         "rerank": rerank,
         "model": evaluation.fingerprint,
@@ -145,8 +144,7 @@ async def evaluate(evaluation: Evaluation, data: BeirData, *, instruction: str =
     if rerank:
         result["reranking"] = [await _rerank(evaluation, data, queries, dense, result["ndcg@10"], k=k, rerank=rerank,
                                              budget=budget) for budget in budgets]
-    result["cached_queries"] = evaluation.cached_queries
-    return result
+    return result | evaluation.provenance()
 
 
 async def _rerank(evaluation: Evaluation, data: BeirData, queries: dict[str, Query], dense: dict[str, QueryResult],

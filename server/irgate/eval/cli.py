@@ -55,9 +55,12 @@ def _server_options(parser: argparse.ArgumentParser, judge: bool) -> None:
     if judge:
         parser.add_argument("--judge", default=os.environ.get("IRGATE_JUDGE", f"local:{DEFAULT_MODELS / 'judge'}"),
                             help="judge of the temporary server when --rerank is used without --server (env IRGATE_JUDGE)")
+    parser.add_argument("--precision", choices=("f16", "f32", "i8"), default="f16",
+                        help="vector precision of the temporary collection the corpus is indexed into")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
-                        help="finished queries are kept here, keyed by a hash of model, data and settings: "
-                             "a rerun resumes or repeats from it (env IRGATE_EVAL_CACHE)")
+                        help="finished queries are kept here, keyed by a hash of model, server (index engine, "
+                             "backends, judge caps), data and settings: a rerun resumes or repeats from it "
+                             "(env IRGATE_EVAL_CACHE)")
     parser.add_argument("--no-cache", action="store_true", help="run every query again and keep nothing")
     _output_options(parser)
     _client_options(parser, server_default="",
@@ -148,7 +151,8 @@ def _with_server(args: argparse.Namespace, judge: bool, work: Callable[[AsyncCli
 
 def _evaluation(args: argparse.Namespace, client: AsyncClient, corpus: dict[str, tuple[str, str]],
                 files: Sequence[Path]) -> Evaluation:
-    return Evaluation(client, corpus, digest_files(files), None if args.no_cache else args.cache, console)
+    return Evaluation(client, corpus, digest_files(files), None if args.no_cache else args.cache, console,
+                      precision=args.precision)
 
 
 def _finish(args: argparse.Namespace, result: dict[str, Any], runs: Any = None) -> None:
@@ -170,7 +174,7 @@ def _print_summary(result: dict[str, Any]) -> None:
     for key, value in result.items():
         if not isinstance(value, (dict, list)):
             table.add_row(key, str(value))
-    for key in ("prompts", "model"):
+    for key in ("prompts", "model", "server"):
         if isinstance(result.get(key), dict):
             table.add_row(key, ", ".join(f"{name} {value}" for name, value in result[key].items()))
     _print_table(table)

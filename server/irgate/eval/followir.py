@@ -137,7 +137,7 @@ async def evaluate(evaluation: Evaluation, data: FollowIRData, *, measure: str, 
         "rerank": rerank,
         "model": evaluation.fingerprint,
         "index_seconds": round(evaluation.index_seconds, 2),
-        "cached_queries": evaluation.cached_queries,
+        **evaluation.provenance(),
         "latency": {name: scoring.latency(runs) for name, runs in results.items()},
         "latency_samples_ms": {name: scoring.latency_samples(runs) for name, runs in results.items()},
         "per_query": {

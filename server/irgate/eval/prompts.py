@@ -62,7 +62,7 @@ async def evaluate(evaluation: Evaluation, data: BeirData) -> dict[str, Any]:
         "best_prompt": best["name"],
         "best_minus_no_prompt": round(best["ndcg@10"] - baseline["ndcg@10"], 5),
         "index_seconds": round(evaluation.index_seconds, 2),
-        "cached_queries": evaluation.cached_queries,
+        **evaluation.provenance(),
         "runs": runs,
         "latency_samples_ms": latencies,
     }

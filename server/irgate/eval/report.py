@@ -71,6 +71,23 @@ def _model_line(result: Mapping[str, Any]) -> str:
     return "Model: " + ", ".join(parts) + "." if parts else ""
 
 
+def _server_line(result: Mapping[str, Any]) -> str:
+    """Where the numbers came from, and how many of them from the cache (an earlier run's answers)."""
+    server = result.get("server") or {}
+    if not server:
+        return ""
+    engine = server.get("index_engine") or "unknown"
+    parts = [f"index {engine}" + (f" at {server['index_address']}" if server.get("index_address") else ""),
+             f"{server.get('precision', 'f16')} vectors", f"embedder on {server['backend']}"]
+    if server.get("judge_backend"):
+        parts.append(f"judge on {server['judge_backend']}")
+    line = f"Server: irgate {server['version']}, " + ", ".join(parts) + "."
+    if "query_runs" in result:
+        line += (f" {result['cached_queries']} of {result['query_runs']} query runs came from the cache "
+                 "(`--no-cache` runs every query again).")
+    return line
+
+
 def _prompts(folder: Path, result: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     runs = result["runs"]
     figure, axes = _figure(7.0, 4.5)
@@ -188,9 +205,9 @@ def write_report(folder: Path, result: Mapping[str, Any], command: str = "",
     lines = [f"# {TITLES[suite]}", ""]
     if command:
         lines += ["Made by:", "", "```", command, "```", ""]
-    model = _model_line(result)
-    if model:
-        lines += [model, ""]
+    for line in (_model_line(result), _server_line(result)):
+        if line:
+            lines += [line, ""]
     for plot in plots:
         body += ["", f"![{plot}]({plot})"]
     lines += body + ["", f"Raw numbers: {RAW_FILE}.", ""]

@@ -1,9 +1,13 @@
 """One evaluation against a server, through the public gRPC API (the SDK), as a user's program would.
 
 The corpus is indexed once, into a temporary collection, and only when some query still has to
-run: every finished query is appended to a cache file whose name is a hash of the model, the data
-and the settings, so an interrupted evaluation resumes where it stopped and a finished one reruns
-from the cache without indexing.
+run: every finished query is appended to a cache file whose name is a hash of the model, the
+server, the data and the settings, so an interrupted evaluation resumes where it stopped and a
+finished one reruns from the cache without indexing.
+
+The server part is what Info reports (see server_identity): the index engine and its address,
+the backends and the judge's caps, so that comparing engines, precisions or Triton against
+in process never compares a run with itself.
 
 The model part of that hash is taken through the API too (a remote server's weights cannot be
 read): the embedder's name, dimension, token limit and pooling, and the signs of its vectors for
@@ -62,6 +66,16 @@ class QueryResult:
     def from_json(cls, row: Mapping[str, Any]) -> QueryResult:
         return cls(list(row["ids"]), float(row["seconds"]),
                    {doc: JudgedHit(**verdict) for doc, verdict in row.get("verdicts", {}).items()})
+
+
+# Info fields that bound how much the server takes at once, not what it answers; every other field
+# (a new one too) is part of the cache key.
+CAPACITY_FIELDS = frozenset({"max_batch_size", "max_concurrent_requests", "max_k", "max_judge_documents"})
+
+
+def server_identity(info: ServerInfo) -> dict[str, Any]:
+    """What the server reports that can change results: version, backends, index engine, judge caps."""
+    return {name: value for name, value in asdict(info).items() if name not in CAPACITY_FIELDS}
 
 
 def digest(value: Any) -> str:
@@ -141,15 +155,18 @@ class Evaluation:
     """Runs queries against one server for one data set; see the module docstring."""
 
     def __init__(self, client: AsyncClient, corpus: Mapping[str, tuple[str, str]], data_digest: str,
-                 cache_dir: Path | None, console: Console):
+                 cache_dir: Path | None, console: Console, precision: str = "f16"):
         self.client = client
         self.corpus = corpus
         self.data_digest = data_digest
         self.cache_dir = cache_dir
         self.console = console
+        self.precision = precision
         self.info: ServerInfo | None = None
         self.fingerprint: dict[str, Any] = {}
+        self.server: dict[str, Any] = {}
         self.index_seconds = 0.0
+        self.query_runs = 0
         self.cached_queries = 0
         self._collection = ""
         self._indexing = asyncio.Lock()
@@ -161,6 +178,11 @@ class Evaluation:
         if with_judge and not self.info.judge_model:
             raise ValueError("the server runs without a judge; reranking needs one (start it with --judge)")
         self.fingerprint = await model_fingerprint(self.client, self.info, with_judge)
+        self.server = server_identity(self.info) | {"precision": self.precision}
+
+    def provenance(self) -> dict[str, Any]:
+        """For the results: the server part of the cache key, and how many query runs came from the cache."""
+        return {"server": self.server, "query_runs": self.query_runs, "cached_queries": self.cached_queries}
 
     async def close(self) -> None:
         if self._collection:
@@ -173,7 +195,7 @@ class Evaluation:
             if not self._collection:
                 assert self.info is not None
                 name = f"eval-{uuid.uuid4().hex[:12]}"
-                await self.client.create_collection(name)
+                await self.client.create_collection(name, precision=self.precision)
                 self._collection = name
                 started = time.perf_counter()
                 batch_size = min(UPSERT_BATCH, self.info.max_batch_size)
@@ -191,7 +213,7 @@ class Evaluation:
         return ProgressReport(self.console, description, total, unit)
 
     def _cache(self, kind: str, queries: Mapping[str, Query], settings: Mapping[str, Any]) -> ResultCache:
-        key = {"kind": kind, "model": self.fingerprint, "data": self.data_digest,
+        key = {"kind": kind, "model": self.fingerprint, "server": self.server, "data": self.data_digest,
                "queries": digest(sorted((qid, q.text, q.instruction) for qid, q in queries.items())), **settings}
         return ResultCache(self.cache_dir, key)
 
@@ -199,8 +221,12 @@ class Evaluation:
         """Runs `one` for every query the cache does not hold yet, SEARCH_CONCURRENCY at a time, keeping each as it ends."""
         done = cache.load()
         results = {qid: done[qid] for qid in queries if qid in done}
+        self.query_runs += len(queries)
         self.cached_queries += len(results)
         todo = [qid for qid in queries if qid not in results]
+        if results:
+            self.console.print(f"{label}: {len(results)} of {len(queries)} queries from the cache {cache.path} "
+                               "(--no-cache runs them again)", highlight=False, soft_wrap=True)
         if not todo:
             return results
         collection = await self.collection()

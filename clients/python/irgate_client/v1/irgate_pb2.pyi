@@ -27,6 +27,12 @@ class VectorPrecision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VECTOR_PRECISION_F32: _ClassVar[VectorPrecision]
     VECTOR_PRECISION_I8: _ClassVar[VectorPrecision]
 
+class CollectionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COLLECTION_STATE_UNSPECIFIED: _ClassVar[CollectionState]
+    COLLECTION_STATE_READY: _ClassVar[CollectionState]
+    COLLECTION_STATE_DAMAGED: _ClassVar[CollectionState]
+
 class Ended(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ENDED_UNSPECIFIED: _ClassVar[Ended]
@@ -43,6 +49,9 @@ VECTOR_PRECISION_UNSPECIFIED: VectorPrecision
 VECTOR_PRECISION_F16: VectorPrecision
 VECTOR_PRECISION_F32: VectorPrecision
 VECTOR_PRECISION_I8: VectorPrecision
+COLLECTION_STATE_UNSPECIFIED: CollectionState
+COLLECTION_STATE_READY: CollectionState
+COLLECTION_STATE_DAMAGED: CollectionState
 ENDED_UNSPECIFIED: Ended
 ENDED_ANSWERED: Ended
 ENDED_FORCED: Ended
@@ -53,16 +62,26 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetInfoResponse(_message.Message):
-    __slots__ = ("version", "embedder", "judge", "limits")
+    __slots__ = ("version", "embedder", "judge", "limits", "index")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     JUDGE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     version: str
     embedder: EmbedderInfo
     judge: JudgeInfo
     limits: Limits
-    def __init__(self, version: _Optional[str] = ..., embedder: _Optional[_Union[EmbedderInfo, _Mapping]] = ..., judge: _Optional[_Union[JudgeInfo, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    index: IndexInfo
+    def __init__(self, version: _Optional[str] = ..., embedder: _Optional[_Union[EmbedderInfo, _Mapping]] = ..., judge: _Optional[_Union[JudgeInfo, _Mapping]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., index: _Optional[_Union[IndexInfo, _Mapping]] = ...) -> None: ...
+
+class IndexInfo(_message.Message):
+    __slots__ = ("engine", "address")
+    ENGINE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    engine: str
+    address: str
+    def __init__(self, engine: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class EmbedderInfo(_message.Message):
     __slots__ = ("model", "backend", "dimension", "max_tokens", "pooling", "supports_instructions")
@@ -81,16 +100,18 @@ class EmbedderInfo(_message.Message):
     def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., pooling: _Optional[str] = ..., supports_instructions: _Optional[bool] = ...) -> None: ...
 
 class JudgeInfo(_message.Message):
-    __slots__ = ("model", "backend", "max_reasoning_tokens", "max_context_tokens")
+    __slots__ = ("model", "backend", "max_reasoning_tokens", "max_context_tokens", "max_passage_tokens")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     MAX_REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PASSAGE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend: str
     max_reasoning_tokens: int
     max_context_tokens: int
-    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., max_reasoning_tokens: _Optional[int] = ..., max_context_tokens: _Optional[int] = ...) -> None: ...
+    max_passage_tokens: int
+    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., max_reasoning_tokens: _Optional[int] = ..., max_context_tokens: _Optional[int] = ..., max_passage_tokens: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_batch_size", "max_concurrent_requests", "max_k", "max_judge_documents")
@@ -167,20 +188,24 @@ class CreateCollectionRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., precision: _Optional[_Union[VectorPrecision, str]] = ...) -> None: ...
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "documents", "dimension", "precision", "model", "created_at")
+    __slots__ = ("name", "documents", "dimension", "precision", "model", "created_at", "state", "damage")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    DAMAGE_FIELD_NUMBER: _ClassVar[int]
     name: str
     documents: int
     dimension: int
     precision: VectorPrecision
     model: str
     created_at: float
-    def __init__(self, name: _Optional[str] = ..., documents: _Optional[int] = ..., dimension: _Optional[int] = ..., precision: _Optional[_Union[VectorPrecision, str]] = ..., model: _Optional[str] = ..., created_at: _Optional[float] = ...) -> None: ...
+    state: CollectionState
+    damage: str
+    def __init__(self, name: _Optional[str] = ..., documents: _Optional[int] = ..., dimension: _Optional[int] = ..., precision: _Optional[_Union[VectorPrecision, str]] = ..., model: _Optional[str] = ..., created_at: _Optional[float] = ..., state: _Optional[_Union[CollectionState, str]] = ..., damage: _Optional[str] = ...) -> None: ...
 
 class ListCollectionsRequest(_message.Message):
     __slots__ = ()
@@ -281,14 +306,16 @@ class DeleteDocumentsResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ..., not_found: _Optional[int] = ...) -> None: ...
 
 class RerankOptions(_message.Message):
-    __slots__ = ("top_n", "max_reasoning_tokens", "return_reasoning")
+    __slots__ = ("top_n", "max_reasoning_tokens", "return_reasoning", "max_passage_tokens")
     TOP_N_FIELD_NUMBER: _ClassVar[int]
     MAX_REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RETURN_REASONING_FIELD_NUMBER: _ClassVar[int]
+    MAX_PASSAGE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     top_n: int
     max_reasoning_tokens: int
     return_reasoning: bool
-    def __init__(self, top_n: _Optional[int] = ..., max_reasoning_tokens: _Optional[int] = ..., return_reasoning: _Optional[bool] = ...) -> None: ...
+    max_passage_tokens: int
+    def __init__(self, top_n: _Optional[int] = ..., max_reasoning_tokens: _Optional[int] = ..., return_reasoning: _Optional[bool] = ..., max_passage_tokens: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
     __slots__ = ("collection", "query", "instruction", "k", "filter", "include_documents", "rerank", "truncation")
@@ -351,20 +378,22 @@ class InlineDocument(_message.Message):
     def __init__(self, id: _Optional[str] = ..., text: _Optional[str] = ..., title: _Optional[str] = ...) -> None: ...
 
 class JudgeRequest(_message.Message):
-    __slots__ = ("query", "instruction", "documents", "collection", "max_reasoning_tokens", "return_reasoning")
+    __slots__ = ("query", "instruction", "documents", "collection", "max_reasoning_tokens", "return_reasoning", "max_passage_tokens")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     MAX_REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RETURN_REASONING_FIELD_NUMBER: _ClassVar[int]
+    MAX_PASSAGE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     query: str
     instruction: str
     documents: _containers.RepeatedCompositeFieldContainer[JudgeDocument]
     collection: str
     max_reasoning_tokens: int
     return_reasoning: bool
-    def __init__(self, query: _Optional[str] = ..., instruction: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[JudgeDocument, _Mapping]]] = ..., collection: _Optional[str] = ..., max_reasoning_tokens: _Optional[int] = ..., return_reasoning: _Optional[bool] = ...) -> None: ...
+    max_passage_tokens: int
+    def __init__(self, query: _Optional[str] = ..., instruction: _Optional[str] = ..., documents: _Optional[_Iterable[_Union[JudgeDocument, _Mapping]]] = ..., collection: _Optional[str] = ..., max_reasoning_tokens: _Optional[int] = ..., return_reasoning: _Optional[bool] = ..., max_passage_tokens: _Optional[int] = ...) -> None: ...
 
 class Verdict(_message.Message):
     __slots__ = ("index", "id", "relevant", "score", "reasoning", "reasoning_tokens", "ended", "truncated", "reasoning_budget")

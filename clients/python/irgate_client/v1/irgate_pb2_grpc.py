@@ -276,7 +276,7 @@ class CollectionsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListCollections(self, request, context):
-        """Lists all collections, sorted by name.
+        """Lists all collections, sorted by name, damaged ones too (CollectionInfo.state DAMAGED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
