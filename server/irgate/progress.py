@@ -1,11 +1,13 @@
 """Progress of long CLI work (indexing, judging, evaluating): count/total, rate and time left.
 
 On a terminal it is a live rich bar. Elsewhere (a log file, CI, a pipe) a live bar prints nothing
-useful, so a plain line is printed every PLAIN_EVERY_S seconds and once at the end.
+useful, so a plain line is printed every PLAIN_EVERY_S seconds, from a thread of its own so that a
+step that takes minutes still shows it is alive, and once at the end.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from types import TracebackType
 
@@ -41,7 +43,8 @@ def _duration(seconds: float) -> str:
 
 
 class ProgressReport:
-    """`with ProgressReport(console, "indexing corpus.jsonl", total, "docs") as progress: progress.advance(n)`."""
+    """`with ProgressReport(console, "indexing corpus.jsonl", total, "docs") as progress: progress.advance(n)`;
+    `progress.describe("...")` names the step under way when the work has steps of different kinds."""
 
     def __init__(self, console: Console, description: str, total: int | None, unit: str, every_s: float = PLAIN_EVERY_S):
         self.console = console
@@ -50,11 +53,13 @@ class ProgressReport:
         self.unit = unit
         self.every_s = every_s
         self.done = 0
-        self._started = self._printed = time.monotonic()
+        self._started = time.monotonic()
         self._live: Progress | None = None
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
 
     def __enter__(self) -> ProgressReport:
-        self._started = self._printed = time.monotonic()
+        self._started = time.monotonic()
         if self.console.is_terminal:
             self._live = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Rate(self.unit),
@@ -62,13 +67,23 @@ class ProgressReport:
             )
             self._live.start()
             self._task = self._live.add_task(self.description, total=self.total)
+        else:
+            self._ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
+            self._ticker.start()
         return self
 
     def advance(self, count: int = 1) -> None:
         self.done += count
         if self._live is not None:
             self._live.advance(self._task, count)
-        elif time.monotonic() - self._printed >= self.every_s:
+
+    def describe(self, description: str) -> None:
+        self.description = description
+        if self._live is not None:
+            self._live.update(self._task, description=description)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every_s):
             self._print_line()
 
     def line(self) -> str:
@@ -76,17 +91,21 @@ class ProgressReport:
         elapsed = max(time.monotonic() - self._started, 1e-9)
         rate = self.done / elapsed
         count = f"{self.done}/{self.total}" if self.total is not None else str(self.done)
-        line = f"{self.description}: {count} {self.unit}, {rate:.1f} {self.unit}/s, {_duration(elapsed)} elapsed"
+        # Slow work (a benchmark's steps of minutes) reads better as time per item than as 0.0/s.
+        pace = f"{rate:.1f} {self.unit}/s" if rate >= 0.1 or not self.done else f"{_duration(elapsed / self.done)} each"
+        line = f"{self.description}: {count} {self.unit}, {pace}, {_duration(elapsed)} elapsed"
         if self.total is not None and rate > 0 and self.done < self.total:
             line += f", ETA {_duration((self.total - self.done) / rate)}"
         return line
 
     def _print_line(self) -> None:
-        self._printed = time.monotonic()
         self.console.print(self.line(), highlight=False, soft_wrap=True)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
         if self._live is not None:
             self._live.stop()
         else:
+            self._stop.set()
+            if self._ticker is not None:
+                self._ticker.join()
             self._print_line()
