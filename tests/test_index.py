@@ -285,7 +285,7 @@ def test_persistence_across_close_and_reopen(tmp_path: Path):
 
     reopened = CollectionStore(root, dimension=DIM, model=MODEL)
     books = reopened.get("books")
-    assert books.info().precision == "f32" and len(books) == 99
+    assert books.info().precision == "f32" and books.count() == 99
     assert books.search(vectors[42], k=1)[0].id == "doc42"
     assert books.get(["doc42"])[0].metadata == {"lang": "en"}
     with pytest.raises(NotFound):

@@ -12,10 +12,13 @@ the changes after its seq are replayed (or the index is rebuilt from the documen
 snapshot is missing, fails its checksum or does not match, which the log says).
 
 SQLite errors that mean a damaged file become DataLoss naming the collection and its file.
+An open collection holds FILES_PER_COLLECTION file descriptors (the database, its WAL and its
+shared-memory index); the usearch index lives in memory.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -32,7 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 from usearch.index import Index
 
-from irgate.errors import DataLoss, InvalidArgument, NotFound, ResourceExhausted
+from irgate.errors import DataLoss, InvalidArgument, NotFound, Resource, ResourceExhausted
 from irgate.index.records import (
     PRECISIONS,
     CollectionInfo,
@@ -47,9 +50,20 @@ from irgate.index.records import (
     validate_document_id,
 )
 
-__all__ = ["PRECISIONS", "Collection", "CollectionInfo", "DocumentRecord", "ScoredKey", "UpsertResult", "damage_of"]
+__all__ = [
+    "FILES_PER_COLLECTION",
+    "PRECISIONS",
+    "Collection",
+    "CollectionInfo",
+    "DocumentRecord",
+    "ScoredKey",
+    "UpsertResult",
+    "damage_of",
+    "out_of_descriptors",
+]
 
 DATABASE_FILE = "documents.sqlite"
+FILES_PER_COLLECTION = 3
 INDEX_FILE = "index.usearch"
 SNAPSHOT_FILE = "index.json"
 
@@ -79,9 +93,11 @@ log = logging.getLogger("irgate.index")
 
 # Below this many documents a search is brute force (exact) instead of HNSW (approximate).
 EXACT_SEARCH_BELOW = 10_000
-# SQLite primary result codes of a damaged file (the low byte of extended codes).
+# SQLite primary result codes (the low byte of extended codes).
+_SQLITE_IOERR = 10
 _SQLITE_CORRUPT = 11
 _SQLITE_FULL = 13
+_SQLITE_CANTOPEN = 14
 _SQLITE_NOTADB = 26
 # verify() compares this many stored vectors with the index's copies.
 _VERIFY_SAMPLE = 1000
@@ -96,6 +112,27 @@ def damage_of(error: BaseException) -> str | None:
     ):
         return str(error)
     return None
+
+
+def out_of_descriptors(error: BaseException) -> bool:
+    """Whether `error` comes from the process (EMFILE) or the system (ENFILE) having no file descriptor left.
+
+    usearch says so in words only, and SQLite only 'unable to open database file' or 'disk I/O error';
+    for those a probe opens one more descriptor. Call this before closing what the failed call left
+    open, or the probe finds the descriptors that freed."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.EMFILE, errno.ENFILE)
+    if isinstance(error, RuntimeError):
+        return any(os.strerror(code) in str(error) for code in (errno.EMFILE, errno.ENFILE))
+    if isinstance(error, sqlite3.OperationalError) and (getattr(error, "sqlite_errorcode", 0) & 0xFF) in (
+        _SQLITE_IOERR,
+        _SQLITE_CANTOPEN,
+    ):
+        try:
+            os.close(os.open(os.devnull, os.O_RDONLY))
+        except OSError as probe:
+            return probe.errno in (errno.EMFILE, errno.ENFILE)
+    return False
 
 
 def _reporting_damage(method: Callable[..., _Result]) -> Callable[..., _Result]:
@@ -140,7 +177,7 @@ class Collection:
         database = self.folder / DATABASE_FILE
         # sqlite3.connect would create an empty database, so check first.
         if not database.is_file():
-            raise NotFound(f"collection '{self.name}' does not exist")
+            raise NotFound(f"collection '{self.name}' does not exist", resource=Resource("collection", self.name))
         self._serving_model = serving_model
         self._snapshot_every = snapshot_every
         self._closed = False
@@ -275,7 +312,10 @@ class Collection:
         if not skip_missing:
             for document_id in ids:
                 if document_id not in found:
-                    raise NotFound(f"document '{document_id}' does not exist in collection '{self.name}'")
+                    raise NotFound(
+                        f"document '{document_id}' does not exist in collection '{self.name}'",
+                        resource=Resource("document", document_id),
+                    )
         return [found[document_id] for document_id in ids if document_id in found]
 
     @_reporting_damage
@@ -375,16 +415,22 @@ class Collection:
         with self._lock:
             if self._closed:
                 return
-            if snapshot:
-                self._snapshot()
-            self._db.close()
-            self._closed = True
+            try:
+                if snapshot:
+                    self._snapshot()
+            finally:
+                # A failed snapshot loses nothing (the changes log covers it) and must not keep the
+                # database's descriptors open: the store closes collections to free them.
+                self._db.close()
+                self._closed = True
 
     # ---- internals; callers hold self._lock unless noted ----
 
     def _check_open(self) -> None:
         if self._closed:
-            raise NotFound(f"collection '{self.name}' does not exist (it was closed or deleted)")
+            raise NotFound(
+                f"collection '{self.name}' does not exist (it was closed or deleted)", resource=Resource("collection", self.name)
+            )
 
     def _check_model(self) -> None:
         """Lock-free: reads only fields fixed at open."""
@@ -416,8 +462,11 @@ class Collection:
             return index, seq
         except _UnusableSnapshot as unusable:
             self.index_source = str(unusable)
-        level = logging.INFO if self.index_source == _NO_SNAPSHOT else logging.WARNING
-        log.log(level, "collection %s: rebuilding its index from %s: %s", self.name, DATABASE_FILE, self.index_source)
+        empty = self._db.execute("SELECT 1 FROM documents LIMIT 1").fetchone() is None
+        # A new collection (and its folder while it is made aside) has nothing to rebuild: nothing to say.
+        if not (empty and self.index_source == _NO_SNAPSHOT):
+            level = logging.INFO if self.index_source == _NO_SNAPSHOT else logging.WARNING
+            log.log(level, "collection %s: rebuilding its index from %s: %s", self.name, DATABASE_FILE, self.index_source)
         return self._rebuild(), 0
 
     def _load_snapshot(self) -> tuple[Index, int]:
@@ -427,6 +476,8 @@ class Collection:
         except FileNotFoundError:
             raise _UnusableSnapshot(_NO_SNAPSHOT) from None
         except (OSError, ValueError) as error:
+            if out_of_descriptors(error):  # the snapshot is sound: no rebuild, the open fails
+                raise
             raise _UnusableSnapshot(f"{SNAPSHOT_FILE} is unreadable ({error})") from None
         if not isinstance(snapshot, dict) or not isinstance(snapshot.get("seq"), int) or "sha256" not in snapshot:
             raise _UnusableSnapshot(f"{SNAPSHOT_FILE} lacks its seq or checksum")
@@ -434,6 +485,8 @@ class Collection:
             with index_file.open("rb") as file:
                 digest = hashlib.file_digest(file, "sha256").hexdigest()
         except OSError as error:
+            if out_of_descriptors(error):
+                raise
             raise _UnusableSnapshot(f"{INDEX_FILE} is unreadable ({error.strerror})") from None
         if digest != snapshot["sha256"]:
             raise _UnusableSnapshot(f"{INDEX_FILE} fails its checksum (the file was damaged)")
@@ -441,6 +494,8 @@ class Collection:
         try:
             index.load(str(index_file))
         except (RuntimeError, ValueError) as error:
+            if out_of_descriptors(error):
+                raise
             raise _UnusableSnapshot(f"{INDEX_FILE} does not load ({error})") from None
         # load() adopts the file's own settings, so a snapshot from another configuration must be caught here.
         if index.ndim != self.dimension or index.dtype.name.lower() != self.precision:
