@@ -31,10 +31,12 @@ class Settings:
     judge: str = field(default="local:models/judge", metadata={"help": "judge backend: local:FOLDER (a prepared causal LM), triton://HOST:PORT/MODEL, or none"})
     judge_folder: Path = field(default=Path("models/judge"), metadata={"help": "with a triton:// judge: the prepared folder whose manifest and tokenizer the gateway uses"})
     max_reasoning_tokens: int = field(default=8192, metadata={"help": "server cap on reasoning tokens per judged document (the judge manifest may cap lower)"})
+    judge_max_passage_tokens: int = field(default=0, metadata={"help": "most tokens of each passage (title included) the judge reads, longer ones are cut at their end; requests may lower it; 0: the judge manifest's default (512 for SmolLM2, 2048 for Rank1)"})
     api_key: str = field(default="", metadata={"help": "when set, every call needs 'authorization: Bearer KEY' (prefer --api-key-file: ps shows arguments)"})
     api_key_file: str = field(default="", metadata={"help": "file holding the API key (one line); instead of --api-key"})
     tls_cert: str = field(default="", metadata={"help": "PEM certificate chain; with --tls-key the server speaks TLS"})
     tls_key: str = field(default="", metadata={"help": "PEM private key for --tls-cert"})
+    http_port: int = field(default=8080, metadata={"help": "HTTP/JSON port on --host (OpenAI, Cohere, Jina and text-embeddings-inference routes, and irgate's own API as JSON); 0 disables"})
     metrics_port: int = field(default=9464, metadata={"help": "Prometheus metrics port; 0 disables. With an API key, /metrics needs it too"})
     metrics_host: str = field(default="", metadata={"help": "address the metrics port binds; empty: the same as --host"})
     threads: int = field(default=0, metadata={"help": "model threads; 0 uses every core"})
@@ -47,11 +49,13 @@ class Settings:
     max_judge_documents: int = field(default=100, metadata={"help": "most documents one judge call or rerank stage may judge"})
     max_message_mb: int = field(default=64, metadata={"help": "largest gRPC message in MiB"})
     snapshot_every: int = field(default=50_000, metadata={"help": "snapshot a collection's index after this many changes"})
+    max_open_collections: int = field(default=128, metadata={"help": "collections kept open at once with --index local (3 file descriptors each); the least recently used is closed and opens again on use"})
     # The judge engine's capacity; 0 takes the defaults measured for the device (CPU or GPU).
     judge_max_batch_tokens: int = field(default=0, metadata={"help": "KV tokens (prompt + reasoning) the in-process judge holds at once; 0: 65536 on CPU, 262144 on GPU"})
     judge_max_batch_rows: int = field(default=0, metadata={"help": "documents the in-process judge decodes at once; 0: 16 on CPU, 256 on GPU"})
     judge_prefill_chunk_tokens: int = field(default=0, metadata={"help": "prompt tokens per prefill step, so cancellation and new requests wait at most one chunk; 0: 256 on CPU, 4096 on GPU"})
     stream_idle_s: int = field(default=60, metadata={"help": "seconds a client stream may wait between messages before it is closed"})
+    stream_send_timeout_s: int = field(default=30, metadata={"help": "seconds a server stream (JudgeStream) may wait for its client to read before it is ended and its slot freed"})
 
     @property
     def address(self) -> str:
@@ -73,12 +77,14 @@ class Settings:
         for name in _AT_LEAST_ONE:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)} is {getattr(self, name)}; it must be at least 1")
-        for name in ("port", "metrics_port"):
+        for name in ("port", "http_port", "metrics_port"):
             if not 0 <= getattr(self, name) <= MAX_PORT:
                 raise ConfigError(f"{_flag(name)} is {getattr(self, name)}; ports are 0 to {MAX_PORT}")
         for name in ("judge_max_batch_tokens", "judge_max_batch_rows", "judge_prefill_chunk_tokens"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{_flag(name)} is {getattr(self, name)}; give 0 (the device's default) or more")
+        if self.judge_max_passage_tokens < 0:
+            raise ConfigError(f"{_flag('judge_max_passage_tokens')} is {self.judge_max_passage_tokens}; give 0 (the judge manifest's default) or more")
         if self.threads < 0:
             raise ConfigError(f"{_flag('threads')} is {self.threads}; give 0 (every core) or more")
         if not 1 <= self.max_message_mb <= MAX_MESSAGE_MB:
@@ -112,7 +118,9 @@ _AT_LEAST_ONE = (
     "max_k",
     "max_judge_documents",
     "snapshot_every",
+    "max_open_collections",
     "stream_idle_s",
+    "stream_send_timeout_s",
 )
 
 
@@ -129,7 +137,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for item in dataclasses.fields(Settings):
         variable = f"IRGATE_{item.name.upper()}"
         flag = "--" + item.name.replace("_", "-")
-        shown = "" if item.name == "api_key" else f"; default: {item.default}"  # never print a secret
+        default = "none" if item.default == "" else item.default  # as the README's table says it
+        shown = "" if item.name == "api_key" else f"; default: {default}"  # never print a secret
         parser.add_argument(flag, type=_kind(item), default=None, help=f"{item.metadata['help']} (env {variable}{shown})")
 
 

@@ -3,22 +3,33 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from irgate.logs import READY_PREFIX, ready_address
 from irgate.processes import stop_process
 
-READY_PREFIX = "irgate serving on "
+__all__ = ["READY_PREFIX", "LocalServer"]
 
 
 class LocalServer:
     """A real server process; `address` is set once it listens. Use as a context manager."""
 
-    def __init__(self, data_dir: Path, args: Sequence[str] = (), env: dict[str, str] | None = None, start_timeout: float = 120.0):
+    def __init__(
+        self,
+        data_dir: Path,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        start_timeout: float = 120.0,
+        open_files: int | None = None,
+    ):
+        """open_files: the server's soft and hard RLIMIT_NOFILE, to run it as under a low limit."""
         self.data_dir = data_dir
+        self.open_files = open_files
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
         self.start_timeout = start_timeout
@@ -27,10 +38,11 @@ class LocalServer:
         self._process: subprocess.Popen[str] | None = None
 
     def start(self) -> LocalServer:
-        command = [sys.executable, "-m", "irgate", "serve", "--port", "0", "--metrics-port", "0",
+        command = [sys.executable, "-m", "irgate", "serve", "--port", "0", "--metrics-port", "0", "--http-port", "0",
                    "--data-dir", str(self.data_dir), *self.args]
         self._process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
+            preexec_fn=None if self.open_files is None else self._limit_open_files,
         )
         ready = threading.Event()
         threading.Thread(target=self._read_output, args=(ready,), daemon=True).start()
@@ -39,12 +51,17 @@ class LocalServer:
             raise RuntimeError("irgate serve did not start:\n" + "".join(self.output[-40:]))
         return self
 
+    def _limit_open_files(self) -> None:
+        """Runs in the child between fork and exec."""
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
+
     def _read_output(self, ready: threading.Event) -> None:
         assert self._process is not None and self._process.stdout is not None
         for line in self._process.stdout:
             self.output.append(line)
-            if line.startswith(READY_PREFIX):
-                self.address = line[len(READY_PREFIX):].split()[0]
+            address = ready_address(line)
+            if address:
+                self.address = address
                 ready.set()
         ready.set()  # the process ended before it was ready
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from irgate import __version__
+from irgate.api import reflection
 from irgate.api.auth import ApiKeyInterceptor
 from irgate.api.collections import CollectionsServicer
+from irgate.api.http import HttpFront, HttpServices
 from irgate.api.embed import EmbedServicer
 from irgate.api.info import InfoServicer
 from irgate.api.judge import JudgeServicer
@@ -44,6 +46,8 @@ from irgate.core.judge import JudgeService
 from irgate.core.search import SearchPipeline
 from irgate.core.tokenization import TextEncoder
 from irgate.errors import ConfigError, StartupError
+from irgate.logs import ready_line
+from irgate.index.collection import FILES_PER_COLLECTION
 from irgate.index.store import CollectionStore
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 
@@ -51,6 +55,8 @@ log = logging.getLogger("irgate")
 
 SERVICES = ("irgate.v1.Info", "irgate.v1.Embed", "irgate.v1.Collections", "irgate.v1.Search", "irgate.v1.Judge")
 JUDGE_SERVICE = "irgate.v1.Judge"
+# What cannot serve while the index engine does not answer: the server as a whole, and the services reading collections.
+INDEX_SERVICES = ("", "irgate.v1.Collections", "irgate.v1.Search")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 HEALTH_INTERVAL_S = 5.0
@@ -79,7 +85,10 @@ def open_index(settings: Settings, dimension: int, model: str) -> Index:
     """`local` -> usearch + SQLite under DATA_DIR/collections; `milvus://HOST:PORT` -> a Milvus server."""
     milvus = settings.milvus_address
     if milvus is None:
-        store = CollectionStore(settings.data_dir / "collections", dimension, model, snapshot_every=settings.snapshot_every)
+        store = CollectionStore(
+            settings.data_dir / "collections", dimension, model, snapshot_every=settings.snapshot_every,
+            max_open=settings.max_open_collections,
+        )
         for reason in store.unavailable.values():
             log.error("%s", reason)
         return store
@@ -88,6 +97,28 @@ def open_index(settings: Settings, dimension: int, model: str) -> Index:
     except ImportError:
         raise ConfigError("--index milvus:// needs pymilvus: pip install 'irgate[milvus]'") from None
     return MilvusIndex(milvus, dimension, model)
+
+
+def raise_open_file_limit(settings: Settings) -> None:
+    """Raises the soft limit on open files (RLIMIT_NOFILE) to the hard limit: open collections, sockets and
+    model files all hold descriptors, and the common soft limit of 1024 is far below the usual hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as error:  # e.g. an unlimited hard limit that the kernel caps lower
+            log.warning("open files: the soft limit %s stays, the hard limit %s was refused (%s)",
+                        _files(soft), _files(hard), error)
+    raised, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    log.info("open files: soft limit %s (was %s), hard limit %s", _files(raised), _files(soft), _files(hard))
+    held = FILES_PER_COLLECTION * settings.max_open_collections
+    if settings.milvus_address is None and raised != resource.RLIM_INFINITY and held > raised // 2:
+        log.warning("--max-open-collections %d holds up to %d files open, over half the limit of %d; lower it or raise "
+                    "the limit (ulimit -n)", settings.max_open_collections, held, raised)
+
+
+def _files(limit: int) -> str:
+    return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
 
 
 def open_judge(settings: Settings) -> JudgeBackend | None:
@@ -126,6 +157,8 @@ class App:
     health: health.aio.HealthServicer
     # The same statuses as the gRPC health service, by service name, for the HTTP health path.
     statuses: dict[str, str]
+    http: HttpFront
+    http_port: int
     _watch: asyncio.Task[None] | None = None
 
     async def _set_health(self, service: str, status: int) -> None:
@@ -133,10 +166,11 @@ class App:
         self.statuses[service] = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
 
     async def report_health(self) -> None:
-        """Health follows the backends: a Triton that goes down turns its services NOT_SERVING."""
+        """Health follows the backends: a Triton or a Milvus that goes down turns its services NOT_SERVING."""
+        index_ready = await asyncio.to_thread(self.store.ready)
         for service in ("", *SERVICES):
             backend: EmbedderBackend | JudgeBackend | None = self.judge if service == JUDGE_SERVICE else self.embedder
-            ready = backend is not None and await backend.ready()
+            ready = backend is not None and await backend.ready() and (index_ready or service not in INDEX_SERVICES)
             await self._set_health(service, SERVING if ready else NOT_SERVING)
 
     def watch_health(self, every: float = HEALTH_INTERVAL_S) -> None:
@@ -152,6 +186,7 @@ class App:
             self._watch.cancel()
         for service in ("", *SERVICES):
             await self._set_health(service, NOT_SERVING)
+        await self.http.stop()
         await self.server.stop(grace)
         await self.queue.stop()
         await asyncio.to_thread(self.store.close)  # snapshots every index: a fast next start
@@ -163,6 +198,7 @@ class App:
 async def start(settings: Settings) -> App:
     """Builds and starts every layer; raises a StartupError (ConfigError: a setting) that says what to change."""
     settings = settings.validated()
+    raise_open_file_limit(settings)
     embedder = open_embedder(settings)
     manifest = embedder.manifest
     encoder = TextEncoder(manifest, embedder.folder)
@@ -170,17 +206,20 @@ async def start(settings: Settings) -> App:
     queue.start()
     embedding = EmbeddingService(embedder, encoder, queue)
     store = open_index(settings, manifest.dimension, manifest.name)
-    admission = Admission(settings.max_concurrent_requests)
+    message_bytes = settings.max_message_mb * 1024 * 1024
+    admission = Admission(settings.max_concurrent_requests, message_bytes, settings.stream_send_timeout_s)
     judge_backend = open_judge(settings)
     judge = (
-        JudgeService(judge_backend, store, settings.max_judge_documents, settings.max_reasoning_tokens)
+        JudgeService(
+            judge_backend, store, settings.max_judge_documents, settings.max_reasoning_tokens,
+            settings.judge_max_passage_tokens,
+        )
         if judge_backend is not None
         else None
     )
 
     interceptors: list[grpc.aio.ServerInterceptor] = [ApiKeyInterceptor(settings.api_key)] if settings.api_key else []
     interceptors.append(MalformedRequestInterceptor())
-    message_bytes = settings.max_message_mb * 1024 * 1024
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -190,22 +229,30 @@ async def start(settings: Settings) -> App:
             ("grpc.so_reuseport", 0),
         ],
     )
-    pb_grpc.add_InfoServicer_to_server(InfoServicer(embedding, judge, settings, admission), server)
-    pb_grpc.add_EmbedServicer_to_server(EmbedServicer(embedding, admission, settings.max_batch_size), server)
-    pb_grpc.add_CollectionsServicer_to_server(
-        CollectionsServicer(
+    max_rerank = judge.max_documents if judge is not None else 0
+    statuses: dict[str, str] = {}
+    # The HTTP front answers through the same servicers as gRPC.
+    services = HttpServices(
+        info=InfoServicer(embedding, judge, settings, admission),
+        embed=EmbedServicer(embedding, admission, settings.max_batch_size),
+        collections=CollectionsServicer(
             CollectionService(store, embedding), admission, settings.max_batch_size, manifest.dimension, settings.stream_idle_s
         ),
-        server,
+        search=SearchServicer(SearchPipeline(embedding, store, judge), admission, settings.max_k, max_rerank),
+        judge=JudgeServicer(judge, admission),
+        embedding=embedding,
+        judge_model=judge.backend.manifest.name if judge is not None else "",
+        settings=settings,
+        health=statuses.get,
     )
-    max_rerank = judge.max_documents if judge is not None else 0
-    pb_grpc.add_SearchServicer_to_server(
-        SearchServicer(SearchPipeline(embedding, store, judge), admission, settings.max_k, max_rerank), server
-    )
-    pb_grpc.add_JudgeServicer_to_server(JudgeServicer(judge, admission), server)
+    pb_grpc.add_InfoServicer_to_server(services.info, server)
+    pb_grpc.add_EmbedServicer_to_server(services.embed, server)
+    pb_grpc.add_CollectionsServicer_to_server(services.collections, server)
+    pb_grpc.add_SearchServicer_to_server(services.search, server)
+    pb_grpc.add_JudgeServicer_to_server(services.judge, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable((*SERVICES, health.SERVICE_NAME), server)
     try:
         if settings.tls_cert and settings.tls_key:
             credentials = grpc.ssl_server_credentials(
@@ -215,7 +262,9 @@ async def start(settings: Settings) -> App:
         else:
             port = server.add_insecure_port(settings.address)
         await server.start()
-        statuses: dict[str, str] = {}
+        tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert else None
+        http = HttpFront(services, settings.api_key, message_bytes)
+        http_port = await http.start(settings.host, settings.http_port, tls) if settings.http_port else 0
         metrics_port = 0
         if settings.metrics_port:
             metrics_port = serve_metrics(
@@ -223,11 +272,13 @@ async def start(settings: Settings) -> App:
                 settings.metrics_port,
                 statuses.get,
                 api_key=settings.api_key,
-                tls=(settings.tls_cert, settings.tls_key) if settings.tls_cert else None,
+                tls=tls,
             )
     except (RuntimeError, OSError) as error:  # the port is taken, or the address is not ours
+        await http.stop()
         store.close()
-        raise StartupError(f"cannot listen on {settings.address} (metrics port {settings.metrics_port}): {error}") from None
+        raise StartupError(f"cannot listen on {settings.address} (HTTP port {settings.http_port}, "
+                           f"metrics port {settings.metrics_port}): {error}") from None
     QUEUED_TEXTS.set_function(lambda: queue.queued_texts)
     COLLECTION_DOCUMENTS.set_function(lambda: [(info.name, info.documents) for info in store.list()])
     if judge_backend is not None:
@@ -238,16 +289,16 @@ async def start(settings: Settings) -> App:
             engine.stats.on_queue_wait = JUDGE_QUEUE_WAIT.observe
         JUDGE_WORK.watch(lambda: judge.counts, (lambda: engine.stats) if engine is not None else None)
     app = App(server=server, port=port, queue=queue, store=store, embedder=embedder, judge=judge_backend,
-              health=health_servicer, statuses=statuses)
+              health=health_servicer, statuses=statuses, http=http, http_port=http_port)
     await app.report_health()
     app.watch_health()
-    for line in _summary(settings, port, metrics_port, embedder, judge, store):
+    for line in _summary(settings, port, http_port, metrics_port, embedder, judge, store):
         log.info("%s", line)
     return app
 
 
 def _summary(
-    settings: Settings, port: int, metrics_port: int, embedder: EmbedderBackend, judge: JudgeService | None,
+    settings: Settings, port: int, http_port: int, metrics_port: int, embedder: EmbedderBackend, judge: JudgeService | None,
     store: Index,
 ) -> list[str]:
     """What an operator checks first: where it listens, which models run where, what it holds, its limits."""
@@ -256,10 +307,12 @@ def _summary(
     metrics = f"{scheme}://{metrics_host}:{metrics_port}/metrics (health: /health)" if metrics_port else "off"
     manifest = embedder.manifest
     collections = ", ".join(f"{info.name} ({info.documents} documents)" for info in store.list()) or "none yet"
-    judged = (f"{judge.backend.manifest.name} on {judge.backend.address}, reasoning cap {judge.max_reasoning_tokens} tokens"
+    judged = (f"{judge.backend.manifest.name} on {judge.backend.address}, reasoning cap {judge.max_reasoning_tokens} tokens, "
+              f"passage cap {judge.max_passage_tokens} tokens"
               if judge is not None else "none (Judge and rerank answer FAILED_PRECONDITION)")
     return [
         f"irgate {__version__}: gRPC on {settings.host}:{port}{' (TLS)' if settings.tls_cert else ''}, "
+        f"HTTP {f'{scheme}://{settings.host}:{http_port}' if http_port else 'off'}, "
         f"API key {'required' if settings.api_key else 'off'}; metrics {metrics}",
         f"embedder: {manifest.name} on {embedder.address} ({manifest.dimension} dimensions, {manifest.max_tokens} tokens, "
         f"{manifest.pooling} pooling)",
@@ -274,7 +327,7 @@ def _summary(
 async def serve(settings: Settings) -> None:
     app = await start(settings)
     # Tests and scripts read this line to learn the port when --port 0 picked one.
-    print(f"irgate serving on {settings.host}:{app.port} (pid {os.getpid()})", flush=True)
+    print(ready_line(f"{settings.host}:{app.port}", os.getpid()), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
