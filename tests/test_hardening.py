@@ -18,7 +18,9 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from conftest import free_port
 from irgate.local_server import LocalServer
@@ -214,8 +216,8 @@ def test_an_internal_error_tells_the_client_a_request_id_and_logs_the_details(ca
         def code(self) -> grpc.StatusCode | None:
             return self.status
 
-        async def abort(self, code: grpc.StatusCode, details: str) -> None:
-            self.status, self.details = code, details
+        async def abort(self, code: grpc.StatusCode, details: str, trailing_metadata: tuple = ()) -> None:
+            self.status, self.details, self.trailers = code, details, trailing_metadata
             raise grpc.aio.AbortError()
 
     class Servicer:
@@ -233,6 +235,11 @@ def test_an_internal_error_tells_the_client_a_request_id_and_logs_the_details(ca
     request_id = context.details.split("request id ")[1].split(";")[0]
     assert len(request_id) == 16
     assert any(request_id in record.getMessage() and record.exc_info for record in caplog.records)
+    assert ("x-request-id", request_id) in context.trailers
+    status = status_pb2.Status.FromString(dict(context.trailers)["grpc-status-details-bin"])
+    info = error_details_pb2.ErrorInfo()
+    assert len(status.details) == 1 and status.details[0].Unpack(info)
+    assert (info.reason, info.domain, info.metadata["request_id"]) == ("INTERNAL", "irgate.dev", request_id)
 
 
 # --- 5. idle client streams --------------------------------------------------------------------
@@ -343,7 +350,11 @@ def test_a_damaged_database_takes_down_its_collection_only(minilm_folder: Path, 
             assert error.code() == grpc.StatusCode.DATA_LOSS
             assert "'bad'" in error.details() and "collections/bad/documents.sqlite" in error.details()
             assert str(tmp_path) not in error.details()
-        assert [info.name for info in stub.ListCollections(pb.ListCollectionsRequest()).collections] == ["good"]
+        listed = {info.name: info for info in stub.ListCollections(pb.ListCollectionsRequest()).collections}
+        assert list(listed) == ["bad", "good"]  # sorted by name, the damaged one too
+        assert (listed["good"].state, listed["good"].documents) == (pb.COLLECTION_STATE_READY, 50)
+        assert listed["bad"].state == pb.COLLECTION_STATE_DAMAGED
+        assert "collections/bad/documents.sqlite" in listed["bad"].damage and str(tmp_path) not in listed["bad"].damage
         stub.DeleteCollection(pb.DeleteCollectionRequest(name="bad"))  # how a damaged collection is dropped
         stub.CreateCollection(pb.CreateCollectionRequest(name="bad"))
         assert stub.DescribeCollection(pb.DescribeCollectionRequest(name="bad")).documents == 0
@@ -470,6 +481,11 @@ def test_a_keyed_tls_server_guards_every_door(minilm_folder: Path, tmp_path: Pat
                             [("authorization", "Bearer wrong"), ("authorization", f"Bearer {secret}")]):
                 error = rpc_error(lambda: info(pb.GetInfoRequest(), metadata=headers))
                 assert error.code() == grpc.StatusCode.UNAUTHENTICATED and "exactly one" in error.details()
+            for headers, reason in (([], "API_KEY_MISSING"), ([("authorization", "Bearer wrong")], "API_KEY_INVALID"),
+                                    ([("authorization", f"Bearer {secret}")] * 2, "API_KEY_REPEATED")):
+                error = rpc_error(lambda: info(pb.GetInfoRequest(), metadata=headers))
+                info_detail = error_details_pb2.ErrorInfo()
+                assert rpc_status.from_call(error).details[0].Unpack(info_detail) and info_detail.reason == reason
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=10)
             assert next(watch).status == health_pb2.HealthCheckResponse.SERVING  # probes need no key
             watch.cancel()
@@ -489,3 +505,53 @@ def test_a_keyed_tls_server_guards_every_door(minilm_folder: Path, tmp_path: Pat
         untrusted = irgate("collection", "list", "--server", running.address, "--tls", "--api-key", secret,
                            "--timeout", "5")
         assert untrusted.returncode != 0
+
+
+# --- 11. answers over the message limit, forged access lines (issue 20) -------------------------
+
+
+def test_an_answer_over_the_message_limit_is_refused_saying_how_big_and_what_to_ask_for(
+    minilm_folder: Path, tmp_path: Path
+) -> None:
+    args = ["--embedder", f"onnx:{minilm_folder}", "--judge", "none", "--max-message-mb", "1"]
+    with LocalServer(tmp_path, args) as running, grpc.insecure_channel(running.address) as channel:
+        collections = pb_grpc.CollectionsStub(channel)
+        collections.CreateCollection(pb.CreateCollectionRequest(name="long"))
+        text = "Rain forms when water vapour condenses. " * 3000  # 120 kB each: 16 answer 1.9 MiB
+        for first in range(0, 16, 4):  # four per message: each request stays under the 1 MiB limit
+            upsert(channel, "long", *(pb.Document(id=f"d{i}", text=text) for i in range(first, first + 4)))
+        search = pb_grpc.SearchStub(channel).Search
+
+        error = rpc_error(lambda: search(pb.SearchRequest(collection="long", query="rain", k=16, include_documents=True)))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "the Search answer is 19" in error.details() and "over the message limit of 1048576 bytes" in error.details()
+        assert "fewer hits" in error.details() and "include_documents" in error.details()
+        info = error_details_pb2.ErrorInfo()
+        assert rpc_status.from_call(error).details[0].Unpack(info) and info.reason == "RESPONSE_TOO_LARGE"
+        assert len(rpc_status.from_call(error).details) == 1  # no RetryInfo: the same request fails again
+
+        assert len(search(pb.SearchRequest(collection="long", query="rain", k=16)).hits) == 16
+        assert len(search(pb.SearchRequest(collection="long", query="rain", k=4, include_documents=True)).hits) == 4
+
+        get = pb.GetDocumentsRequest(collection="long", ids=[f"d{i}" for i in range(16)])
+        error = rpc_error(lambda: collections.GetDocuments(get))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "the GetDocuments answer is" in error.details()
+        assert "fewer ids" in error.details()
+
+    access = [line for line in running.output if "irgate.access" in line and "RESOURCE_EXHAUSTED" in line]
+    assert {"Search", "GetDocuments"} <= {line.split("irgate.access: ")[1].split()[0] for line in access}
+    assert not any("ExecuteBatchError" in line or "Traceback" in line for line in running.output)
+
+
+def test_a_collection_name_cannot_forge_access_log_lines(server: LocalServer, channel: grpc.Channel) -> None:
+    forged = "x\n2026-01-01 00:00:00,000 INFO irgate.access: Search OK method=Search status=OK"
+    coloured = "red\x1b[2J\x07"  # no space: the log would not quote it
+    for name in (forged, coloured):
+        error = rpc_error(lambda: pb_grpc.SearchStub(channel).Search(pb.SearchRequest(collection=name, query="rain")))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    deadline = time.monotonic() + 10
+    while not any("INVALID_ARGUMENT" in line and "collection=red\\u001b[2J\\u0007" in line for line in server.output):
+        assert time.monotonic() < deadline, "no escaped access line for the refused Search within 10 s"
+        time.sleep(0.1)
+    assert any("INVALID_ARGUMENT" in line and "u000a2026" in line for line in server.output)
+    assert not any(line.startswith("2026-01-01") or "\x1b" in line or "\x07" in line for line in server.output)

@@ -29,8 +29,8 @@ def test_sdk_installs_alone_and_works(server: LocalServer, tmp_path: Path) -> No
     subprocess.run([python, "-m", "pip", "install", "--quiet", str(REPO / "clients" / "python")], check=True, timeout=600)
     installed = subprocess.run([python, "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
     names = {line.split("==")[0].split(" @ ")[0].lower() for line in installed.splitlines()}
-    assert names <= {"irgate-client", "grpcio", "grpcio-health-checking", "protobuf", "typing-extensions",
-                     "typing_extensions"}, names
+    assert names <= {"irgate-client", "grpcio", "grpcio-health-checking", "grpcio-status", "googleapis-common-protos",
+                     "protobuf", "typing-extensions", "typing_extensions"}, names
     result = subprocess.run([python, "-c", SCRIPT, server.address], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["all-MiniLM-L6-v2", "a", "384"]

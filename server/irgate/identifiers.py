@@ -30,8 +30,12 @@ _SHOWN = 40
 
 def shown(value: str) -> str:
     """A value fit for an error message: at most 40 characters, control characters escaped."""
-    clipped = value if len(value) <= _SHOWN else value[:_SHOWN] + "..."
-    return _CONTROL.sub(lambda match: f"\\u{ord(match.group()):04x}", clipped)
+    return escaped(value if len(value) <= _SHOWN else value[:_SHOWN] + "...")
+
+
+def escaped(value: str) -> str:
+    """value with each control character written as \\uXXXX, so it cannot break a log line."""
+    return _CONTROL.sub(lambda match: f"\\u{ord(match.group()):04x}", value)
 
 
 def control_character(value: str) -> str | None:
@@ -43,25 +47,25 @@ def control_character(value: str) -> str | None:
 def check_collection_name(name: object, field: str = "collection") -> str:
     if not isinstance(name, str) or not COLLECTION_NAME.fullmatch(name):
         display = shown(name) if isinstance(name, str) else repr(name)
-        raise InvalidArgument(f"{field} '{display}' is not a valid collection name; {NAME_RULE}")
+        raise InvalidArgument(f"{field} '{display}' is not a valid collection name; {NAME_RULE}", field=field)
     return name
 
 
 def check_document_id(value: object, field: str = "document id") -> str:
     if not isinstance(value, str):
-        raise InvalidArgument(f"{field} {value!r} is not text; {ID_RULE}")
+        raise InvalidArgument(f"{field} {value!r} is not text; {ID_RULE}", field=field)
     if not value:
-        raise InvalidArgument(f"{field} is empty; {ID_RULE}")
+        raise InvalidArgument(f"{field} is empty; {ID_RULE}", field=field)
     if len(value) > MAX_ID_LENGTH:
-        raise InvalidArgument(f"{field} '{shown(value)}' has {len(value)} characters; {ID_RULE}")
+        raise InvalidArgument(f"{field} '{shown(value)}' has {len(value)} characters; {ID_RULE}", field=field)
     found = control_character(value)
     if found is not None:
-        raise InvalidArgument(f"{field} '{shown(value)}' holds a control character ({found}); {ID_RULE}")
+        raise InvalidArgument(f"{field} '{shown(value)}' holds a control character ({found}); {ID_RULE}", field=field)
     return value
 
 
 def check_key(value: str, field: str) -> str:
     found = control_character(value)
     if found is not None:
-        raise InvalidArgument(f"{field}: key '{shown(value)}' holds a control character ({found}); {KEY_RULE}")
+        raise InvalidArgument(f"{field}: key '{shown(value)}' holds a control character ({found}); {KEY_RULE}", field=field)
     return value

@@ -15,17 +15,21 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from irgate_client import _messages as messages
 from irgate_client.types import (
     CollectionInfo,
     Document,
     Embedding,
+    FieldViolation,
     Hit,
     IrgateError,
     Query,
@@ -38,6 +42,8 @@ from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+# The target when none is given, as for the `irgate` command's --server.
+TARGET_VARIABLE = "IRGATE_SERVER"
 DEFAULT_TIMEOUT = 60.0
 UPSERT_BATCH = 128
 HEALTH_SERVICES = ("", "irgate.v1.Info", "irgate.v1.Embed", "irgate.v1.Collections", "irgate.v1.Search", "irgate.v1.Judge")
@@ -47,23 +53,30 @@ DEADLINE_HINT = (
 )
 
 
+RETRY_UNAVAILABLE = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.05s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
 # Several gateways: gRPC's own round_robin spreads calls over every address that is up, and a call
 # that finds its gateway gone (UNAVAILABLE: refused, or reset before any answer) is tried again on
 # another, so losing one gateway fails no call. Retried calls are safe: an upsert of the same ids
 # writes the same documents, and the others only read or answer ALREADY_EXISTS/NOT_FOUND the second time.
 BALANCED_SERVICE_CONFIG = json.dumps({
     "loadBalancingConfig": [{"round_robin": {}}],
-    "methodConfig": [{
-        "name": [{}],
-        "retryPolicy": {
-            "maxAttempts": 4,
-            "initialBackoff": "0.05s",
-            "maxBackoff": "1s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }],
+    "methodConfig": [{"name": [{}], "retryPolicy": RETRY_UNAVAILABLE}],
 })
+# One gateway: the calls that only read (or, like Embed, only compute) are tried again when it
+# answers UNAVAILABLE (a backend restarting, the server not up yet); writes are left to the caller.
+IDEMPOTENT_METHODS = [
+    {"service": "irgate.v1.Info"},
+    {"service": "irgate.v1.Embed"},
+    {"service": "irgate.v1.Search"},
+    {"service": "irgate.v1.Collections", "method": "GetDocuments"},
+]
+SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": IDEMPOTENT_METHODS, "retryPolicy": RETRY_UNAVAILABLE}]})
 
 
 def channel_target(target: str | Sequence[str]) -> tuple[str, list[tuple[str, Any]]]:
@@ -73,7 +86,7 @@ def channel_target(target: str | Sequence[str]) -> tuple[str, list[tuple[str, An
     they become one `ipv4:` or `ipv6:` target. For host names, give one `dns:///NAME:PORT` target
     whose name resolves to every gateway, with options=[("grpc.lb_policy_name", "round_robin")]."""
     if isinstance(target, str):
-        return target, []
+        return target, [("grpc.service_config", SERVICE_CONFIG)]
     if not isinstance(target, Sequence) or not target:
         raise messages.invalid(f"target is {target!r}; give 'HOST:PORT' or a list of gateway addresses")
     addresses = messages.texts("target", target)
@@ -131,6 +144,8 @@ class _Connection:
         timeout: float | None,
         options: Sequence[tuple[str, Any]],
     ):
+        if target is None:
+            target = os.environ.get(TARGET_VARIABLE) or DEFAULT_TARGET
         self.target, balancing = channel_target(target)
         self.credentials = grpc.ssl_channel_credentials(root_certificates) if tls or root_certificates else None
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
@@ -146,18 +161,38 @@ class _Connection:
         return {"metadata": self.metadata, "timeout": self.timeout if timeout is CLIENT_TIMEOUT else _check_timeout(timeout)}
 
 
-def _error(code: grpc.StatusCode, details: str | None) -> IrgateError:
+def _error(error: grpc.RpcError) -> IrgateError:
+    """The IrgateError of a failed call, with the google.rpc error details the server sent."""
+    code, details = error.code(), error.details()  # type: ignore[attr-defined]
     message = details or code.name.replace("_", " ").lower()
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message += DEADLINE_HINT
-    return IrgateError(code, message)
+    reason, violations, retry_after = "", [], None
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:  # details that disagree with the status are not the server's
+        status = None
+    for packed in status.details if status is not None else ():
+        if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            packed.Unpack(info)
+            reason = info.reason
+        elif packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            packed.Unpack(bad)
+            violations += [FieldViolation(item.field, item.description) for item in bad.field_violations]
+        elif packed.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            packed.Unpack(retry)
+            retry_after = retry.retry_delay.ToTimedelta().total_seconds()
+    return IrgateError(code, message, reason=reason, field_violations=violations, retry_after=retry_after)
 
 
 def _health_error(error: IrgateError, service: str) -> IrgateError:
     if error.code != grpc.StatusCode.NOT_FOUND:
         return error
     known = ", ".join(repr(name) for name in HEALTH_SERVICES)
-    return IrgateError(error.code, f"the server reports no health for service {service!r}; known services: {known}")
+    return error.reworded(f"the server reports no health for service {service!r}; known services: {known}")
 
 
 def _raising(method: Callable[P, R]) -> Callable[P, R]:
@@ -166,7 +201,7 @@ def _raising(method: Callable[P, R]) -> Callable[P, R]:
         try:
             return method(*args, **kwargs)
         except grpc.RpcError as error:
-            raise _error(error.code(), error.details()) from None  # type: ignore[attr-defined]
+            raise _error(error) from None
 
     return wrapper
 
@@ -177,7 +212,7 @@ def _raising_async(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
         try:
             return await method(*args, **kwargs)
         except grpc.aio.AioRpcError as error:
-            raise _error(error.code(), error.details()) from None
+            raise _error(error) from None
 
     return wrapper
 
@@ -187,12 +222,13 @@ class Client:
 
     target: "HOST:PORT" (or any gRPC target), or a list of gateway addresses sharing one index
     (["127.0.0.1:50051", "127.0.0.1:50052"]): calls are spread over them by gRPC's round_robin policy,
-    and a call that finds its gateway gone is retried on another.
+    and a call that finds its gateway gone is retried on another. Left out: the IRGATE_SERVER variable,
+    else 127.0.0.1:50051.
     """
 
     def __init__(
         self,
-        target: str | Sequence[str] = DEFAULT_TARGET,
+        target: str | Sequence[str] | None = None,
         *,
         api_key: str | None = None,
         tls: bool = False,
@@ -230,7 +266,7 @@ class Client:
         try:
             response = self._health.Check(request, **self._connection.call_options(timeout))
         except grpc.RpcError as error:
-            raise _health_error(_error(error.code(), error.details()), service) from None  # type: ignore[attr-defined]
+            raise _health_error(_error(error), service) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     @_raising
@@ -295,7 +331,7 @@ class Client:
             response = self._collections.UpsertDocuments(iter(stream), **self._connection.call_options(timeout))
         except grpc.RpcError as error:
             stream.check()  # a document that could not be encoded explains the call's outcome best
-            raise stream.failed(_error(error.code(), error.details())) from None  # type: ignore[attr-defined]
+            raise stream.failed(_error(error)) from None
         stream.check()
         return messages.upsert_result(response)
 
@@ -328,10 +364,12 @@ class Client:
         rerank: int = 0,
         max_reasoning_tokens: int | None = None,
         return_reasoning: bool = False,
+        max_passage_tokens: int | None = None,
         timeout: float | None = CLIENT_TIMEOUT,
     ) -> list[Hit]:
         request = messages.search_request(
-            collection, query, instruction, k, filter, include_documents, truncate, rerank, max_reasoning_tokens, return_reasoning
+            collection, query, instruction, k, filter, include_documents, truncate, rerank, max_reasoning_tokens, return_reasoning,
+            max_passage_tokens=max_passage_tokens,
         )
         return messages.hits(self._search.Search(request, **self._connection.call_options(timeout)))
 
@@ -345,12 +383,18 @@ class Client:
         collection: str = "",
         max_reasoning_tokens: int | None = None,
         return_reasoning: bool = False,
+        max_passage_tokens: int | None = None,
         timeout: float | None = CLIENT_TIMEOUT,
     ) -> list[Verdict]:
         """Judges each document (a passage, or a `Document` id in `collection`); verdicts in request order.
 
-        `max_reasoning_tokens` None (the default) reasons up to the server's cap, info().max_reasoning_tokens."""
-        request = messages.judge_request(query, documents, instruction, collection, max_reasoning_tokens, return_reasoning)
+        `max_reasoning_tokens` None (the default) reasons up to the server's cap, info().max_reasoning_tokens;
+        `max_passage_tokens` None reads each passage up to the server's cap, info().max_passage_tokens
+        (a request may lower it; longer passages are cut at their end: verdict.truncated)."""
+        request = messages.judge_request(
+            query, documents, instruction, collection, max_reasoning_tokens, return_reasoning,
+            max_passage_tokens=max_passage_tokens,
+        )
         response = self._judge.Judge(request, **self._connection.call_options(timeout))
         return [messages.verdict(item) for item in response.verdicts]
 
@@ -363,16 +407,20 @@ class Client:
         collection: str = "",
         max_reasoning_tokens: int | None = None,
         return_reasoning: bool = False,
+        max_passage_tokens: int | None = None,
         timeout: float | None = CLIENT_TIMEOUT,
     ) -> Iterator[Verdict | ReasoningDelta]:
         """Verdicts as each is ready (with reasoning deltas when asked); closing the iterator cancels the work."""
-        request = messages.judge_request(query, documents, instruction, collection, max_reasoning_tokens, return_reasoning)
+        request = messages.judge_request(
+            query, documents, instruction, collection, max_reasoning_tokens, return_reasoning,
+            max_passage_tokens=max_passage_tokens,
+        )
         call = self._judge.JudgeStream(request, **self._connection.call_options(timeout))
         try:
             for message in call:
                 yield messages.judge_event(message)
         except grpc.RpcError as error:
-            raise _error(error.code(), error.details()) from None  # type: ignore[attr-defined]
+            raise _error(error) from None
         finally:
             call.cancel()
 
@@ -382,7 +430,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        target: str | Sequence[str] = DEFAULT_TARGET,
+        target: str | Sequence[str] | None = None,
         *,
         api_key: str | None = None,
         tls: bool = False,
@@ -419,7 +467,7 @@ class AsyncClient:
         try:
             response = await self._health.Check(request, **self._connection.call_options(timeout))
         except grpc.aio.AioRpcError as error:
-            raise _health_error(_error(error.code(), error.details()), service) from None
+            raise _health_error(_error(error), service) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     @_raising_async
@@ -478,7 +526,7 @@ class AsyncClient:
             response = await self._collections.UpsertDocuments(iter(stream), **self._connection.call_options(timeout))
         except grpc.aio.AioRpcError as error:
             stream.check()
-            raise stream.failed(_error(error.code(), error.details())) from None
+            raise stream.failed(_error(error)) from None
         stream.check()
         return messages.upsert_result(response)
 
@@ -509,10 +557,12 @@ class AsyncClient:
         rerank: int = 0,
         max_reasoning_tokens: int | None = None,
         return_reasoning: bool = False,
+        max_passage_tokens: int | None = None,
         timeout: float | None = CLIENT_TIMEOUT,
     ) -> list[Hit]:
         request = messages.search_request(
-            collection, query, instruction, k, filter, include_documents, truncate, rerank, max_reasoning_tokens, return_reasoning
+            collection, query, instruction, k, filter, include_documents, truncate, rerank, max_reasoning_tokens, return_reasoning,
+            max_passage_tokens=max_passage_tokens,
         )
         return messages.hits(await self._search.Search(request, **self._connection.call_options(timeout)))
 
@@ -526,9 +576,13 @@ class AsyncClient:
         collection: str = "",
         max_reasoning_tokens: int | None = None,
         return_reasoning: bool = False,
+        max_passage_tokens: int | None = None,
         timeout: float | None = CLIENT_TIMEOUT,
     ) -> list[Verdict]:
-        request = messages.judge_request(query, documents, instruction, collection, max_reasoning_tokens, return_reasoning)
+        request = messages.judge_request(
+            query, documents, instruction, collection, max_reasoning_tokens, return_reasoning,
+            max_passage_tokens=max_passage_tokens,
+        )
         response = await self._judge.Judge(request, **self._connection.call_options(timeout))
         return [messages.verdict(item) for item in response.verdicts]
 
@@ -541,14 +595,18 @@ class AsyncClient:
         collection: str = "",
         max_reasoning_tokens: int | None = None,
         return_reasoning: bool = False,
+        max_passage_tokens: int | None = None,
         timeout: float | None = CLIENT_TIMEOUT,
     ) -> AsyncIterator[Verdict | ReasoningDelta]:
-        request = messages.judge_request(query, documents, instruction, collection, max_reasoning_tokens, return_reasoning)
+        request = messages.judge_request(
+            query, documents, instruction, collection, max_reasoning_tokens, return_reasoning,
+            max_passage_tokens=max_passage_tokens,
+        )
         call = self._judge.JudgeStream(request, **self._connection.call_options(timeout))
         try:
             async for message in call:
                 yield messages.judge_event(message)
         except grpc.aio.AioRpcError as error:
-            raise _error(error.code(), error.details()) from None
+            raise _error(error) from None
         finally:
             call.cancel()

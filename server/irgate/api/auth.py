@@ -8,6 +8,9 @@ from typing import Any
 
 import grpc
 
+from irgate import errors
+from irgate.api.rpc import abort
+
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
@@ -26,21 +29,32 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         given = [value for key, value in details.invocation_metadata or () if key == "authorization"]
         if len(given) > 1:
             # Proxies and libraries disagree on which of several copies wins: refuse rather than guess.
-            return _denying(handler, f"{len(given)} 'authorization' headers were sent; send exactly one")
+            return _denying(
+                handler,
+                errors.Unauthenticated(
+                    f"{len(given)} 'authorization' headers were sent; send exactly one", reason="API_KEY_REPEATED"
+                ),
+            )
         key = given[0] if given else ""
         if hmac.compare_digest(key.encode() if isinstance(key, str) else key, self._expected):
             return handler
-        return _denying(handler, "missing or wrong API key; send metadata 'authorization: Bearer <key>'")
+        return _denying(
+            handler,
+            errors.Unauthenticated(
+                "missing or wrong API key; send metadata 'authorization: Bearer <key>'",
+                reason="API_KEY_INVALID" if key else "API_KEY_MISSING",
+            ),
+        )
 
 
-def _denying(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+def _denying(handler: grpc.RpcMethodHandler, error: errors.Unauthenticated) -> grpc.RpcMethodHandler:
     """A handler of the same shape as `handler` that answers UNAUTHENTICATED."""
 
     async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await abort(context, grpc.StatusCode.UNAUTHENTICATED, str(error), error)
 
     async def deny_streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await abort(context, grpc.StatusCode.UNAUTHENTICATED, str(error), error)
         yield  # unreachable; an async generator is what a streaming handler must be
 
     codecs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}

@@ -33,8 +33,12 @@ class CollectionsServicer(pb_grpc.CollectionsServicer):
 
     @unary("ListCollections")
     async def ListCollections(self, request: pb.ListCollectionsRequest, context: grpc.aio.ServicerContext) -> pb.ListCollectionsResponse:
-        infos = await self.collections.list()
-        return pb.ListCollectionsResponse(collections=[convert.collection_info(info) for info in infos])
+        listed = [convert.collection_info(info) for info in await self.collections.list()]
+        listed += [
+            pb.CollectionInfo(name=name, state=pb.COLLECTION_STATE_DAMAGED, damage=reason)
+            for name, reason in self.collections.damaged().items()
+        ]
+        return pb.ListCollectionsResponse(collections=sorted(listed, key=lambda info: info.name))
 
     @unary("DescribeCollection")
     async def DescribeCollection(self, request: pb.DescribeCollectionRequest, context: grpc.aio.ServicerContext) -> pb.CollectionInfo:
@@ -59,7 +63,8 @@ class CollectionsServicer(pb_grpc.CollectionsServicer):
                 elif request.collection != name:
                     raise InvalidArgument(
                         f"message names collection '{shown(request.collection)}' but this stream writes to '{name}'; "
-                        "use one stream per collection"
+                        "use one stream per collection",
+                        field="collection",
                     )
                 convert.check_count("documents", len(request.documents), self.max_batch_size)
                 documents = [
@@ -82,7 +87,9 @@ class CollectionsServicer(pb_grpc.CollectionsServicer):
                 error.add_note(f"{upserted} documents of earlier messages were committed")
             raise
         if name is None:
-            raise InvalidArgument("the stream sent no documents; send at least one UpsertDocumentsRequest")
+            raise InvalidArgument(
+                "the stream sent no documents; send at least one UpsertDocumentsRequest", field="documents"
+            )
         return pb.UpsertDocumentsResponse(
             upserted=upserted,
             replaced=replaced,
@@ -91,7 +98,7 @@ class CollectionsServicer(pb_grpc.CollectionsServicer):
             documents=await self.collections.count(name),
         )
 
-    @unary("GetDocuments")
+    @unary("GetDocuments", smaller="ask for fewer ids per call, or leave include_vectors off")
     async def GetDocuments(self, request: pb.GetDocumentsRequest, context: grpc.aio.ServicerContext) -> pb.GetDocumentsResponse:
         ids = convert.document_ids(request.ids, "ids", self.max_batch_size)
         records = await self.collections.get(convert.collection_name(request.collection), ids, request.include_vectors)

@@ -31,18 +31,18 @@ def truncation(value: int) -> Truncation:
         return Truncation.END
     if value == pb.TRUNCATION_NONE:
         return Truncation.NONE
-    raise InvalidArgument(f"truncation is {value}; allowed: TRUNCATION_END (1) or TRUNCATION_NONE (2)")
+    raise InvalidArgument(f"truncation is {value}; allowed: TRUNCATION_END (1) or TRUNCATION_NONE (2)", field="truncation")
 
 
 def precision(value: int) -> str:
     if value not in PRECISIONS:
-        raise InvalidArgument(f"precision is {value}; allowed: VECTOR_PRECISION_F16, _F32 or _I8")
+        raise InvalidArgument(f"precision is {value}; allowed: VECTOR_PRECISION_F16, _F32 or _I8", field="precision")
     return PRECISIONS[value]
 
 
 def check_count(field: str, count: int, limit: int) -> None:
     if not 1 <= count <= limit:
-        raise InvalidArgument(f"{field} has {count} entries; send 1 to {limit}")
+        raise InvalidArgument(f"{field} has {count} entries; send 1 to {limit}", field=field)
 
 
 def collection_name(name: str, field: str = "collection") -> str:
@@ -54,10 +54,15 @@ def document_ids(ids: Sequence[str], field: str, limit: int) -> list[str]:
     return [check_document_id(value, f"{field}[{position}]") for position, value in enumerate(ids)]
 
 
+# A Struct's numbers are doubles, exact for integers up to 2**53 - 1 only: past it a client's
+# 9007199254740993 arrives as 9007199254740992, so a number beyond it is refused rather than stored rounded.
+MAX_EXACT_NUMBER = 2**53 - 1
+
+
 def struct_to_dict(message: struct_pb2.Struct, field: str) -> dict[str, Any]:
     """A Struct as JSON values; field names the Struct in error messages (e.g. "filter").
 
-    Numbers must be finite: JSON has no NaN or infinity. Keys follow irgate.identifiers.
+    Numbers must be finite (JSON has no NaN or infinity) and within +-MAX_EXACT_NUMBER. Keys follow irgate.identifiers.
     """
     return {check_key(key, field): _json_value(value, f"{field}.{shown(key)}") for key, value in message.fields.items()}
 
@@ -67,9 +72,15 @@ def _json_value(value: struct_pb2.Value, field: str) -> Any:
     if kind == "number_value":
         number = value.number_value
         if not math.isfinite(number):
-            raise InvalidArgument(f"{field} is {number}; JSON numbers must be finite (no NaN or infinity)")
-        # Whole numbers read back as ints (2001, not 2001.0); -0.0 stays a float so it round-trips.
-        if number.is_integer() and abs(number) <= 2**53 and math.copysign(1.0, number) > 0:
+            raise InvalidArgument(f"{field} is {number}; JSON numbers must be finite (no NaN or infinity)", field=field)
+        if abs(number) > MAX_EXACT_NUMBER:
+            raise InvalidArgument(
+                f"{field} is {number:.17g}; numbers are doubles, exact within +-{MAX_EXACT_NUMBER} (2^53 - 1) only, "
+                "and this one may have been rounded on the way: send a larger number as a string",
+                field=field,
+            )
+        # Whole numbers read back as ints (2001, -7, not 2001.0); -0.0 stays a float so it round-trips.
+        if number.is_integer() and (number or math.copysign(1.0, number) > 0):
             return int(number)
         return number
     if kind == "string_value":
@@ -82,7 +93,7 @@ def _json_value(value: struct_pb2.Value, field: str) -> Any:
         return struct_to_dict(value.struct_value, field)
     if kind == "list_value":
         return [_json_value(item, f"{field}[{position}]") for position, item in enumerate(value.list_value.values)]
-    raise InvalidArgument(f"{field} has no value; set null, a number, a string, a bool, a list or an object")
+    raise InvalidArgument(f"{field} has no value; set null, a number, a string, a bool, a list or an object", field=field)
 
 
 def document(message: pb.Document, field: str, dimension: int) -> Document:
@@ -94,12 +105,13 @@ def document(message: pb.Document, field: str, dimension: int) -> Document:
         if vector.size != dimension:
             raise InvalidArgument(
                 f"{field}.vector (document '{shown(document_id)}') has {vector.size} values; "
-                f"the embedder's dimension is {dimension}"
+                f"the embedder's dimension is {dimension}",
+                field=f"{field}.vector",
             )
         if not np.all(np.isfinite(vector)):
-            raise InvalidArgument(f"{field}.vector (document '{shown(document_id)}') holds NaN or infinite values")
+            raise InvalidArgument(f"{field}.vector (document '{shown(document_id)}') holds NaN or infinite values", field=f"{field}.vector")
         if not np.any(vector):
-            raise InvalidArgument(f"{field}.vector (document '{shown(document_id)}') is all zeros; it has no direction")
+            raise InvalidArgument(f"{field}.vector (document '{shown(document_id)}') is all zeros; it has no direction", field=f"{field}.vector")
     return Document(
         id=document_id,
         text=message.text,
@@ -132,6 +144,7 @@ def collection_info(info: CollectionInfo) -> pb.CollectionInfo:
         precision=PRECISION_ENUMS[info.precision],
         model=info.model,
         created_at=info.created_at,
+        state=pb.COLLECTION_STATE_READY,
     )
 
 
@@ -164,3 +177,9 @@ def verdict(value: Verdict) -> pb.Verdict:
 def reasoning_budget(message: pb.JudgeRequest | pb.RerankOptions) -> int | None:
     """None when the request left the budget unset: the server's cap applies."""
     return message.max_reasoning_tokens if message.HasField("max_reasoning_tokens") else None
+
+
+def passage_cap(message: pb.JudgeRequest | pb.RerankOptions) -> int | None:
+    """None when the request left the passage cap unset: the server's cap applies (the judge
+    refuses one above it)."""
+    return message.max_passage_tokens if message.HasField("max_passage_tokens") else None

@@ -16,13 +16,17 @@ from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 def text_input(position: int, message: pb.EmbedInput) -> TextInput:
     is_query = message.kind == pb.TEXT_KIND_QUERY
     if message.kind not in (pb.TEXT_KIND_UNSPECIFIED, pb.TEXT_KIND_QUERY, pb.TEXT_KIND_DOCUMENT):
-        raise InvalidArgument(f"inputs[{position}].kind is {message.kind}; allowed: TEXT_KIND_QUERY or TEXT_KIND_DOCUMENT")
+        raise InvalidArgument(f"inputs[{position}].kind is {message.kind}; allowed: TEXT_KIND_QUERY or TEXT_KIND_DOCUMENT",
+                              field=f"inputs[{position}].kind")
     if not message.text.strip():
-        raise InvalidArgument(f"inputs[{position}].text is empty; every text needs at least one non-space character")
+        raise InvalidArgument(f"inputs[{position}].text is empty; every text needs at least one non-space character",
+                              field=f"inputs[{position}].text")
     if message.instruction and not is_query:
-        raise InvalidArgument(f"inputs[{position}] has an instruction but is not a query; only TEXT_KIND_QUERY takes one")
+        raise InvalidArgument(f"inputs[{position}] has an instruction but is not a query; only TEXT_KIND_QUERY takes one",
+                              field=f"inputs[{position}].instruction")
     if message.title and is_query:
-        raise InvalidArgument(f"inputs[{position}] has a title but is a query; only documents take one")
+        raise InvalidArgument(f"inputs[{position}] has a title but is a query; only documents take one",
+                              field=f"inputs[{position}].title")
     return TextInput(text=message.text, is_query=is_query, instruction=message.instruction, title=message.title)
 
 
@@ -32,7 +36,7 @@ class EmbedServicer(pb_grpc.EmbedServicer):
         self.admission = admission
         self.max_batch_size = max_batch_size
 
-    @unary("Embed")
+    @unary("Embed", smaller="send fewer inputs per call")
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         convert.check_count("inputs", len(request.inputs), self.max_batch_size)
         items = [text_input(position, message) for position, message in enumerate(request.inputs)]

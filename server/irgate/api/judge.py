@@ -22,18 +22,23 @@ def passages(request: pb.JudgeRequest) -> list[Passage]:
     if request.collection:
         check_collection_name(request.collection)
     if not request.query.strip():
-        raise InvalidArgument("query is empty; give the query the documents are judged against")
+        raise InvalidArgument("query is empty; give the query the documents are judged against", field="query")
     result = []
     for position, document in enumerate(request.documents):
         source = document.WhichOneof("source")
         if source == "inline":
             if not document.inline.text.strip():
-                raise InvalidArgument(f"documents[{position}].inline.text is empty; give the passage to judge")
+                raise InvalidArgument(
+                    f"documents[{position}].inline.text is empty; give the passage to judge",
+                    field=f"documents[{position}].inline.text",
+                )
             result.append(Passage(id=document.inline.id, text=document.inline.text, title=document.inline.title))
         elif source == "id":
             result.append(Passage(id=check_document_id(document.id, f"documents[{position}].id"), from_collection=True))
         else:
-            raise InvalidArgument(f"documents[{position}] is empty; set inline (a passage) or id (in collection)")
+            raise InvalidArgument(
+                f"documents[{position}] is empty; set inline (a passage) or id (in collection)", field=f"documents[{position}]"
+            )
     return result
 
 
@@ -47,7 +52,7 @@ class JudgeServicer(pb_grpc.JudgeServicer):
             raise FailedPrecondition(NO_JUDGE)
         return self.judge
 
-    @unary("Judge")
+    @unary("Judge", smaller="judge fewer documents per call, or leave return_reasoning off")
     async def Judge(self, request: pb.JudgeRequest, context: grpc.aio.ServicerContext) -> pb.JudgeResponse:
         start = time.perf_counter_ns()
         verdicts = await self._service().judge_all(
@@ -57,13 +62,14 @@ class JudgeServicer(pb_grpc.JudgeServicer):
             convert.reasoning_budget(request),
             return_reasoning=request.return_reasoning,
             collection=request.collection,
+            max_passage_tokens=convert.passage_cap(request),
         )
         return pb.JudgeResponse(
             verdicts=[convert.verdict(verdict) for verdict in verdicts],
             timing=pb.Timing(total_ns=time.perf_counter_ns() - start),
         )
 
-    @streaming("JudgeStream")
+    @streaming("JudgeStream", smaller="leave return_reasoning off, or set a smaller max_reasoning_tokens")
     async def JudgeStream(
         self, request: pb.JudgeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.JudgeStreamResponse]:
@@ -75,6 +81,7 @@ class JudgeServicer(pb_grpc.JudgeServicer):
             return_reasoning=request.return_reasoning,
             stream_reasoning=request.return_reasoning,
             collection=request.collection,
+            max_passage_tokens=convert.passage_cap(request),
         )
         async for event in events:
             if isinstance(event, Reasoning):

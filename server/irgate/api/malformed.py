@@ -9,6 +9,9 @@ from typing import Any
 
 import grpc
 
+from irgate import errors
+from irgate.api.rpc import abort
+
 
 class _Malformed:
     def __init__(self, error: Exception):
@@ -26,11 +29,11 @@ def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 
 async def _reject(context: grpc.aio.ServicerContext, method: str, request: _Malformed) -> None:
-    await context.abort(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        f"the request to {method} is not a valid protobuf message ({request.error}); "
-        "string fields must be valid UTF-8",
+    error = errors.InvalidArgument(
+        f"the request to {method} is not a valid protobuf message ({request.error}); string fields must be valid UTF-8",
+        reason="MALFORMED_REQUEST",
     )
+    await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error), error)
 
 
 class MalformedRequestInterceptor(grpc.aio.ServerInterceptor):

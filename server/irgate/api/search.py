@@ -21,17 +21,17 @@ class SearchServicer(pb_grpc.SearchServicer):
         self.max_k = max_k
         self.max_rerank = max_rerank  # the judge's document limit; 0 without a judge
 
-    @unary("Search")
+    @unary("Search", smaller="ask for fewer hits (a smaller k), or leave include_documents off")
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         collection = convert.collection_name(request.collection)
         if not request.query.strip():
-            raise InvalidArgument("query is empty; give the text to search for")
+            raise InvalidArgument("query is empty; give the text to search for", field="query")
         k = request.k or min(DEFAULT_K, self.max_k)
         if k > self.max_k:
-            raise InvalidArgument(f"k is {k}; it must be between 1 and {self.max_k}")
+            raise InvalidArgument(f"k is {k}; it must be between 1 and {self.max_k}", field="k")
         top_n = request.rerank.top_n
         if self.max_rerank and top_n > self.max_rerank:
-            raise InvalidArgument(f"rerank.top_n is {top_n}; it must be between 0 and {self.max_rerank}")
+            raise InvalidArgument(f"rerank.top_n is {top_n}; it must be between 0 and {self.max_rerank}", field="rerank.top_n")
         result = await self.pipeline.search(
             SearchQuery(
                 collection=collection,
@@ -44,6 +44,7 @@ class SearchServicer(pb_grpc.SearchServicer):
                     top_n=request.rerank.top_n,
                     max_reasoning_tokens=convert.reasoning_budget(request.rerank),
                     return_reasoning=request.rerank.return_reasoning,
+                    max_passage_tokens=convert.passage_cap(request.rerank),
                 ),
                 truncation=convert.truncation(request.truncation),
             )

@@ -53,6 +53,10 @@ class CollectionService:
     async def list(self) -> list[CollectionInfo]:
         return [collection_info(info) for info in await asyncio.to_thread(self.store.list)]
 
+    def damaged(self) -> dict[str, str]:
+        """Collections that exist but cannot be served (list leaves them out), with the reason."""
+        return self.store.unavailable
+
     async def describe(self, name: str) -> CollectionInfo:
         collection = await asyncio.to_thread(self.store.get, name)
         return collection_info(await asyncio.to_thread(collection.info))
