@@ -48,3 +48,11 @@ def test_bench_judge_shows_its_steps_on_stderr_and_prints_one_json_object(judge_
     result = json.loads(done.stdout)  # stdout holds the JSON object only
     assert (result["documents"], result["repeats"]) == (2, 1) and result["judge_vs_naive"] > 0
     assert "bench judge: 3/3 steps, " in done.stderr and "elapsed" in done.stderr, done.stderr
+
+
+def test_bench_embed_shows_its_steps_on_stderr_and_prints_one_json_object(minilm_folder: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "irgate", "bench", "embed", "--model", str(minilm_folder),
+                           "--documents", "8", "--json"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["documents"] == 8
+    assert "bench embed: 3/3 steps, " in done.stderr, done.stderr

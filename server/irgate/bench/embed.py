@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
 
 from irgate.core.tokenization import TextEncoder, pad_batch
 from irgate.local_server import LocalServer
 from irgate.models.manifest import EmbedderManifest
 from irgate.models.sources import minilm_checkpoint
+from irgate.progress import ProgressReport
 from irgate_client import AsyncClient
 
 BATCH = 32  # texts per client request
@@ -81,16 +83,25 @@ def _timed(run: Any) -> tuple[float, np.ndarray]:
     return time.perf_counter() - started, vectors
 
 
-def run_embed_benchmark(folder: Path, texts: list[str]) -> dict[str, Any]:
-    """Documents/s of each side on the same texts, their ratios, and how far the vectors differ."""
+def run_embed_benchmark(folder: Path, texts: list[str], console: Console | None = None) -> dict[str, Any]:
+    """Documents/s of each side on the same texts, their ratios, and how far the vectors differ;
+    with `console`, each step and the time left are shown on it."""
     folder = Path(folder)
-    _raw_onnx(folder, texts[:BATCH])  # warm-up: load and first-run allocation stay out of the timing
-    raw_s, raw = _timed(lambda: _raw_onnx(folder, texts))
-    st_s, reference = _timed(lambda: _sentence_transformers(texts))
-    with tempfile.TemporaryDirectory(prefix="irgate-bench-") as data_dir:
-        with LocalServer(Path(data_dir), ["--embedder", f"onnx:{folder}", "--judge", "none"]) as server:
-            asyncio.run(_through_irgate(server.address, texts[:BATCH]))
-            served_s, served = _timed(lambda: asyncio.run(_through_irgate(server.address, texts)))
+    with ProgressReport(console or Console(quiet=True), "bench embed", 3, "steps") as progress:
+        progress.describe(f"bench embed: raw ONNX Runtime, {len(texts)} texts")
+        _raw_onnx(folder, texts[:BATCH])  # warm-up: load and first-run allocation stay out of the timing
+        raw_s, raw = _timed(lambda: _raw_onnx(folder, texts))
+        progress.advance()
+        progress.describe(f"bench embed: sentence-transformers, {len(texts)} texts")
+        st_s, reference = _timed(lambda: _sentence_transformers(texts))
+        progress.advance()
+        progress.describe(f"bench embed: irgate over gRPC, {len(texts)} texts")
+        with tempfile.TemporaryDirectory(prefix="irgate-bench-") as data_dir:
+            with LocalServer(Path(data_dir), ["--embedder", f"onnx:{folder}", "--judge", "none"]) as server:
+                asyncio.run(_through_irgate(server.address, texts[:BATCH]))
+                served_s, served = _timed(lambda: asyncio.run(_through_irgate(server.address, texts)))
+        progress.advance()
+        progress.describe("bench embed")
     rate = {name: len(texts) / seconds for name, seconds in (("irgate", served_s), ("onnx", raw_s), ("st", st_s))}
     return {
         "documents": len(texts),
@@ -142,18 +153,21 @@ async def _one_text_latencies(addresses: dict[str, str], texts: list[str]) -> di
     return latencies
 
 
-def run_triton_embed_benchmark(folder: Path, texts: list[str]) -> dict[str, Any]:
+def run_triton_embed_benchmark(folder: Path, texts: list[str], console: Console | None = None) -> dict[str, Any]:
     """Embed RPC throughput of `irgate serve` with the embedder behind a local tritonserver (CPU
     flavour: the same ONNX graph under ONNX Runtime in Triton's python backend) against the
     in-process embedder, at 1 and 16 clients; and the p50 latency that the extra hop adds to a
-    one-text call."""
+    one-text call. With `console`, each step and the time left are shown on it."""
     from irgate.models.triton import prepare_triton_repository
     from irgate.models.tritonserver import TritonServer
 
     folder = Path(folder).resolve()
     sides = ("in_process", "triton")
     report: dict[str, Any] = {"documents": len(texts), "texts_per_call": BATCH}
-    with tempfile.TemporaryDirectory(prefix="irgate-bench-triton-") as work:
+    steps = 2 + ROUNDS * len(TRITON_CLIENTS) * len(sides) + 1
+    with ProgressReport(console or Console(quiet=True), "bench embed --triton", steps, "steps") as progress, \
+            tempfile.TemporaryDirectory(prefix="irgate-bench-triton-") as work:
+        progress.describe("bench embed --triton: starting tritonserver and two gateways")
         repository = Path(work) / "triton"
         prepare_triton_repository(folder, repository, flavour="cpu")
         with (
@@ -165,14 +179,22 @@ def run_triton_embed_benchmark(folder: Path, texts: list[str]) -> dict[str, Any]
             addresses = {"in_process": in_process.address, "triton": through_triton.address}
             vectors: dict[str, np.ndarray] = {}
             seconds: dict[tuple[str, int], list[float]] = {}
+            progress.advance()
+            progress.describe("bench embed --triton: warming up")
             for side in sides:
                 asyncio.run(_embed_rpcs(addresses[side], texts[: 2 * BATCH], 2))  # warm-up
-            for _ in range(ROUNDS):
+            progress.advance()
+            for round_ in range(1, ROUNDS + 1):
                 for clients in TRITON_CLIENTS:
                     for side in sides:
+                        progress.describe(f"bench embed --triton: {side}, {clients} clients, round {round_} of {ROUNDS}")
                         took, vectors[side] = asyncio.run(_embed_rpcs(addresses[side], texts, clients))
                         seconds.setdefault((side, clients), []).append(took)
+                        progress.advance()
+            progress.describe(f"bench embed --triton: {LATENCY_CALLS} one-text calls per side")
             latencies = asyncio.run(_one_text_latencies(addresses, texts[:LATENCY_CALLS]))
+            progress.advance()
+            progress.describe("bench embed --triton")
     for clients in TRITON_CLIENTS:
         rate = {side: len(texts) / float(np.median(seconds[side, clients])) for side in sides}
         for side in sides:
