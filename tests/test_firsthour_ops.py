@@ -19,6 +19,7 @@ import pytest
 
 from conftest import REPO, free_port
 from irgate.local_server import READY_PREFIX, LocalServer
+from irgate.logs import ready_address
 from irgate_client import Client, Document, IrgateError
 from irgate_client.v1 import irgate_pb2 as pb
 
@@ -66,6 +67,23 @@ def test_startup_summary_says_where_it_listens_what_runs_and_what_it_holds(ops_s
     assert any(message.startswith("judge: none") for message in messages)
     assert any(message.startswith("collections under ") and message.endswith("none yet") for message in messages)
     assert any(message.startswith("limits: 8 texts per Embed or upsert message, k up to 1000") for message in messages)
+
+
+def test_json_logs_are_json_down_to_the_line_that_says_where_it_listens(ops_server: LocalServer) -> None:
+    with Client(ops_server.address, timeout=30) as client:
+        client.create_collection("json-only")
+    wait_for(lambda: access_lines_of(ops_server, "CreateCollection"))
+    plain = [line for line in ops_server.output if line.strip() and not line.startswith("{")]
+    assert plain == []
+    [ready] = [entry for entry in json_logs(ops_server) if entry["message"].startswith(READY_PREFIX)]
+    assert ready["address"] == ops_server.address and ready["pid"] == ops_server.pid
+    # A new collection is made aside under an internal name and has no index to rebuild: neither is worth a line.
+    messages = " ".join(entry["message"] for entry in json_logs(ops_server))
+    assert ".creating-" not in messages and "rebuilding its index" not in messages
+
+
+def access_lines_of(server: LocalServer, method: str) -> list[dict]:
+    return [entry for entry in json_logs(server) if entry["logger"] == "irgate.access" and entry["method"] == method]
 
 
 def test_one_access_line_per_request_with_the_callers_request_id(ops_server: LocalServer) -> None:
@@ -209,9 +227,9 @@ def test_make_serve_honours_irgate_variables_and_passes_args(tmp_path: Path) -> 
         assert process.stdout is not None
         for line in process.stdout:
             lines.append(line)
-            if line.startswith(READY_PREFIX):
+            if ready_address(line):
                 break
-        assert lines and lines[-1].startswith(READY_PREFIX), "".join(lines[-30:])
+        assert lines and ready_address(lines[-1]), "".join(lines[-30:])
         summary = [json.loads(line)["message"] for line in lines if line.startswith("{")]
         assert any(message.startswith("judge: none") for message in summary), summary
         assert any(message.endswith("metrics off") for message in summary), summary

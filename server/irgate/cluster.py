@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from irgate.index.milvus_lite import MilvusLiteServer
-from irgate.local_server import READY_PREFIX
+from irgate.logs import ready_address
 from irgate.processes import stop_process
 
 HOST = "127.0.0.1"
@@ -27,12 +27,12 @@ HOST = "127.0.0.1"
 class Gateway:
     """One `irgate serve` child whose output is passed on, each line prefixed with its port."""
 
-    def __init__(self, port: int, metrics_port: int, index: str, data_dir: Path, args: Sequence[str]) -> None:
+    def __init__(self, port: int, metrics_port: int, http_port: int, index: str, data_dir: Path, args: Sequence[str]) -> None:
         self.port = port
         # Its own session: Ctrl-C reaches the cluster only, which stops the gateways before Milvus.
         self.process = subprocess.Popen(
             [sys.executable, "-m", "irgate", "serve", "--host", HOST, "--port", str(port), "--metrics-port",
-             str(metrics_port), "--index", index, "--data-dir", str(data_dir), *args],
+             str(metrics_port), "--http-port", str(http_port), "--index", index, "--data-dir", str(data_dir), *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         self.ready = threading.Event()
@@ -42,7 +42,7 @@ class Gateway:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             print(f"[gateway {self.port}] {line}", end="", flush=True)
-            if line.startswith(READY_PREFIX):
+            if ready_address(line):
                 self.ready.set()
         self.ready.set()  # it ended
 
@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--milvus-port", type=int, default=19530, help="Milvus gRPC port on 127.0.0.1")
     parser.add_argument("--ports", type=int, nargs="+", default=[50051, 50052], help="one gateway per port on 127.0.0.1")
     parser.add_argument("--metrics-port", type=int, default=9464, help="the first gateway's metrics port; the next ones count up")
+    parser.add_argument("--http-port", type=int, default=8080, help="the first gateway's HTTP port; the next ones count up")
     parser.add_argument("serve_args", nargs="*", help="after --: flags for every irgate serve")
     options = parser.parse_args(argv)
 
@@ -68,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     gateways: list[Gateway] = []
     try:
         for offset, port in enumerate(options.ports):
-            gateways.append(Gateway(port, options.metrics_port + offset, milvus.index_setting,
+            gateways.append(Gateway(port, options.metrics_port + offset, options.http_port + offset,
+                                    milvus.index_setting,
                                     options.data_dir / f"gateway-{port}", options.serve_args))
         for gateway in gateways:
             gateway.ready.wait()

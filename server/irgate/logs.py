@@ -14,6 +14,9 @@ from typing import Any
 
 FORMATS = ("text", "json")
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# The line on stdout that says the server listens: tests and scripts read the port from it.
+READY_PREFIX = "irgate serving on "
+_format = "text"
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -54,6 +57,8 @@ class JsonFormatter(logging.Formatter):
 
 def configure(level: str = "INFO", format: str = "text") -> None:
     """Routes every logger to stderr in the chosen format (one of FORMATS, at one of LEVELS)."""
+    global _format
+    _format = format
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if format == "json" else TextFormatter())
     root = logging.getLogger()
@@ -61,3 +66,25 @@ def configure(level: str = "INFO", format: str = "text") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+def ready_line(address: str, pid: int) -> str:
+    """"irgate serving on HOST:PORT (pid N)", or with --log-format json the same as a JSON log entry
+    that also carries `address` and `pid`: one line a log pipeline and ready_address both read."""
+    message = f"{READY_PREFIX}{address} (pid {pid})"
+    if _format != "json":
+        return message
+    record = logging.LogRecord("irgate", logging.INFO, __file__, 0, message, None, None)
+    record.fields = {"address": address, "pid": pid}
+    return JsonFormatter().format(record)
+
+
+def ready_address(line: str) -> str | None:
+    """The HOST:PORT of a ready_line in either format; None for any other line."""
+    if line.startswith("{"):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return None
+        return entry.get("address") if str(entry.get("message", "")).startswith(READY_PREFIX) else None
+    return line[len(READY_PREFIX):].split()[0] if line.startswith(READY_PREFIX) else None
