@@ -92,6 +92,9 @@ def test_arguments_are_checked_before_anything_is_sent() -> None:
             "timeout is 0": lambda: client.info(timeout=0),
             "precision 'f8'": lambda: client.create_collection("c", precision="f8"),
             "name is a int": lambda: client.describe_collection(7),
+            "filter.id is 9007199254740993; metadata numbers are doubles": lambda: client.search(
+                "c", "q", filter={"id": 2**53 + 1}),
+            "filter.ids[1] is -9007199254740992": lambda: client.search("c", "q", filter={"ids": [1, -(2**53)]}),
         }
         for expected, call in cases.items():
             with pytest.raises(IrgateError) as raised:
@@ -101,6 +104,10 @@ def test_arguments_are_checked_before_anything_is_sent() -> None:
         with pytest.raises(IrgateError) as raised:  # a document of the wrong type ends the stream, named
             client.upsert("c", ["just a string"])
         assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT and "document 1 could not be encoded" in str(raised.value)
+        with pytest.raises(IrgateError) as raised:  # a Struct would round it to 9007199254740992
+            client.upsert("c", [Document(id="big", text="b", metadata={"id": 9007199254740993})])
+        assert "metadata of document 'big'.id is 9007199254740993" in raised.value.message
+        assert "send a larger number as a string" in raised.value.message
 
 
 def test_create_collection_with_exist_ok_returns_the_existing_one(client: Client) -> None:
@@ -144,3 +151,52 @@ def test_async_client_has_the_same_methods(server: LocalServer) -> None:
             assert len((await client.embed([Query("trial outcome", instruction="recent")]))[0].values) == 384
 
     asyncio.run(run())
+
+
+def test_metadata_numbers_come_back_as_they_were_sent(client: Client) -> None:
+    metadata = {"year": 2021, "below": -7, "share": 0.25, "largest": 2**53 - 1, "pages": [3, 9.5], "venue": {"volume": 12}}
+    client.create_collection("numbers")
+    client.upsert("numbers", [Document(id="paper", text="A paper.", metadata=metadata)])
+    [stored], _ = client.get("numbers", ["paper"])
+    assert stored.metadata == metadata
+    assert [type(stored.metadata[key]) for key in ("year", "below", "share", "largest")] == [int, int, float, int]
+    assert [type(value) for value in stored.metadata["pages"]] == [int, float] and type(stored.metadata["venue"]["volume"]) is int
+    [hit] = client.search("numbers", "paper", k=1, filter={"year": 2021}, include_documents=True)
+    assert hit.document is not None and hit.document.metadata == metadata
+
+
+def test_the_server_refuses_numbers_a_double_cannot_hold(server: LocalServer) -> None:
+    """Past the SDK's check (another client, grpcurl): 9007199254740993 arrives as 9007199254740992.0."""
+    from irgate_client.v1 import irgate_pb2 as pb
+
+    document = pb.Document(id="big", text="An id.")
+    document.metadata.update({"id": 9007199254740993})
+    search = pb.SearchRequest(collection="numbers-raw", query="id", k=1)
+    search.filter.update({"id": 9007199254740993})
+    with Client(server.address, timeout=30) as client:
+        client.create_collection("numbers-raw")
+    with grpc.insecure_channel(server.address) as channel:
+        upsert = channel.stream_unary("/irgate.v1.Collections/UpsertDocuments",
+                                      request_serializer=pb.UpsertDocumentsRequest.SerializeToString,
+                                      response_deserializer=pb.UpsertDocumentsResponse.FromString)
+        searching = channel.unary_unary("/irgate.v1.Search/Search", request_serializer=pb.SearchRequest.SerializeToString,
+                                        response_deserializer=pb.SearchResponse.FromString)
+        for call in (lambda: upsert(iter([pb.UpsertDocumentsRequest(collection="numbers-raw", documents=[document])]),
+                                    timeout=30),
+                     lambda: searching(search, timeout=30)):
+            with pytest.raises(grpc.RpcError) as raised:
+                call()
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "is 9007199254740992; numbers are doubles, exact within +-9007199254740991" in raised.value.details()
+
+
+def test_client_without_a_target_uses_irgate_server(server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IRGATE_SERVER", server.address)
+    with Client(timeout=30) as client:
+        assert client.health() == "SERVING"
+
+    async def run() -> str:
+        async with AsyncClient(timeout=30) as connected:
+            return await connected.health()
+
+    assert asyncio.run(run()) == "SERVING"
