@@ -31,14 +31,17 @@ from test_server import (  # noqa: F401 - collected here too, against the Milvus
     test_upsert_stream_reports_what_was_committed_before_an_error,
 )
 
-from irgate.errors import InvalidArgument
+from irgate.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from irgate.index.records import DocumentRecord
 from irgate.local_server import LocalServer
 from irgate_client import Client, IrgateError
 
 pytest.importorskip("pymilvus", reason="the [milvus] extra is not installed (make test installs it)")
 
-from irgate.index.milvus import MAX_TEXT_BYTES, MilvusIndex, irgate_name, milvus_name  # noqa: E402
+from pymilvus.client.types import LoadState  # noqa: E402
+from pymilvus.exceptions import MilvusException  # noqa: E402
+
+from irgate.index.milvus import MAX_TEXT_BYTES, MilvusIndex, irgate_name, milvus_name, typed_error  # noqa: E402
 
 GATEWAY_ARGS = ["--judge", "none", "--max-batch-size", "8", "--max-k", "100"]
 
@@ -196,6 +199,47 @@ def test_the_sdk_balances_over_ip_addresses_only() -> None:
         with pytest.raises(IrgateError) as raised:
             Client(bad)
         assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_released_collection_is_loaded_again_by_the_call_that_finds_it_so(index: MilvusIndex) -> None:
+    index.create("notes")
+    vectors = np.eye(4, dtype=np.float32)
+    index.get("notes").upsert([DocumentRecord(id="n0")], vectors[:1])
+    # A restarted milvus-lite holds every collection released, as here; each call must load it again.
+    calls = {
+        "search": lambda notes: [hit.id for hit in notes.search(vectors[0], k=1)] == ["n0"],
+        "get": lambda notes: [record.id for record in notes.get(["n0"])] == ["n0"],
+        "upsert": lambda notes: notes.upsert([DocumentRecord(id="n1")], vectors[1:2]).upserted == 1,
+        "delete": lambda notes: notes.delete(["n1"]) == (1, 0),
+    }
+    for call, answered in calls.items():
+        index._client.release_collection(milvus_name("notes"))
+        assert answered(index.get("notes")), call
+        assert index._client.get_load_state(milvus_name("notes"))["state"] == LoadState.Loaded, call
+
+
+def test_the_first_health_probe_loads_what_milvus_holds_released(index: MilvusIndex, milvus) -> None:
+    index.create("notes")
+    index._client.release_collection(milvus_name("notes"))
+    probe = MilvusIndex(milvus.address, 4, "test-embedder")  # a gateway starting, or seeing Milvus back
+    try:
+        assert probe.ready()
+        assert index._client.get_load_state(milvus_name("notes"))["state"] == LoadState.Loaded
+    finally:
+        probe.close()
+
+
+def test_milvus_failures_answer_a_precise_code_or_unavailable() -> None:
+    def typed(code: int, message: str) -> type:
+        return type(typed_error(MilvusException(code=code, message=message), "notes", "127.0.0.1:19530"))
+
+    assert typed(100, "collection not found[collection=irgate_notes]") is NotFound
+    assert typed(101, "Collection 'irgate_notes' is in state 'released'; call load() before search/get/query") is Unavailable
+    assert typed(8, "rate limit exceeded") is ResourceExhausted
+    assert typed(1100, "invalid parameter[expected=topk <= 16384]") is InvalidArgument
+    for code, message in ((2, "Fail connecting to server"), (1, "Unexpected error"), (503, "channel not available"),
+                          (65535, "undefined")):
+        assert typed(code, message) is Unavailable, code
 
 
 def test_a_snapshot_seals_the_writes_into_the_vector_index(index: MilvusIndex) -> None:

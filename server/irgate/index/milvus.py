@@ -14,6 +14,11 @@ Where Milvus differs from the in-process engine (docs/scale-out.md says more):
     superset of the matches (Milvus takes true for 1 and a missing key for null), then the gateway keeps
     exactly the documents whose values are equal as JSON, as the in-process engine does.
   - title and text are VARCHAR columns of at most 1 MiB each (in UTF-8 bytes).
+
+A restarted Milvus may hold collections released (milvus-lite always does; a Milvus cluster while it
+recovers): a call that Milvus answers "not loaded" loads the collection and is made once more, and
+the health probe (ready) loads every released collection once Milvus answers again after an outage.
+Every Milvus failure reaches the client as a precise code or UNAVAILABLE (retry), never INTERNAL.
 """
 
 from __future__ import annotations
@@ -22,17 +27,28 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from contextlib import contextmanager
+from functools import partial
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 from pymilvus import DataType, MilvusClient
+from pymilvus.client.types import LoadState
 from pymilvus.exceptions import ErrorCode, MilvusException
 
-from irgate.errors import AlreadyExists, InvalidArgument, NotFound, StartupError, Unavailable
+from irgate.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    IrgateError,
+    NotFound,
+    ResourceExhausted,
+    StartupError,
+    Unavailable,
+)
 from irgate.identifiers import COLLECTION_NAME, check_collection_name
 from irgate.index.records import (
     CollectionInfo,
@@ -71,6 +87,18 @@ _INDEX_OF_PRECISION: dict[str, tuple[str, dict[str, Any]]] = {
 }
 _GRAPH = {"M": 16, "efConstruction": 200}
 _SEARCH_EF = 64
+# Milvus's status codes (its merr package) that say a collection is not (or not fully) loaded, or is
+# being recovered: a Milvus that restarted answers these until the collection is loaded again.
+_NOT_LOADED = {101, 103, 106}
+# Milvus's codes for "too much now": rate limits, quotas and memory or disk limits; retry later.
+_OVER_LIMIT = {3, 4, 7, 8, 9}
+# Milvus's codes for a parameter it refused (invalid, missing, too large).
+_BAD_PARAMETER = {1100, 1101, 1102}
+# The longest wait between attempts to reach a Milvus that is down.
+_RECONNECT_MS = 1000
+# The health probe's limit: a Milvus that does not answer list_collections within it is not ready.
+_PROBE_TIMEOUT = 2.0
+T = TypeVar("T")
 
 log = logging.getLogger("irgate.index")
 
@@ -120,6 +148,35 @@ def filter_expression(wanted: Mapping[str, Any]) -> str:
     return " and ".join(clauses)
 
 
+def _not_loaded(error: MilvusException) -> bool:
+    message = error.message.lower()
+    return error.code in _NOT_LOADED or "not loaded" in message or "released" in message
+
+
+def typed_error(error: MilvusException | grpc.RpcError, name: str, address: str) -> IrgateError:
+    """A Milvus failure as the typed error clients are told: NOT_FOUND, RESOURCE_EXHAUSTED or
+    INVALID_ARGUMENT where Milvus says so precisely, UNAVAILABLE (retry) for everything else, which
+    is a Milvus that is down, restarting, recovering or failing. The message carries Milvus's code and
+    reason, which is all the gateway knows of the failure."""
+    if isinstance(error, grpc.RpcError):
+        status: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
+        if status is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return ResourceExhausted(f"the Milvus index at {address} is at a limit ({error.details()}); retry later")  # type: ignore[attr-defined]
+        return Unavailable(f"the Milvus index at {address} cannot be reached ({status.name}); retry")
+    code, message = error.code, error.message
+    if code == ErrorCode.COLLECTION_NOT_FOUND or "collection not found" in message.lower():
+        return NotFound(f"collection '{name}' does not exist")
+    if _not_loaded(error):
+        return Unavailable(f"collection '{name}' is not loaded in the Milvus index at {address} yet ({message}); retry")
+    if code == 2 or "unavailable" in message.lower():  # 2: pymilvus cannot connect
+        return Unavailable(f"the Milvus index at {address} cannot be reached ({message}); retry")
+    if code in _OVER_LIMIT:
+        return ResourceExhausted(f"the Milvus index at {address} refused the call for now ({message}); retry later")
+    if code in _BAD_PARAMETER:
+        return InvalidArgument(f"the Milvus index at {address} refused the request: {message}")
+    return Unavailable(f"the Milvus index at {address} cannot serve the call now (code {code}: {message}); retry")
+
+
 class MilvusIndex:
     """Every collection of one Milvus server. Safe to call from several threads at once."""
 
@@ -133,12 +190,18 @@ class MilvusIndex:
         try:
             # pymilvus pings idle connections every 10 s; a gRPC server with default settings (milvus-lite's)
             # answers that with GOAWAY "too_many_pings" and drops the connection. Pings during calls are enough.
+            # gRPC waits ever longer between attempts to reach a server that is down (up to 2 minutes, and
+            # pymilvus's fresh channels share that wait): capped, a restarted Milvus is found within a second.
             self._client = MilvusClient(
                 uri=f"http://{self.address}", timeout=timeout,
-                grpc_options={"grpc.keepalive_permit_without_calls": False},
+                grpc_options={"grpc.keepalive_permit_without_calls": False, "grpc.max_reconnect_backoff_ms": _RECONNECT_MS},
             )
         except MilvusException as error:
             raise StartupError(f"cannot reach Milvus at {self.address} ({error.message}); start it or fix --index") from None
+        self._loading = threading.Lock()
+        # Whether the last health probe got an answer (None before the first): the first probe, and the
+        # first after Milvus stopped answering, load what a restarted Milvus holds released.
+        self._answered: bool | None = None
 
     @property
     def location(self) -> str:
@@ -147,6 +210,30 @@ class MilvusIndex:
     @property
     def unavailable(self) -> dict[str, str]:
         return {}  # Milvus answers for its own collections' health
+
+    def ready(self) -> bool:
+        """True when Milvus answers within a few seconds. When it answers again after it did not (or
+        at the first probe), every irgate collection it holds released is loaded, so that searches
+        find it served; a load that fails is retried by the next call that needs the collection."""
+        try:
+            stored = self._client.list_collections(timeout=_PROBE_TIMEOUT)
+        except (MilvusException, grpc.RpcError) as error:
+            if self._answered is not False:
+                log.warning("the Milvus index at %s does not answer (%s); the services that need it are NOT_SERVING "
+                            "until it does", self.address, getattr(error, "message", error))
+            self._answered = False
+            return False
+        if self._answered is False:
+            log.warning("the Milvus index at %s answers again", self.address)
+        if not self._answered:
+            self._answered = True
+            for name in filter(None, map(irgate_name, stored)):
+                try:
+                    self._load(name)
+                except (MilvusException, grpc.RpcError) as error:
+                    log.warning("cannot load collection '%s' in Milvus at %s now: %s", name, self.address,
+                                typed_error(error, name, self.address))
+        return True
 
     def create(self, name: str, precision: str = "f16") -> CollectionInfo:
         check_collection_name(name, "collection name")
@@ -181,8 +268,7 @@ class MilvusIndex:
         vector = next(field for field in described["fields"] if field["name"] == "vector")
         properties = described.get("properties", {})
         return MilvusCollection(
-            self._client,
-            self._answers,
+            self,
             name,
             dimension=int(vector["params"]["dim"]),
             precision=properties.get("irgate.precision", "f32"),
@@ -214,31 +300,43 @@ class MilvusIndex:
 
     @contextmanager
     def _answers(self, name: str) -> Iterator[None]:
-        """Milvus's failures as irgate's typed errors: a missing collection is NOT_FOUND, an
-        unreachable Milvus UNAVAILABLE; anything else is raised as it is (INTERNAL, logged)."""
+        """Milvus's failures inside as irgate's typed errors (typed_error)."""
         try:
             yield
-        except MilvusException as error:
-            if error.code == ErrorCode.COLLECTION_NOT_FOUND or "collection not found" in error.message.lower():
-                raise NotFound(f"collection '{name}' does not exist") from None
-            if error.code == 2 or "unavailable" in error.message.lower():
-                raise Unavailable(f"the Milvus index at {self.address} cannot be reached ({error.message}); retry") from None
-            raise
-        except grpc.RpcError as error:
-            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):  # type: ignore[attr-defined]
-                raise Unavailable(f"the Milvus index at {self.address} cannot be reached ({error.code().name}); retry") from None  # type: ignore[attr-defined]
-            raise
+        except (MilvusException, grpc.RpcError) as error:
+            raise typed_error(error, name, self.address) from None
+
+    def loaded(self, name: str, call: Callable[[], T]) -> T:
+        """call()'s answer; when Milvus says the collection is not loaded (it restarted), the collection
+        is loaded and call() made once more. Milvus's failures are raised as typed errors."""
+        with self._answers(name):
+            try:
+                return call()
+            except MilvusException as error:
+                if not _not_loaded(error):
+                    raise
+            self._load(name)
+            return call()
+
+    def _load(self, name: str) -> None:
+        # One load at a time: the threads that found the collection released wait for the first one's
+        # load instead of each loading it again.
+        with self._loading:
+            if self._client.get_load_state(milvus_name(name))["state"] == LoadState.Loaded:
+                return
+            log.warning("collection '%s' is not loaded in Milvus at %s (Milvus restarted?); loading it", name, self.address)
+            self._client.load_collection(milvus_name(name))
 
 
 class MilvusCollection:
     """One collection; a handle holds its fixed settings only, every document lives in Milvus."""
 
     def __init__(
-        self, client: MilvusClient, answers: Callable[[str], AbstractContextManager[None]], name: str, *, dimension: int, precision: str, model: str,
-        created_at: float, serving_model: str | None,
+        self, index: MilvusIndex, name: str, *, dimension: int, precision: str, model: str, created_at: float,
+        serving_model: str | None,
     ) -> None:
-        self._client = client
-        self._answers = answers
+        self._index = index
+        self._client = index._client
         self.name = name
         self.dimension = dimension
         self.precision = precision
@@ -251,8 +349,8 @@ class MilvusCollection:
         return CollectionInfo(self.name, self.count(), self.dimension, self.precision, self.model, self.created_at)
 
     def count(self) -> int:
-        with self._answers(self.name):
-            rows = self._client.query(self._stored, filter="", output_fields=["count(*)"], consistency_level=_STRONG)
+        rows = self._index.loaded(self.name, partial(
+            self._client.query, self._stored, filter="", output_fields=["count(*)"], consistency_level=_STRONG))
         return int(rows[0]["count(*)"])
 
     def upsert(self, documents: Sequence[DocumentRecord], vectors: np.ndarray) -> UpsertResult:
@@ -279,9 +377,8 @@ class MilvusCollection:
             }
             for item in checked
         ]
-        with self._answers(self.name):
-            replaced = len(self._existing(ids))
-            self._client.upsert(self._stored, rows)
+        replaced = len(self._existing(ids))
+        self._index.loaded(self.name, partial(self._client.upsert, self._stored, rows))
         return UpsertResult(upserted=len(rows), replaced=replaced)
 
     def get(self, ids: Sequence[str], include_vectors: bool = False, skip_missing: bool = False) -> list[DocumentRecord]:
@@ -289,19 +386,18 @@ class MilvusCollection:
             validate_document_id(document_id)
         fields = ["id", "title", "text", "metadata", *(["vector"] if include_vectors else [])]
         found: dict[str, DocumentRecord] = {}
-        with self._answers(self.name):
-            for start in range(0, len(ids), _IDS_PER_QUERY):
-                for row in self._client.query(
-                    self._stored, filter=_ids_expression(ids[start : start + _IDS_PER_QUERY]), output_fields=fields,
-                    consistency_level=_STRONG,
-                ):
-                    found[row["id"]] = DocumentRecord(
-                        id=row["id"],
-                        title=row["title"],
-                        text=row["text"],
-                        metadata=row["metadata"],
-                        vector=np.asarray(row["vector"], dtype=np.float32) if include_vectors else None,
-                    )
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            expression = _ids_expression(ids[start : start + _IDS_PER_QUERY])
+            for row in self._index.loaded(self.name, partial(
+                self._client.query, self._stored, filter=expression, output_fields=fields, consistency_level=_STRONG,
+            )):
+                found[row["id"]] = DocumentRecord(
+                    id=row["id"],
+                    title=row["title"],
+                    text=row["text"],
+                    metadata=row["metadata"],
+                    vector=np.asarray(row["vector"], dtype=np.float32) if include_vectors else None,
+                )
         if not skip_missing:
             for document_id in ids:
                 if document_id not in found:
@@ -312,11 +408,10 @@ class MilvusCollection:
         for document_id in ids:
             validate_document_id(document_id)
         distinct = list(dict.fromkeys(ids))
-        with self._answers(self.name):
-            stored = self._existing(distinct)
-            existing = [document_id for document_id in distinct if document_id in stored]
-            if existing:
-                self._client.delete(self._stored, filter=_ids_expression(existing))
+        stored = self._existing(distinct)
+        existing = [document_id for document_id in distinct if document_id in stored]
+        if existing:
+            self._index.loaded(self.name, partial(self._client.delete, self._stored, filter=_ids_expression(existing)))
         return len(existing), len(distinct) - len(existing)
 
     def search(self, vector: np.ndarray, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
@@ -325,16 +420,16 @@ class MilvusCollection:
         expression = filter_expression(wanted)
         limit = min(k, MAX_TOPK)
         while True:
-            with self._answers(self.name):
-                found = self._client.search(
-                    self._stored,
-                    data=[query.tolist()],
-                    limit=limit,
-                    filter=expression,
-                    output_fields=["metadata"] if wanted else [],
-                    search_params={"metric_type": "COSINE", "params": {"ef": max(limit, _SEARCH_EF)}},
-                    consistency_level=_STRONG,
-                )[0]
+            found = self._index.loaded(self.name, partial(
+                self._client.search,
+                self._stored,
+                data=[query.tolist()],
+                limit=limit,
+                filter=expression,
+                output_fields=["metadata"] if wanted else [],
+                search_params={"metric_type": "COSINE", "params": {"ef": max(limit, _SEARCH_EF)}},
+                consistency_level=_STRONG,
+            ))[0]
             hits = [
                 ScoredKey(id=hit["id"], score=float(hit["distance"]))
                 for hit in found
@@ -349,7 +444,7 @@ class MilvusCollection:
         """Seals what was written into indexed segments (Milvus's flush) and returns once the vector
         index covers them. Milvus does this by itself as segments fill up or age; until then fresh
         writes are searched by brute force, which milvus-lite does in Python (see docs/scale-out.md)."""
-        with self._answers(self.name):
+        with self._index._answers(self.name):
             self._client.flush(self._stored)
             deadline = time.monotonic() + timeout
             while self._client.describe_index(self._stored, "vector").get("pending_index_rows", 0) > 0:
@@ -360,9 +455,9 @@ class MilvusCollection:
     def _existing(self, ids: Sequence[str]) -> set[str]:
         existing: set[str] = set()
         for start in range(0, len(ids), _IDS_PER_QUERY):
-            rows = self._client.query(
-                self._stored, filter=_ids_expression(ids[start : start + _IDS_PER_QUERY]), output_fields=["id"],
-                consistency_level=_STRONG,
-            )
+            expression = _ids_expression(ids[start : start + _IDS_PER_QUERY])
+            rows = self._index.loaded(self.name, partial(
+                self._client.query, self._stored, filter=expression, output_fields=["id"], consistency_level=_STRONG,
+            ))
             existing.update(row["id"] for row in rows)
         return existing

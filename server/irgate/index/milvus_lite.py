@@ -62,6 +62,12 @@ class MilvusLiteServer:
         if self._process is not None:
             stop_process(self._process, timeout)
 
+    def kill(self) -> None:
+        """Hard stop (SIGKILL), as a crash would; start() starts it again on the same data and port."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
     def __enter__(self) -> MilvusLiteServer:
         return self.start()
 
