@@ -76,6 +76,33 @@ def test_readme_configuration_table_matches_serve_help() -> None:
     assert differing == {}, "README (variable, default) vs --help"
 
 
+def test_no_help_shows_an_empty_default() -> None:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("IRGATE_")}
+    for command in (["serve"], ["search"], ["index"], ["judge"], ["collection", "create"]):
+        text = subprocess.run([sys.executable, "-m", "irgate", *command, "--help"], capture_output=True, text=True,
+                              check=True, env={**environment, "COLUMNS": "200"}).stdout
+        assert "default: )" not in text, command
+
+
+def readme_exit_codes() -> dict[int, str]:
+    section = (REPO / "README.md").read_text().split("### Exit codes", 1)[1].split("\n#", 1)[0]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if re.match(r"\|\s*\d+\s*\|", line)]
+    return {int(code): meaning for code, meaning in rows}
+
+
+def test_readme_exit_codes_are_the_ones_the_cli_uses() -> None:
+    from irgate.cli import EXIT_CODES
+
+    assert readme_exit_codes() == EXIT_CODES
+
+
+def test_irgate_server_is_documented_where_help_names_it() -> None:
+    assert "IRGATE_SERVER" in irgate("search", "--help").stdout and "IRGATE_SERVER" in irgate("--help").stdout
+    assert "`IRGATE_SERVER`" in (REPO / "README.md").read_text()
+    assert "`IRGATE_SERVER`" in (REPO / "clients" / "python" / "README.md").read_text()
+
+
 # ---------------------------------------------------------------------------
 # docs and sample data
 # ---------------------------------------------------------------------------
@@ -197,3 +224,13 @@ def test_search_after_rerank_shows_the_dense_score_and_the_verdict_apart(judge_s
     table = irgate(*common).stdout
     header = next(line for line in table.splitlines() if "rank" in line)
     assert all(column in header for column in ("dense", "relevant", "p(true)", "ended", "tokens"))
+
+
+def test_judge_reasoning_prints_each_documents_whole_reasoning(judge_server: LocalServer) -> None:
+    common = ["judge", "what causes rain", "--doc", "Rain forms when water vapour condenses.", "--doc", "Cats purr.",
+              "--max-reasoning-tokens", "4", "--server", judge_server.address]
+    table = irgate(*common).stdout
+    reasoned = irgate(*common, "--reasoning").stdout
+    assert "doc 0 (" not in table
+    for index in (0, 1):
+        assert re.search(rf"^doc {index} \(\d+ tokens, (answered|forced|forced_eos)\):$", reasoned, flags=re.M), reasoned

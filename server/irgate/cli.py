@@ -6,23 +6,31 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
+import re
 import sys
-from collections.abc import Iterator
+import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
+# gRPC's C core would print its own lines (a failed TLS handshake, ...) among the CLI's messages, which
+# report every failure themselves. The core reads this once, when grpc is imported; GRPC_VERBOSITY set
+# by the user still wins.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import grpc  # noqa: E402
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from irgate import __version__
+from irgate.errors import ConfigError, StartupError
 from irgate.errors import IrgateError as ServerSideError
-from irgate.errors import StartupError
 from irgate.progress import ProgressReport
-from irgate_client import Client, Document, IrgateError, Query, Verdict
+from irgate_client import Client, Document, IrgateError, Query, UpsertResult, Verdict
 
 console = Console(stderr=True)
 
@@ -34,9 +42,39 @@ REASONING_HELP = "reasoning tokens per judged document (default: the server's ca
 # Never shown as a default in --help: they come from the environment.
 SECRETS = {"api_key"}
 
+# Exit codes: a script tells a "no" from a mistake, a refusal and a server it cannot reach.
+EXIT_NO = 1
+EXIT_USAGE = 2
+EXIT_REFUSED = 3
+EXIT_NO_ANSWER = 4
+EXIT_NOT_STARTED = 5
+EXIT_INTERRUPTED = 130
+EXIT_CODES = {
+    0: "done",
+    EXIT_NO: "the answer is no: `health` is not SERVING, `documents get` found not every id, `collection check` "
+             "found problems",
+    EXIT_USAGE: "a wrong command line, setting or input file",
+    EXIT_REFUSED: "the server refused the call (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, "
+                  "UNAUTHENTICATED, RESOURCE_EXHAUSTED, DATA_LOSS, ...: the message names the code)",
+    EXIT_NO_ANSWER: "no answer: the server cannot be reached or is unavailable (UNAVAILABLE), or the deadline "
+                    "passed (DEADLINE_EXCEEDED); retry, or give more --timeout",
+    EXIT_NOT_STARTED: "`irgate serve` could not start (its port or --data-dir is taken, Milvus cannot be reached)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+NO_ANSWER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every flag shows its default (secrets excepted)."""
+    """Every flag shows its default (secrets excepted); a description or epilog keeps its lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        # An indented line ("  3    the server refused ...") wraps under its own text: a table stays a table.
+        lines = []
+        for line in text.splitlines():
+            hanging = re.match(r"\s+\S+\s+", line)
+            lines.append(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent + " " * (
+                hanging.end() if hanging else 0)) if line.strip() else "")
+        return "\n".join(lines)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help = action.help or ""
@@ -66,7 +104,7 @@ def _client_options(parser: argparse.ArgumentParser, server_default: str = DEFAU
                         help="PEM CA certificate to trust instead of the system roots; implies --tls (env IRGATE_CA_CERT)")
     parser.add_argument("--timeout", type=float, default=None,
                         help=f"deadline of each call in seconds, 0 for none (default: {DEFAULT_TIMEOUT_S:g}; "
-                             "`index` streams without a deadline unless given one)")
+                             "`index` has none unless given one, then it applies to each batch)")
 
 
 def _timeout(args: argparse.Namespace, bulk: bool = False) -> float | None:
@@ -76,6 +114,31 @@ def _timeout(args: argparse.Namespace, bulk: bool = False) -> float | None:
     if args.timeout < 0:
         raise ValueError(f"--timeout is {args.timeout:g}; give seconds, or 0 for no deadline")
     return args.timeout or None
+
+
+def _whole_number(minimum: int, allowed: str) -> Callable[[str], int]:
+    """An argparse type: checked as the command line is read, before anything is sent or printed."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; {allowed}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; {allowed}")
+        return value
+
+    return parse
+
+
+K = _whole_number(1, "it must be between 1 and the server's max_k (`irgate info` shows it)")
+RERANK = _whole_number(0, "give the number of top hits the judge reranks, or 0 for none")
+REASONING_TOKENS = _whole_number(0, "give reasoning tokens per document, 0 or more")
+BATCH_SIZE = _whole_number(1, "give documents per upsert message, 1 to the server's max_batch_size")
+PASSAGE_TOKENS = _whole_number(1, "give tokens of each passage the judge reads, 1 to the server's passage cap "
+                                   "(`irgate info` shows it)")
+PASSAGE_HELP = ("tokens of each passage the judge reads; longer ones are cut at their end "
+                "(default: the server's passage cap, see `irgate info`)")
 
 
 def _root_certificates(args: argparse.Namespace) -> bytes | None:
@@ -109,7 +172,10 @@ def _parser() -> argparse.ArgumentParser:
     from irgate.config import add_arguments
     from irgate.logs import FORMATS, LEVELS
 
-    parser = argparse.ArgumentParser(prog="irgate", description=__doc__, formatter_class=_HelpFormatter)
+    exit_codes = "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items())
+    parser = argparse.ArgumentParser(prog="irgate", description=__doc__, formatter_class=_HelpFormatter,
+                                     epilog=f"exit codes:\n{exit_codes}\n\nIRGATE_SERVER (HOST:PORT) is every client "
+                                            f"command's --server default ({DEFAULT_SERVER} when unset).")
     parser.add_argument("--version", action="version", version=f"irgate {__version__}", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -147,7 +213,8 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="one JSON object")
     _client_options(info)
 
-    health = _command(commands, "health", "ask the server's grpc.health.v1 service; exit 1 unless SERVING")
+    health = _command(commands, "health", f"ask the server's grpc.health.v1 service; exit 0 when SERVING, {EXIT_NO} when "
+                                          f"not, {EXIT_NO_ANSWER} when the server cannot be reached")
     health.add_argument("--service", default="", help="service name (irgate.v1.Search, ...); empty for the whole server")
     _client_options(health)
 
@@ -190,7 +257,7 @@ def _parser() -> argparse.ArgumentParser:
                                         "a rerun skips documents stored unchanged")
     index.add_argument("collection", help="collection name")
     index.add_argument("file", type=Path, help="BEIR corpus: one {\"_id\", \"title\", \"text\"} object per line")
-    index.add_argument("--batch-size", type=int, default=128, help="documents per upsert message")
+    index.add_argument("--batch-size", type=BATCH_SIZE, default=128, help="documents per upsert message")
     index.add_argument("--create", action="store_true", help="create the collection if it does not exist")
     _client_options(index)
 
@@ -206,12 +273,13 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("collection", help="collection name")
     search.add_argument("query", help="the query text")
     search.add_argument("--instruction", default="", help="free-text instruction, formatted as the models were trained")
-    search.add_argument("--k", type=int, default=10, help="hits to return")
+    search.add_argument("--k", type=K, default=10, help="hits to return")
     search.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
                         help="only documents whose metadata KEY equals VALUE (read as JSON when it parses: 2001, true); "
                              "repeat for more")
-    search.add_argument("--rerank", type=int, default=0, metavar="N", help="let the judge rerank the top N hits")
-    search.add_argument("--max-reasoning-tokens", type=int, default=None, help=REASONING_HELP)
+    search.add_argument("--rerank", type=RERANK, default=0, metavar="N", help="let the judge rerank the top N hits")
+    search.add_argument("--max-reasoning-tokens", type=REASONING_TOKENS, default=None, help=REASONING_HELP)
+    search.add_argument("--max-passage-tokens", type=PASSAGE_TOKENS, default=None, help=PASSAGE_HELP)
     search.add_argument("--reasoning", action="store_true", help="also show the judge's reasoning for each judged hit")
     search.add_argument("--json", action="store_true", help="one JSON object per hit, with the verdict of judged hits")
     _client_options(search)
@@ -220,7 +288,10 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("query", help="the query text")
     judge.add_argument("--doc", action="append", required=True, metavar="TEXT", help="a passage; repeat for more")
     judge.add_argument("--instruction", default="", help="free-text instruction joined to the query")
-    judge.add_argument("--max-reasoning-tokens", type=int, default=None, help=REASONING_HELP)
+    judge.add_argument("--max-reasoning-tokens", type=REASONING_TOKENS, default=None, help=REASONING_HELP)
+    judge.add_argument("--max-passage-tokens", type=PASSAGE_TOKENS, default=None, help=PASSAGE_HELP)
+    judge.add_argument("--reasoning", action="store_true",
+                       help="also show each document's whole reasoning (the table shows its end; --json always has it)")
     judge.add_argument("--json", action="store_true", help="one JSON object per document, as each verdict is ready")
     _client_options(judge)
 
@@ -235,6 +306,9 @@ def _parser() -> argparse.ArgumentParser:
                              help="also measure the continuous-batching scheduler (minutes on a CPU)")
     bench_judge.add_argument("--big", type=int, default=100,
                              help="documents of the big call in the scheduler figures (the concurrent calls hold big/5 each)")
+    bench_judge.add_argument("--long-passages", action="store_true",
+                             help="instead: a top-N rerank (--documents) of context-length passages at the judge's default "
+                                  "budget, with its passage cap and without, and a 1 MB passage's cost to the event loop")
     bench_judge.add_argument("--json", action="store_true", help="one JSON object")
     bench_embed = _command(bench_commands, "embed", "irgate over gRPC vs raw ONNX Runtime vs sentence-transformers")
     bench_embed.add_argument("--model", type=Path, default=DEFAULT_MODELS / "embedder", help="prepared embedder folder")
@@ -327,7 +401,7 @@ def _health(args: argparse.Namespace) -> None:
         status = client.health(args.service)
     print(status)
     if status != "SERVING":
-        sys.exit(1)
+        sys.exit(EXIT_NO)
 
 
 def _check_collection(args: argparse.Namespace) -> None:
@@ -337,7 +411,7 @@ def _check_collection(args: argparse.Namespace) -> None:
     for problem in problems:
         print(f"{args.name}: {problem}")
     if problems:
-        sys.exit(1)
+        sys.exit(EXIT_NO)
     print(f"{args.name}: store and index agree")
 
 
@@ -355,6 +429,8 @@ def _collection(args: argparse.Namespace) -> None:
             _say(f"deleted {args.name}")
             return
         infos = [client.describe_collection(args.name)] if args.action == "describe" else client.list_collections()
+    if not infos:  # on stderr, so that --json's output stays valid (no lines)
+        _say("no collections yet: create one with `irgate collection create NAME`")
     if args.json:
         for info in infos:
             print(json.dumps(dataclasses.asdict(info)))
@@ -377,16 +453,14 @@ def _documents(args: argparse.Namespace) -> None:
                           if key != "vector" or args.vectors}))
     if missing:
         _say(f"not found in {args.collection}: {', '.join(missing)}")
-        sys.exit(1)
+        sys.exit(EXIT_NO)
 
 
 class _Corpus:
-    """The documents of a BEIR corpus file, as the upsert stream asks for them; counts the ones
-    without title and text (embedded as empty strings) and advances the progress report."""
+    """The documents of a BEIR corpus file; counts the ones without title and text (embedded as empty strings)."""
 
-    def __init__(self, path: Path, progress: ProgressReport):
+    def __init__(self, path: Path):
         self.path = path
-        self.progress = progress
         self.empty = 0
 
     def __iter__(self) -> Iterator[Document]:
@@ -401,18 +475,33 @@ class _Corpus:
                                     metadata=row.get("metadata") or {})
                 if not (document.title.strip() or document.text.strip()):
                     self.empty += 1
-                self.progress.advance()
                 yield document
         except ValueError as error:
             raise ValueError(f"{self.path}, document {number + 1}: {error}") from None
 
 
-def _holding(client: Client, collection: str) -> str:
-    """What a failed ingest left behind, when the server can still say."""
+def _batches(documents: Iterator[Document], size: int) -> Iterator[list[Document]]:
+    while batch := list(itertools.islice(documents, size)):
+        yield batch
+
+
+def _existing(client: Client, collection: str) -> None:
+    """Fails before the first document is read when the collection is missing, saying how to make it."""
     try:
-        return f" {collection} now holds {client.describe_collection(collection).documents} documents."
-    except IrgateError:
-        return ""
+        client.describe_collection(collection)
+    except IrgateError as error:
+        if error.code != grpc.StatusCode.NOT_FOUND:
+            raise
+        raise IrgateError(error.code, f"collection '{collection}' does not exist; create it with "
+                                      f"`irgate collection create {collection}`, or rerun with --create") from None
+
+
+def _holding(client: Client, collection: str) -> str:
+    """What the collection holds after a failed ingest, or why that is unknown."""
+    try:
+        return f"{collection} now holds {_count(client.describe_collection(collection).documents, 'document')}"
+    except IrgateError as error:
+        return f"how many documents {collection} holds now is unknown (asking failed: {error.code.name})"
 
 
 def _index(args: argparse.Namespace) -> None:
@@ -420,19 +509,47 @@ def _index(args: argparse.Namespace) -> None:
 
     # A first pass for the total that the ETA needs: reading is cheap next to embedding.
     total = sum(1 for _ in read_jsonl(args.file))
+    corpus = _Corpus(args.file)
+    committed = UpsertResult(upserted=0, replaced=0, total_tokens=0, documents=0, unchanged=0)
+    done = 0
     with _client(args) as client:
         if args.create:
             client.create_collection(args.collection, exist_ok=True)
+        else:
+            _existing(client, args.collection)
         with ProgressReport(console, f"indexing {args.file.name}", total, "docs") as progress:
-            corpus = _Corpus(args.file, progress)
             try:
-                result = client.upsert(args.collection, corpus, batch_size=args.batch_size, timeout=_timeout(args, bulk=True))
-            except IrgateError as error:
-                raise IrgateError(error.code, error.message + _holding(client, args.collection)) from None
-    _say(f"upserted {result.upserted} ({result.replaced} replaced), {result.unchanged} unchanged and skipped, "
-         f"{result.total_tokens} tokens embedded; {args.collection} holds {_count(result.documents, 'document')}")
+                # One upsert per batch, so that the progress counts what the server committed, not what gRPC buffered.
+                for batch in _batches(iter(corpus), args.batch_size):
+                    result = client.upsert(args.collection, batch, batch_size=args.batch_size,
+                                           timeout=_timeout(args, bulk=True))
+                    committed = UpsertResult(
+                        upserted=committed.upserted + result.upserted, replaced=committed.replaced + result.replaced,
+                        total_tokens=committed.total_tokens + result.total_tokens, documents=result.documents,
+                        unchanged=committed.unchanged + result.unchanged)
+                    done += len(batch)
+                    progress.advance(len(batch))
+            except (IrgateError, ValueError) as error:
+                stopped = (f"; {done} of the {total} documents of {args.file.name} were committed (or stored unchanged) "
+                           f"before it, {_holding(client, args.collection)}; rerun the same command to resume: "
+                           "documents stored unchanged are skipped")
+                if isinstance(error, ValueError):
+                    raise ValueError(f"{error}{stopped}") from None
+                raise IrgateError(error.code, error.message + stopped) from None
+    _say(f"upserted {committed.upserted} ({committed.replaced} replaced), {committed.unchanged} unchanged and skipped, "
+         f"{committed.total_tokens} tokens embedded; {args.collection} holds {_count(committed.documents, 'document')}")
     if corpus.empty:
         _say(f"{_count(corpus.empty, 'document')} without title and text: embedded as empty strings, as BEIR and MTEB do")
+
+
+def _warn_if_not_instructable(client: Client, instruction: str) -> None:
+    """An embedder not trained with instructions reads one as more query text: its vector and scores change."""
+    if not instruction:
+        return
+    info = client.info()
+    if not info.supports_instructions:
+        _say(f"warning: the embedder {info.model} was not trained with instructions; the instruction is appended to "
+             "the query as plain text (as MTEB does), which changes its vector and every dense score")
 
 
 def _embed(args: argparse.Namespace) -> None:
@@ -440,6 +557,7 @@ def _embed(args: argparse.Namespace) -> None:
         raise ValueError("--instruction applies to queries; add --query")
     inputs: list[str | Query] = [Query(text, instruction=args.instruction) for text in args.texts] if args.query else args.texts
     with _client(args) as client:
+        _warn_if_not_instructable(client, args.instruction)
         embeddings = client.embed(inputs, raw=args.raw)
     if args.json:
         for text, embedding in zip(args.texts, embeddings):
@@ -470,15 +588,26 @@ def _waiting(message: str) -> Iterator[None]:
         yield
 
 
+def _print_reasoning(judged: list[tuple[str, Verdict]]) -> None:
+    """Each judged document's whole reasoning, on stdout after the table: (label, verdict) in the table's order."""
+    out = Console()
+    for label, verdict in judged:
+        out.print(f"\n{label} ({verdict.reasoning_tokens} tokens, {verdict.ended}):", markup=False)
+        out.print(verdict.reasoning.strip() or "(no reasoning)", markup=False, highlight=False)
+
+
 def _search(args: argparse.Namespace) -> None:
     filters = _filters(args.filter)
     with _client(args) as client:
+        _warn_if_not_instructable(client, args.instruction)
         budget = "up to the server's reasoning cap" if args.max_reasoning_tokens is None else (
             f"up to {args.max_reasoning_tokens} reasoning tokens each")
         with _waiting(f"the judge reranks the top {args.rerank} hits ({budget})") if args.rerank else contextlib.nullcontext():
             hits = client.search(args.collection, args.query, instruction=args.instruction, k=args.k, filter=filters or None,
                                  include_documents=True, rerank=args.rerank, max_reasoning_tokens=args.max_reasoning_tokens,
-                                 return_reasoning=args.reasoning)
+                                 return_reasoning=args.reasoning, max_passage_tokens=args.max_passage_tokens)
+    if not hits:  # on stderr, so that --json's output stays valid (no lines)
+        _say(f"no hits: {args.collection} holds no document" + (" that matches every --filter" if filters else ""))
     if args.json:
         for rank, hit in enumerate(hits, 1):
             document = hit.document or Document(id=hit.id)
@@ -501,11 +630,7 @@ def _search(args: argparse.Namespace) -> None:
         table.add_row(str(rank), hit.id, f"{hit.dense_score:.4f}", *judgement, snippet)
     _print_table(table)
     if args.reasoning:
-        out = Console()
-        for rank, hit in enumerate(hits, 1):
-            if hit.verdict:
-                out.print(f"\n{rank}. {hit.id} ({hit.verdict.reasoning_tokens} tokens, {hit.verdict.ended}):", markup=False)
-                out.print(hit.verdict.reasoning.strip() or "(no reasoning)", markup=False, highlight=False)
+        _print_reasoning([(f"{rank}. {hit.id}", hit.verdict) for rank, hit in enumerate(hits, 1) if hit.verdict])
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -518,7 +643,8 @@ def _judge(args: argparse.Namespace) -> None:
     verdicts = []
     with _client(args) as client, ProgressReport(console, "judging", len(args.doc), "docs") as progress:
         events = client.judge_stream(args.query, args.doc, instruction=args.instruction,
-                                     max_reasoning_tokens=args.max_reasoning_tokens, return_reasoning=True)
+                                     max_reasoning_tokens=args.max_reasoning_tokens, return_reasoning=True,
+                                     max_passage_tokens=args.max_passage_tokens)
         for event in events:  # completion order: print each verdict the moment it is ready
             if isinstance(event, Verdict):
                 verdicts.append(event)
@@ -532,14 +658,20 @@ def _judge(args: argparse.Namespace) -> None:
         table.add_row(str(verdict.index), str(verdict.relevant), f"{verdict.score:.4f}", str(verdict.reasoning_tokens),
                       verdict.ended, Text(" ".join(verdict.reasoning.split())[-120:]))
     _print_table(table)
+    if args.reasoning:
+        _print_reasoning([(f"doc {verdict.index}", verdict) for verdict in sorted(verdicts, key=lambda item: item.index)])
 
 
 def _bench(args: argparse.Namespace) -> None:
-    if args.suite == "judge":
+    if args.suite == "judge" and args.long_passages:
+        from irgate.bench.judge import run_long_passage_benchmark
+
+        result = run_long_passage_benchmark(args.model, documents=args.documents)
+    elif args.suite == "judge":
         from irgate.bench.judge import run_judge_benchmark
 
         result = run_judge_benchmark(args.model, documents=args.documents, max_reasoning_tokens=args.max_reasoning_tokens,
-                                     repeats=args.repeats, scheduling=args.scheduling, big=args.big)
+                                     repeats=args.repeats, scheduling=args.scheduling, big=args.big, console=console)
     else:
         from irgate.bench.embed import run_embed_benchmark, synthetic_texts
         from irgate.eval.beir import load_beir
@@ -552,9 +684,9 @@ def _bench(args: argparse.Namespace) -> None:
         if args.triton:
             from irgate.bench.embed import run_triton_embed_benchmark
 
-            result = run_triton_embed_benchmark(args.model, texts)
+            result = run_triton_embed_benchmark(args.model, texts, console=console)
         else:
-            result = run_embed_benchmark(args.model, texts)
+            result = run_embed_benchmark(args.model, texts, console=console)
     if args.json:
         print(json.dumps(result))
         return
@@ -575,6 +707,10 @@ def _explained(error: IrgateError, args: argparse.Namespace) -> str:
     if error.code == grpc.StatusCode.DEADLINE_EXCEEDED and error.message.startswith("Deadline Exceeded"):
         return (f"DEADLINE_EXCEEDED: no answer within --timeout {_timeout(args) or 0:g} s; "
                 "give the call more time with --timeout SECONDS, or --timeout 0 for no deadline")
+    if error.code == grpc.StatusCode.UNAVAILABLE and server and "handshake" in error.message.lower():
+        return (f"UNAVAILABLE: no TLS handshake with {server}: with --tls (or --ca-cert) the server must serve TLS "
+                "(`irgate serve --tls-cert ... --tls-key ...`); drop --tls for a plaintext server, or check the certificate "
+                f"({error.message})")
     if error.code == grpc.StatusCode.UNAVAILABLE and server:
         return f"{error}\ncannot reach irgate at {server}: is `irgate serve` running there? (set --server or IRGATE_SERVER)"
     if error.code == grpc.StatusCode.UNAUTHENTICATED:
@@ -589,10 +725,13 @@ def main(argv: list[str] | None = None) -> None:
     # The user's to fix (a status from the server, a bad file or argument, a setting): no traceback.
     except IrgateError as error:
         _error(_explained(error, args))
-        sys.exit(2)
-    except (ServerSideError, StartupError, OSError, ValueError) as error:
+        sys.exit(EXIT_NO_ANSWER if error.code in NO_ANSWER else EXIT_REFUSED)
+    except (ServerSideError, ConfigError, OSError, ValueError) as error:
         _error(str(error))
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
+    except StartupError as error:
+        _error(str(error))
+        sys.exit(EXIT_NOT_STARTED)
     except KeyboardInterrupt:
         _say("interrupted")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
