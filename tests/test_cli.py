@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
+import select
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED, free_port
+from conftest import SHARED, free_port, wait_for
+from irgate.cli import EXIT_CODES, EXIT_INTERRUPTED, EXIT_NO, EXIT_NO_ANSWER, EXIT_NOT_STARTED, EXIT_REFUSED, EXIT_USAGE
 from irgate.local_server import LocalServer
+from irgate_client import Client
 
 CORPUS = [
     {"_id": "d1", "title": "Precipitation", "text": "Rain forms when water vapour condenses into droplets."},
@@ -48,7 +54,7 @@ def test_collection_commands(server: LocalServer) -> None:
     irgate("collection", "create", "cli-notes", "--server", server.address)
     assert "cli-notes" in irgate("collection", "list", "--server", server.address).stdout
     failed = irgate("collection", "create", "cli-notes", "--server", server.address, check=False)
-    assert failed.returncode == 2 and "ALREADY_EXISTS" in failed.stderr
+    assert failed.returncode == EXIT_REFUSED and "ALREADY_EXISTS" in failed.stderr
     irgate("collection", "delete", "cli-notes", "--server", server.address)
     assert "cli-notes" not in irgate("collection", "list", "--server", server.address).stdout
 
@@ -183,7 +189,7 @@ def test_search_filter_and_json_fields(server: LocalServer, tmp_path: Path) -> N
     assert hits[0]["verdict"] is None and hits[0]["metadata"] == {"field": "poetry", "year": 2001}
     assert hits[0]["dense_score"] == hits[0]["score"]  # unjudged: the score is the dense one
     bad = irgate("search", "cli-filter", "rain", "--filter", "field", "--server", server.address, check=False)
-    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == EXIT_USAGE and "KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_index_reports_progress_without_a_terminal_and_a_rerun_skips_what_is_stored(server: LocalServer,
@@ -200,8 +206,10 @@ def test_a_failed_index_says_what_the_collection_holds(server: LocalServer, tmp_
     corpus.write_text("".join(json.dumps(row) + "\n" for row in rows))
     failed = irgate("index", "cli-partial", str(corpus), "--create", "--batch-size", "2", "--server", server.address,
                     check=False)
-    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert failed.returncode == EXIT_REFUSED and "Traceback" not in failed.stderr
     assert "INVALID_ARGUMENT" in failed.stderr and "cli-partial now holds 4 documents" in failed.stderr
+    assert "4 of the 5 documents of corpus.jsonl were committed" in failed.stderr
+    assert "indexing corpus.jsonl: 4/5 docs" in failed.stderr  # what was committed, not what was sent
 
 
 def test_documents_without_title_and_text_are_counted_not_fatal(server: LocalServer, tmp_path: Path) -> None:
@@ -218,21 +226,166 @@ def test_documents_without_title_and_text_are_counted_not_fatal(server: LocalSer
 
 def test_user_errors_and_an_unreachable_server_print_no_traceback(server: LocalServer) -> None:
     unknown = irgate("health", "--service", "Search", "--server", server.address, check=False)
-    assert unknown.returncode == 2 and "irgate.v1.Search" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert unknown.returncode == EXIT_REFUSED and "irgate.v1.Search" in unknown.stderr and "Traceback" not in unknown.stderr
     nobody = f"127.0.0.1:{free_port()}"
     for command in (["health"], ["info"], ["search", "c", "q"], ["collection", "list"]):
         failed = irgate(*command, "--server", nobody, check=False)
-        assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
+        assert failed.returncode == EXIT_NO_ANSWER and "Traceback" not in failed.stderr, failed.stderr
         assert f"cannot reach irgate at {nobody}" in failed.stderr
     # A long error stays on one line (a log or a grep finds it whole), whatever the terminal's width.
     deep = "/no/such/" + "folder/" * 20 + "corpus.jsonl"
     missing = irgate("index", "c", deep, "--server", server.address, check=False)
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr and deep in missing.stderr
+    assert missing.returncode == EXIT_USAGE and "Traceback" not in missing.stderr and deep in missing.stderr
 
 
 def test_a_deadline_says_how_to_raise_it(server: LocalServer) -> None:
     irgate("collection", "create", "cli-deadline", "--server", server.address)
     failed = irgate("embed", *[f"text number {i} " * 40 for i in range(8)], "--timeout", "0.001", "--server", server.address,
                     check=False)
-    assert failed.returncode == 2 and "DEADLINE_EXCEEDED" in failed.stderr
+    assert failed.returncode == EXIT_NO_ANSWER and "DEADLINE_EXCEEDED" in failed.stderr
     assert "--timeout SECONDS" in failed.stderr and "Traceback" not in failed.stderr
+
+
+# ---------------------------------------------------------------------------
+# exit codes, indexing that counts what is committed, and the small things a first hour meets
+# ---------------------------------------------------------------------------
+
+
+def test_each_exit_code_means_one_thing_and_help_lists_them_all(server: LocalServer, minilm_folder: Path) -> None:
+    irgate("collection", "create", "cli-codes", "--server", server.address)
+    outcomes = {
+        0: irgate("health", "--server", server.address, check=False),
+        EXIT_NO: irgate("health", "--service", "irgate.v1.Judge", "--server", server.address, check=False),  # no judge
+        EXIT_USAGE: irgate("search", "cli-codes", "rain", "--k", "0", "--server", server.address, check=False),
+        EXIT_REFUSED: irgate("collection", "describe", "cli-nowhere", "--server", server.address, check=False),
+        EXIT_NO_ANSWER: irgate("health", "--server", f"127.0.0.1:{free_port()}", check=False),
+        # The running server holds that data directory.
+        EXIT_NOT_STARTED: irgate("serve", "--data-dir", str(server.data_dir), "--port", "0", "--metrics-port", "0",
+                                 "--embedder", f"onnx:{minilm_folder}", "--judge", "none", check=False),
+    }
+    for code, result in outcomes.items():
+        assert result.returncode == code, (code, result.args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert "NOT_SERVING" in outcomes[EXIT_NO].stdout and "NOT_FOUND" in outcomes[EXIT_REFUSED].stderr
+    assert "in use by another irgate process" in outcomes[EXIT_NOT_STARTED].stderr
+    help_text = irgate("--help").stdout
+    listed = help_text.split("exit codes:", 1)[1]
+    for code, meaning in EXIT_CODES.items():
+        assert f"  {code:<4} {meaning.split()[0]}" in listed, code
+    assert set(EXIT_CODES) == {*outcomes, EXIT_INTERRUPTED}
+
+
+def test_ctrl_c_exits_130_without_a_traceback() -> None:
+    with socket.socket() as silent:  # accepts connections and never answers: the call waits
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        process = subprocess.Popen([sys.executable, "-m", "irgate", "health", "--timeout", "120",
+                                    "--server", f"127.0.0.1:{silent.getsockname()[1]}"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: _connected(silent), 60, "the CLI connecting")
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == EXIT_INTERRUPTED and "interrupted" in stderr and "Traceback" not in stderr
+
+
+def _connected(listening: socket.socket) -> bool:
+    return bool(select.select([listening], [], [], 0)[0])
+
+
+def test_index_into_a_missing_collection_says_how_to_create_it(server: LocalServer, beir_folder: Path) -> None:
+    failed = irgate("index", "cli-missing", str(beir_folder / "corpus.jsonl.gz"), "--server", server.address, check=False)
+    assert failed.returncode == EXIT_REFUSED and "NOT_FOUND" in failed.stderr
+    assert "`irgate collection create cli-missing`" in failed.stderr and "--create" in failed.stderr
+    assert "docs" not in failed.stderr  # refused before a document was read, so no progress to report
+
+
+def test_index_counts_what_the_server_committed_when_it_stops_and_a_rerun_resumes(minilm_folder: Path,
+                                                                                   tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"n{i}", "text": f"Field note {i} on rain and rivers."}) + "\n"
+                              for i in range(2000)))
+    data_dir = tmp_path / "data"
+    args = ["--embedder", f"onnx:{minilm_folder}", "--judge", "none"]
+    with LocalServer(data_dir, args) as running:
+        irgate("collection", "create", "cli-stopped", "--server", running.address)
+        indexing = subprocess.Popen([sys.executable, "-m", "irgate", "index", "cli-stopped", str(corpus), "--batch-size",
+                                     "16", "--server", running.address], stderr=subprocess.PIPE, text=True)
+        with Client(running.address, timeout=30) as client:
+            wait_for(lambda: client.describe_collection("cli-stopped").documents >= 64, 300, "64 documents committed")
+        running.kill()  # the server stops mid-index, as a crash would
+        _, stderr = indexing.communicate(timeout=120)
+    assert indexing.returncode == EXIT_NO_ANSWER and "Traceback" not in stderr, stderr
+    committed = int(stderr.split(" of the 2000 documents of corpus.jsonl were committed")[0].rsplit(";", 1)[1])
+    assert f"indexing corpus.jsonl: {committed}/2000 docs" in stderr  # the progress counted commits, not sends
+    assert "how many documents cli-stopped holds now is unknown" in stderr and "rerun the same command" in stderr
+    with LocalServer(data_dir, args) as restarted:
+        with Client(restarted.address, timeout=30) as client:
+            held = client.describe_collection("cli-stopped").documents
+        # Every batch the CLI counted was acknowledged, so it is durable; one more may have been committed unanswered.
+        assert committed <= held <= committed + 16 and committed >= 48
+        again = irgate("index", "cli-stopped", str(corpus), "--batch-size", "256", "--server", restarted.address)
+    assert f"upserted {2000 - held} (0 replaced), {held} unchanged and skipped" in again.stderr
+    assert "cli-stopped holds 2000 documents" in again.stderr
+
+
+def test_metadata_numbers_print_as_they_were_indexed(server: LocalServer, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"_id": "a", "text": "A paper.", "metadata": {"year": 2021, "score": 0.5, "pages": [3, 9]}})
+                      + "\n")
+    irgate("index", "cli-numbers", str(corpus), "--create", "--server", server.address)
+    printed = irgate("documents", "get", "cli-numbers", "a", "--server", server.address).stdout
+    metadata = json.loads(printed)["metadata"]  # JSON's 2021 reads as an int, 2021.0 as a float
+    assert metadata == {"year": 2021, "score": 0.5, "pages": [3, 9]}
+    assert [type(value) for value in (metadata["year"], metadata["score"], *metadata["pages"])] == [int, float, int, int]
+    too_big = tmp_path / "too-big.jsonl"
+    too_big.write_text(json.dumps({"_id": "b", "text": "An id.", "metadata": {"id": 9007199254740993}}) + "\n")
+    refused = irgate("index", "cli-numbers", str(too_big), "--server", server.address, check=False)
+    assert refused.returncode == EXIT_REFUSED and "INVALID_ARGUMENT" in refused.stderr
+    assert "9007199254740993" in refused.stderr and "2^53 - 1" in refused.stderr and "as a string" in refused.stderr
+    filtered = irgate("search", "cli-numbers", "paper", "--filter", "id=9007199254740993", "--server", server.address,
+                      check=False)
+    assert filtered.returncode == EXIT_REFUSED and "2^53 - 1" in filtered.stderr
+
+
+def test_an_instruction_to_an_embedder_not_trained_with_them_is_warned_about(server: LocalServer) -> None:
+    irgate("collection", "create", "cli-instructed", "--exist-ok", "--server", server.address)
+    warned = irgate("search", "cli-instructed", "rain", "--instruction", "mountain weather only", "--server", server.address)
+    assert "warning: the embedder all-MiniLM-L6-v2 was not trained with instructions" in warned.stderr
+    assert "changes its vector and every dense score" in warned.stderr
+    embedded = irgate("embed", "rain", "--query", "--instruction", "be strict", "--server", server.address)
+    assert "not trained with instructions" in embedded.stderr
+    plain = irgate("search", "cli-instructed", "rain", "--server", server.address)
+    assert "warning" not in plain.stderr
+
+
+def test_empty_results_say_so_on_stderr_and_print_no_json(server: LocalServer) -> None:
+    irgate("collection", "create", "cli-empty", "--exist-ok", "--server", server.address)
+    empty = irgate("search", "cli-empty", "rain", "--json", "--server", server.address)
+    assert empty.stdout == "" and "no hits: cli-empty holds no document" in empty.stderr
+    unmatched = irgate("search", "cli-empty", "rain", "--filter", "year=1", "--json", "--server", server.address)
+    assert "that matches every --filter" in unmatched.stderr
+
+
+def test_flags_are_checked_before_anything_is_printed_or_sent(server: LocalServer) -> None:
+    for flags, said in ((["--k", "0"], "argument --k: 0 is out of range; it must be between 1 and the server's max_k"),
+                        (["--k", "5000"], "k is 5000; it must be between 1 and 100"),
+                        (["--rerank", "2", "--max-reasoning-tokens", "-5"], "argument --max-reasoning-tokens: -5 is out"),
+                        (["--rerank", "-1"], "argument --rerank: -1 is out of range")):
+        failed = irgate("search", "c", "rain", *flags, "--server", server.address, check=False)
+        assert said in failed.stderr, (flags, failed.stderr)
+        assert "info()" not in failed.stderr and "reranks the top" not in failed.stderr  # no banner, no SDK names
+    assert "--reasoning" in irgate("judge", "--help").stdout
+
+
+def test_tls_against_a_plaintext_server_says_so_without_grpc_core_lines(server: LocalServer) -> None:
+    failed = irgate("health", "--tls", "--timeout", "10", "--server", server.address, check=False)
+    assert failed.returncode == EXIT_NO_ANSWER
+    assert "no TLS handshake with" in failed.stderr and "drop --tls for a plaintext server" in failed.stderr
+    assert all(line.startswith(("error: ", "cannot reach")) for line in failed.stderr.splitlines()), failed.stderr
+
+
+def test_irgate_server_names_the_server_of_every_client_command(server: LocalServer) -> None:
+    environment = {**os.environ, "IRGATE_SERVER": server.address}
+    result = subprocess.run([sys.executable, "-m", "irgate", "health"], capture_output=True, text=True, timeout=120,
+                            env=environment)
+    assert result.returncode == 0 and result.stdout.strip() == "SERVING"
