@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,11 @@ class Caller:
         """Its last `calls` calls all ended OK after `moment`."""
         last = self.outcomes[-calls:]
         return len(last) == calls and all(ended > moment and status == "OK" for ended, status in last)
+
+
+def metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
 
 
 def search_until(stop: threading.Event, client: Client, caller: Caller) -> None:
@@ -68,7 +74,9 @@ def upsert_until(stop: threading.Event, client: Client, caller: Caller) -> None:
 
 def test_a_gateway_serves_again_by_itself_after_milvus_restarts(minilm_folder: Path, tmp_path: Path) -> None:
     milvus = MilvusLiteServer(tmp_path / "milvus", free_port()).start()
-    args = ["--embedder", f"onnx:{minilm_folder}", "--index", milvus.index_setting, "--judge", "none"]
+    metrics_port = free_port()
+    args = ["--embedder", f"onnx:{minilm_folder}", "--index", milvus.index_setting, "--judge", "none",
+            "--metrics-port", str(metrics_port)]
     searchers, writer = [Caller(), Caller()], Caller()
     callers = [*searchers, writer]
     stop = threading.Event()
@@ -93,6 +101,7 @@ def test_a_gateway_serves_again_by_itself_after_milvus_restarts(minilm_folder: P
                                              "health NOT_SERVING")
                 assert client.health() == client.health("irgate.v1.Collections") == "NOT_SERVING"
                 assert client.health("irgate.v1.Embed") == "SERVING"  # embedding needs no index
+                assert "irgate_requests_total" in metrics(metrics_port)  # a scrape still brings the other metrics
 
                 milvus.start()  # the same data directory and port
                 ready_at = time.monotonic()
@@ -115,6 +124,7 @@ def test_a_gateway_serves_again_by_itself_after_milvus_restarts(minilm_folder: P
             found, missing = client.get(COLLECTION, writer.acknowledged)
             assert missing == [] and len(found) == len(writer.acknowledged) > 0
             assert client.search(COLLECTION, "Field note number 1 on the weather.", k=1)[0].id == "note-0"
+            assert f'irgate_collection_documents{{collection="{COLLECTION}"}}' in metrics(metrics_port)
         assert "Traceback" not in "".join(gateway.output), "".join(gateway.output[-40:])
     finally:
         milvus.stop()

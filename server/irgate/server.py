@@ -45,7 +45,7 @@ from irgate.core.index import Index
 from irgate.core.judge import JudgeService
 from irgate.core.search import SearchPipeline
 from irgate.core.tokenization import TextEncoder
-from irgate.errors import ConfigError, StartupError
+from irgate.errors import ConfigError, StartupError, Unavailable
 from irgate.logs import ready_line
 from irgate.index.collection import FILES_PER_COLLECTION
 from irgate.index.store import CollectionStore
@@ -195,6 +195,15 @@ class App:
             await self.judge.close()
 
 
+def _collection_documents(store: Index) -> list[tuple[str, int]]:
+    """Documents per collection for a metrics scrape; none while the index does not answer, so that
+    the scrape still brings every other metric (health says why)."""
+    try:
+        return [(info.name, info.documents) for info in store.list()]
+    except Unavailable:
+        return []
+
+
 async def start(settings: Settings) -> App:
     """Builds and starts every layer; raises a StartupError (ConfigError: a setting) that says what to change."""
     settings = settings.validated()
@@ -280,7 +289,7 @@ async def start(settings: Settings) -> App:
         raise StartupError(f"cannot listen on {settings.address} (HTTP port {settings.http_port}, "
                            f"metrics port {settings.metrics_port}): {error}") from None
     QUEUED_TEXTS.set_function(lambda: queue.queued_texts)
-    COLLECTION_DOCUMENTS.set_function(lambda: [(info.name, info.documents) for info in store.list()])
+    COLLECTION_DOCUMENTS.set_function(lambda: _collection_documents(store))
     if judge_backend is not None:
         JUDGE_BUSY.set_function(lambda: float(judge_backend.busy))
     if judge is not None:
