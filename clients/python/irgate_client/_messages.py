@@ -82,7 +82,8 @@ def exact_numbers(name: str, value: object) -> None:
 
 def json_value(value: Any) -> Any:
     """A value read from a Struct, whole numbers as int (2021, not 2021.0) as they were sent; -0.0 stays a float."""
-    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_EXACT_NUMBER and (value or math.copysign(1, value) > 0):
+    whole = isinstance(value, float) and value.is_integer() and abs(value) <= MAX_EXACT_NUMBER
+    if whole and (value or math.copysign(1, value) > 0):
         return int(value)
     if isinstance(value, dict):
         return {key: json_value(item) for key, item in value.items()}
