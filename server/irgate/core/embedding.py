@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,15 @@ class EmbeddingService:
         self.manifest = backend.manifest
         self._encoder = encoder
         self._queue = queue
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids in the embedder's own vocabulary as text (clients that send ids instead of text);
+        raises InvalidArgument for an id the vocabulary does not have."""
+        size = self._encoder.vocabulary_size
+        for position, token in enumerate(ids):
+            if not 0 <= token < size:
+                raise InvalidArgument(f"token id {token} at position {position} is not in the embedder's vocabulary (0 to {size - 1})")
+        return self._encoder.decode(ids)
 
     def format(self, item: TextInput) -> str:
         if item.is_query:

@@ -59,6 +59,14 @@ class TextEncoder:
             raise ValueError(f"max_tokens {manifest.max_tokens} leaves no room beside {self._n_extra} special tokens")
         self.max_characters = manifest.max_tokens * CHARACTERS_PER_TOKEN
 
+    @property
+    def vocabulary_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of token ids in this model's vocabulary, its special tokens left out."""
+        return self._tokenizer.decode(list(ids), skip_special_tokens=True)
+
     def encode(self, texts: list[str]) -> list[Encoded]:
         """Tokenise already formatted texts (see irgate.core.prompts), truncating to max_tokens.
 
