@@ -221,7 +221,7 @@ def test_an_internal_error_tells_the_client_a_request_id_and_logs_the_details(ca
             raise grpc.aio.AbortError()
 
     class Servicer:
-        admission = Admission(4)
+        admission = Admission(4, max_message_bytes=1 << 20, stream_send_timeout_s=30)
 
         @unary("Explode")
         async def Explode(self, request: object, context: Context) -> None:
@@ -555,3 +555,53 @@ def test_a_collection_name_cannot_forge_access_log_lines(server: LocalServer, ch
         time.sleep(0.1)
     assert any("INVALID_ARGUMENT" in line and "u000a2026" in line for line in server.output)
     assert not any(line.startswith("2026-01-01") or "\x1b" in line or "\x07" in line for line in server.output)
+
+
+def test_a_server_stream_whose_client_stops_reading_is_ended_and_frees_its_slot(
+    minilm_folder: Path, judge_folder: Path, tmp_path: Path
+) -> None:
+    metrics_port = free_port()
+    args = ["--embedder", f"onnx:{minilm_folder}", "--judge", f"local:{judge_folder}", "--max-concurrent-requests", "1",
+            "--stream-send-timeout-s", "2", "--max-reasoning-tokens", "4000", "--max-judge-documents", "16",
+            "--metrics-port", str(metrics_port)]
+    counting = pb.JudgeRequest(  # SmolLM2 keeps counting until its budget: deltas without end
+        query="List the numbers from 1 to 2000, one per line.", return_reasoning=True,
+        documents=[pb.JudgeDocument(inline=pb.InlineDocument(text="1\n2\n3\n4"))] * 16,
+    )
+    with LocalServer(tmp_path, args) as running, grpc.insecure_channel(running.address) as channel:
+        # A small receive window and no window growth: the server's writes block within seconds.
+        with grpc.insecure_channel(running.address, [("grpc.http2.lookahead_bytes", 1024),
+                                                     ("grpc.http2.bdp_probe", 0)]) as unread:
+            stream = pb_grpc.JudgeStub(unread).JudgeStream(counting, timeout=300)
+            assert next(stream).HasField("reasoning")  # then nothing more is read
+            info = pb_grpc.InfoStub(channel).GetInfo
+            busy = rpc_error(lambda: info(pb.GetInfoRequest(), timeout=10))
+            assert busy.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            details = {packed.TypeName(): packed for packed in rpc_status.from_call(busy).details}
+            retry = error_details_pb2.RetryInfo()
+            assert details["google.rpc.RetryInfo"].Unpack(retry) and retry.retry_delay.seconds == 1
+
+            deadline = time.monotonic() + 240
+            while True:
+                try:
+                    info(pb.GetInfoRequest(), timeout=10)
+                    break
+                except grpc.RpcError as error:
+                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
+                    assert time.monotonic() < deadline, "the unread stream still holds the only slot after 240 s"
+                    time.sleep(0.5)
+            freed_at = time.monotonic()
+            with pytest.raises(grpc.RpcError) as ended:
+                for _ in stream:  # what the server had queued, then its status
+                    pass
+            assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "--stream-send-timeout-s" in ended.value.details()
+        while metric(metrics_port, "irgate_judge_busy") and time.monotonic() < freed_at + 10:
+            time.sleep(0.1)
+        assert metric(metrics_port, "irgate_judge_busy") == 0.0  # the judge stopped with the stream
+    assert any("JudgeStream DEADLINE_EXCEEDED" in line for line in running.output)
+
+
+def metric(port: int, name: str) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith(f"{name} "))

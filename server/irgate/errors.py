@@ -79,7 +79,7 @@ class ResponseTooLarge(ResourceExhausted):
 class Unavailable(IrgateError):
     """A model backend cannot answer now (UNAVAILABLE)."""
 
-    default_reason = "BACKEND_UNAVAILABLE"
+    default_reason = "UNAVAILABLE"
     default_retry_after_s = 1.0
 
 

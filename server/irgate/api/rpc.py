@@ -96,7 +96,7 @@ class Admission:
     once, not queued), the largest answer message, and how long a server stream may wait for its
     client to read before it is ended and its slot freed."""
 
-    def __init__(self, limit: int, max_message_bytes: int = 64 * MIB, stream_send_timeout_s: float = 30.0):
+    def __init__(self, limit: int, max_message_bytes: int, stream_send_timeout_s: float):
         self.limit = limit
         self.active = 0
         self.max_message_bytes = max_message_bytes
@@ -214,6 +214,22 @@ async def _guarded(
     # Reranking costs seconds where a plain search costs milliseconds: separate series.
     label = f"{method}+rerank" if fields.get("rerank") else method
     code = grpc.StatusCode.OK
+    recorded = False
+
+    def record() -> None:
+        nonlocal recorded
+        if recorded:
+            return
+        recorded = True
+        seconds = time.perf_counter() - start
+        REQUESTS.labels(label, code.name).inc()
+        LATENCY.labels(label).observe(seconds)
+        access_log.info(
+            "%s %s", method, code.name,
+            extra={"fields": {"method": method, **fields, "status": code.name, "ms": round(seconds * 1000, 1),
+                              "request_id": request_id, "peer": peer}},
+        )
+
     try:
         if admission is not None:
             try:
@@ -241,16 +257,12 @@ async def _guarded(
             log.exception("%s failed (request id %s)", method, request_id)
             notes = "".join(f"; {note}" for note in getattr(error, "__notes__", ()))
             message = f"internal error in {method} (request id {request_id}; the server log has the details){notes}"
+        # Recorded first: the status goes out behind any message still queued, so to a client that
+        # stopped reading the abort returns only once it reads, goes away or its deadline passes.
+        record()
         await abort(context, code, message, error if isinstance(error, errors.IrgateError) else None, request_id)
     finally:
-        seconds = time.perf_counter() - start
-        REQUESTS.labels(label, code.name).inc()
-        LATENCY.labels(label).observe(seconds)
-        access_log.info(
-            "%s %s", method, code.name,
-            extra={"fields": {"method": method, **fields, "status": code.name, "ms": round(seconds * 1000, 1),
-                              "request_id": request_id, "peer": peer}},
-        )
+        record()
 
 
 LESS = "ask for less in one call"
@@ -303,16 +315,18 @@ def streaming(
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> None:
             timeout_s = self.admission.stream_send_timeout_s
             async with _guarded(self.admission, method, context, request):
-                async for message in handler(self, request, context):
-                    self.admission.check_size(message, method, smaller)
-                    try:
-                        await asyncio.wait_for(context.write(message), timeout_s)
-                    except TimeoutError:
-                        raise errors.DeadlineExceeded(
-                            f"the client read no {method} message for {timeout_s:g} s (--stream-send-timeout-s), "
-                            "so the stream was ended; read a stream's messages as they arrive",
-                            reason="STREAM_NOT_READ",
-                        ) from None
+                # Closed on any exit, so that the work behind the stream (a judge's) stops with it.
+                async with contextlib.aclosing(handler(self, request, context)) as messages:
+                    async for message in messages:
+                        self.admission.check_size(message, method, smaller)
+                        try:
+                            await asyncio.wait_for(context.write(message), timeout_s)
+                        except TimeoutError:
+                            raise errors.DeadlineExceeded(
+                                f"the client read no {method} message for {timeout_s:g} s (--stream-send-timeout-s), "
+                                "so the stream was ended; read a stream's messages as they arrive",
+                                reason="STREAM_NOT_READ",
+                            ) from None
 
         return wrapper
 
