@@ -48,8 +48,7 @@ def search_until(stop: threading.Event, client: Client, caller: Caller) -> None:
     while not stop.is_set():
         try:
             hits = client.search(COLLECTION, "what causes rain", k=1)
-            assert hits[0].id == "rain", hits
-            status = "OK"
+            status = "OK" if [hit.id for hit in hits] == ["rain"] else f"wrong hits {hits}"
         except IrgateError as error:
             status = error.code.name
         caller.outcomes.append((time.monotonic(), status))
