@@ -3,7 +3,9 @@ message, read here both raw, as any gRPC client would, and through the SDK's Irg
 
 from __future__ import annotations
 
+import collections
 import uuid
+from concurrent import futures
 
 import grpc
 import pytest
@@ -119,3 +121,37 @@ def test_every_error_carries_error_info_with_its_request_id(channel: grpc.Channe
     error = failure(lambda: garbled(b"\x12\x02\xff\xfe"))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert details_of(error)["ErrorInfo"].reason == "MALFORMED_REQUEST"
+
+
+def test_the_sdk_retries_unavailable_on_reads_and_not_on_writes() -> None:
+    """A gRPC server that answers UNAVAILABLE twice, as a gateway whose backend restarts would:
+    the SDK's service config tries reads again, and leaves writes to the caller."""
+    attempts: collections.Counter[str] = collections.Counter()
+
+    def get_info(request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.GetInfoResponse:
+        attempts["GetInfo"] += 1
+        if attempts["GetInfo"] <= 2:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the embedder is restarting")
+        return pb.GetInfoResponse(version="restarted", embedder=pb.EmbedderInfo(model="m", dimension=3))
+
+    def create(request: pb.CreateCollectionRequest, context: grpc.ServicerContext) -> pb.CollectionInfo:
+        attempts["CreateCollection"] += 1
+        context.abort(grpc.StatusCode.UNAVAILABLE, "the index is restarting")
+
+    handlers = [
+        grpc.method_handlers_generic_handler("irgate.v1.Info", {"GetInfo": grpc.unary_unary_rpc_method_handler(
+            get_info, pb.GetInfoRequest.FromString, pb.GetInfoResponse.SerializeToString)}),
+        grpc.method_handlers_generic_handler("irgate.v1.Collections", {"CreateCollection": grpc.unary_unary_rpc_method_handler(
+            create, pb.CreateCollectionRequest.FromString, pb.CollectionInfo.SerializeToString)}),
+    ]
+    flaky = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=handlers)
+    port = flaky.add_insecure_port("127.0.0.1:0")
+    flaky.start()
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=30) as client:
+            assert client.info().version == "restarted" and attempts["GetInfo"] == 3
+            with pytest.raises(IrgateError) as raised:
+                client.create_collection("papers")
+            assert raised.value.code == grpc.StatusCode.UNAVAILABLE and attempts["CreateCollection"] == 1
+    finally:
+        flaky.stop(None)
