@@ -89,6 +89,7 @@ bench: prepare $(TRITON)
 	$(VENV)/bin/irgate bench judge --json | tee benchmarks/results/judge.json
 	$(VENV)/bin/irgate bench embed --data $(SHARED)/data/scifact --documents 1024 --json | tee benchmarks/results/embed.json
 	$(VENV)/bin/irgate bench embed --triton --data $(SHARED)/data/scifact --documents 512 --json | tee benchmarks/results/embed-triton.json
+	$(VENV)/bin/irgate bench embed --http --data $(SHARED)/data/scifact --documents 512 --json | tee benchmarks/results/embed-http.json
 	$(PY) benchmarks/index_engines.py --documents 20000 --queries 300 --fresh-queries 20 --json | tee benchmarks/results/index.json
 
 eval: prepare

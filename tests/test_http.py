@@ -232,3 +232,11 @@ def test_every_grpc_code_has_an_http_status_in_each_dialect() -> None:
     assert http_status(CallFailed(grpc.StatusCode.INTERNAL, "m"), Dialect.TEI) == 424
     assert http_status(CallFailed(grpc.StatusCode.UNAVAILABLE, "m"), Dialect.TEI) == 503
     assert http_status(CallFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, "m"), Dialect.OPENAI) == 429
+
+
+def test_bench_embed_http_runs_both_sides_on_equal_vectors(minilm_folder: Path) -> None:
+    from irgate.bench.embed import run_http_embed_benchmark, synthetic_texts
+
+    report = run_http_embed_benchmark(minilm_folder, synthetic_texts(8, words=20))
+    assert report["max_abs_diff_http_vs_grpc"] < 1e-6
+    assert report["http_vs_grpc_1_clients"] > 0 and report["http_vs_grpc_16_clients"] > 0  # the ratios are the benchmark's

@@ -316,6 +316,8 @@ def _parser() -> argparse.ArgumentParser:
     bench_embed.add_argument("--documents", type=int, default=512, help="texts embedded per side")
     bench_embed.add_argument("--triton", action="store_true",
                              help="instead: the Embed RPC through a local tritonserver (make triton) vs in-process, at 1 and 16 clients")
+    bench_embed.add_argument("--http", action="store_true",
+                             help="instead: the OpenAI embeddings route (openai SDK) vs the gRPC Embed RPC of one server, at 1 and 16 clients")
     bench_embed.add_argument("--json", action="store_true", help="one JSON object")
 
     from irgate.eval.cli import add_eval_commands
@@ -685,6 +687,10 @@ def _bench(args: argparse.Namespace) -> None:
             from irgate.bench.embed import run_triton_embed_benchmark
 
             result = run_triton_embed_benchmark(args.model, texts, console=console)
+        elif args.http:
+            from irgate.bench.embed import run_http_embed_benchmark
+
+            result = run_http_embed_benchmark(args.model, texts, console=console)
         else:
             result = run_embed_benchmark(args.model, texts, console=console)
     if args.json:

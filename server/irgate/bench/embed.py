@@ -1,4 +1,5 @@
-"""Embedding throughput, side by side in one run: irgate over gRPC vs the raw engine vs the usual pick.
+"""Embedding throughput, side by side in one run: irgate over gRPC vs the raw engine vs the usual pick
+(and, with --triton or --http, the same server through Triton or over its HTTP front).
 
 - irgate: a real `irgate serve` process, texts sent by concurrent clients through the public API;
 - raw ONNX Runtime: the same exported graph and tokenizer called directly in this process, in
@@ -10,6 +11,7 @@ Vectors are compared first: a speed-up with different vectors would be no speed-
 from __future__ import annotations
 
 import asyncio
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -206,3 +208,72 @@ def run_triton_embed_benchmark(folder: Path, texts: list[str], console: Console 
     report["triton_hop_p50_ms"] = round(p50["triton"] - p50["in_process"], 2)
     report["max_abs_diff_triton_vs_in_process"] = float(np.abs(vectors["triton"] - vectors["in_process"]).max())
     return report
+
+
+# ---- the HTTP path: the OpenAI embeddings route against the Embed RPC of the same server -------
+
+HTTP_CLIENTS = (1, 16)
+
+
+async def _openai_route(base_url: str, texts: list[str], clients: int) -> tuple[float, np.ndarray]:
+    """Embed `texts` through POST /v1/embeddings with the official openai SDK, as its users call it
+    (base64 vectors, the SDK's default), in calls of BATCH texts from `clients` concurrent clients."""
+    import openai
+
+    batches = [texts[i : i + BATCH] for i in range(0, len(texts), BATCH)]
+    limit = asyncio.Semaphore(clients)
+    async with openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0, timeout=600) as client:
+
+        async def one(part: list[str]) -> list[list[float]]:
+            async with limit:
+                answer = await client.embeddings.create(model="bench", input=part)
+                return [item.embedding for item in answer.data]
+
+        started = time.perf_counter()
+        results = await asyncio.gather(*(one(part) for part in batches))
+        seconds = time.perf_counter() - started
+    return seconds, np.asarray([vector for part in results for vector in part], dtype=np.float32)
+
+
+def run_http_embed_benchmark(folder: Path, texts: list[str], console: Console | None = None) -> dict[str, Any]:
+    """Throughput of the OpenAI embeddings route over the gRPC Embed RPC of one server, on the same
+    texts at 1 and 16 clients, the sides taking turns round by round. With `console`, each step and the
+    time left are shown on it."""
+    folder = Path(folder).resolve()
+    sides = ("grpc", "openai_http")
+    report: dict[str, Any] = {"documents": len(texts), "texts_per_call": BATCH}
+    steps = 1 + ROUNDS * len(HTTP_CLIENTS) * len(sides)
+    with ProgressReport(console or Console(quiet=True), "bench embed --http", steps, "steps") as progress, \
+            tempfile.TemporaryDirectory(prefix="irgate-bench-http-") as work:
+        progress.describe("bench embed --http: starting a server and warming up")
+        port = _free_port()
+        with LocalServer(Path(work), ["--embedder", f"onnx:{folder}", "--judge", "none", "--http-port", str(port)]) as server:
+            base_url = f"http://127.0.0.1:{port}/v1"
+            run = {"grpc": lambda count, part: asyncio.run(_embed_rpcs(server.address, part, count)),
+                   "openai_http": lambda count, part: asyncio.run(_openai_route(base_url, part, count))}
+            for side in sides:
+                run[side](2, texts[: 2 * BATCH])
+            progress.advance()
+            vectors: dict[str, np.ndarray] = {}
+            seconds: dict[tuple[str, int], list[float]] = {}
+            for round_ in range(1, ROUNDS + 1):
+                for clients in HTTP_CLIENTS:
+                    for side in sides:
+                        progress.describe(f"bench embed --http: {side}, {clients} clients, round {round_} of {ROUNDS}")
+                        took, vectors[side] = run[side](clients, texts)
+                        seconds.setdefault((side, clients), []).append(took)
+                        progress.advance()
+            progress.describe("bench embed --http")
+    for clients in HTTP_CLIENTS:
+        rate = {side: len(texts) / float(np.median(seconds[side, clients])) for side in sides}
+        for side in sides:
+            report[f"{side}_docs_per_s_{clients}_clients"] = round(rate[side], 1)
+        report[f"http_vs_grpc_{clients}_clients"] = round(rate["openai_http"] / rate["grpc"], 2)
+    report["max_abs_diff_http_vs_grpc"] = float(np.abs(vectors["openai_http"] - vectors["grpc"]).max())
+    return report
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
