@@ -56,3 +56,9 @@ def test_bench_embed_shows_its_steps_on_stderr_and_prints_one_json_object(minilm
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["documents"] == 8
     assert "bench embed: 3/3 steps, " in done.stderr, done.stderr
+
+
+def test_before_the_first_item_the_line_has_no_rate_yet() -> None:
+    report = ProgressReport(Console(file=io.StringIO()), "bench judge: loading both models", 5, "steps")
+    report._started = time.monotonic() - 30
+    assert report.line() == "bench judge: loading both models: 0/5 steps, 30s elapsed"

@@ -91,9 +91,11 @@ class ProgressReport:
         elapsed = max(time.monotonic() - self._started, 1e-9)
         rate = self.done / elapsed
         count = f"{self.done}/{self.total}" if self.total is not None else str(self.done)
-        # Slow work (a benchmark's steps of minutes) reads better as time per item than as 0.0/s.
-        pace = f"{rate:.1f} {self.unit}/s" if rate >= 0.1 or not self.done else f"{_duration(elapsed / self.done)} each"
-        line = f"{self.description}: {count} {self.unit}, {pace}, {_duration(elapsed)} elapsed"
+        line = f"{self.description}: {count} {self.unit}, "
+        if self.done:
+            # Slow work (a benchmark's steps of minutes) reads better as time per item than as 0.0/s.
+            line += f"{rate:.1f} {self.unit}/s, " if rate >= 0.1 else f"{_duration(elapsed / self.done)} each, "
+        line += f"{_duration(elapsed)} elapsed"
         if self.total is not None and rate > 0 and self.done < self.total:
             line += f", ETA {_duration((self.total - self.done) / rate)}"
         return line
