@@ -466,20 +466,15 @@ class _Corpus:
         self.empty = 0
 
     def __iter__(self) -> Iterator[Document]:
-        from irgate.eval.beir import read_jsonl
+        from irgate.eval.beir import CORPUS_FIELDS, CORPUS_LINE, read_jsonl
 
-        number = 0
-        try:
-            for number, row in enumerate(read_jsonl(self.path), 1):
-                if not isinstance(row, dict) or "_id" not in row:
-                    raise ValueError('BEIR corpus lines are objects like {"_id": "d1", "title": "...", "text": "..."}')
-                document = Document(id=str(row["_id"]), title=row.get("title") or "", text=row.get("text") or "",
-                                    metadata=row.get("metadata") or {})
-                if not (document.title.strip() or document.text.strip()):
-                    self.empty += 1
-                yield document
-        except ValueError as error:
-            raise ValueError(f"{self.path}, document {number + 1}: {error}") from None
+        # A bad line raises ValueError naming the file, the line and what was expected.
+        for row in read_jsonl(self.path, CORPUS_FIELDS, CORPUS_LINE):
+            document = Document(id=str(row["_id"]), title=row.get("title") or "", text=row.get("text") or "",
+                                metadata=row.get("metadata") or {})
+            if not (document.title.strip() or document.text.strip()):
+                self.empty += 1
+            yield document
 
 
 def _batches(documents: Iterator[Document], size: int) -> Iterator[list[Document]]:
@@ -507,10 +502,11 @@ def _holding(client: Client, collection: str) -> str:
 
 
 def _index(args: argparse.Namespace) -> None:
-    from irgate.eval.beir import read_jsonl
+    from irgate.eval.beir import CORPUS_FIELDS, CORPUS_LINE, read_jsonl
 
-    # A first pass for the total that the ETA needs: reading is cheap next to embedding.
-    total = sum(1 for _ in read_jsonl(args.file))
+    # A first pass for the total that the ETA needs (reading is cheap next to embedding); it also
+    # finds a bad line before anything is sent.
+    total = sum(1 for _ in read_jsonl(args.file, CORPUS_FIELDS, CORPUS_LINE))
     corpus = _Corpus(args.file)
     committed = UpsertResult(upserted=0, replaced=0, total_tokens=0, documents=0, unchanged=0)
     done = 0
