@@ -24,6 +24,7 @@ from grpc_status import rpc_status
 
 from conftest import free_port
 from irgate.local_server import LocalServer
+from irgate_client import Client
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 
@@ -355,6 +356,10 @@ def test_a_damaged_database_takes_down_its_collection_only(minilm_folder: Path, 
         assert (listed["good"].state, listed["good"].documents) == (pb.COLLECTION_STATE_READY, 50)
         assert listed["bad"].state == pb.COLLECTION_STATE_DAMAGED
         assert "collections/bad/documents.sqlite" in listed["bad"].damage and str(tmp_path) not in listed["bad"].damage
+        with Client(second.address) as client:
+            assert [(info.name, info.state, info.precision) for info in client.list_collections()] == [
+                ("bad", "DAMAGED", ""), ("good", "READY", "f16")
+            ]
         stub.DeleteCollection(pb.DeleteCollectionRequest(name="bad"))  # how a damaged collection is dropped
         stub.CreateCollection(pb.CreateCollectionRequest(name="bad"))
         assert stub.DescribeCollection(pb.DescribeCollectionRequest(name="bad")).documents == 0

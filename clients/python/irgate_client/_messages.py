@@ -146,8 +146,9 @@ def server_info(response: pb.GetInfoResponse) -> ServerInfo:
 
 
 def collection_info(message: pb.CollectionInfo) -> CollectionInfo:
-    precision = {value: name for name, value in PRECISIONS.items()}.get(message.precision, "f16")
     state = "DAMAGED" if message.state == pb.COLLECTION_STATE_DAMAGED else "READY"
+    # A damaged collection's precision cannot be read: "" rather than the f16 an unset field means.
+    precision = "" if state == "DAMAGED" else {value: name for name, value in PRECISIONS.items()}.get(message.precision, "f16")
     return CollectionInfo(
         message.name, message.documents, message.dimension, precision, message.model, message.created_at,
         state, message.damage,
