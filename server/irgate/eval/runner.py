@@ -7,7 +7,7 @@ finished one reruns from the cache without indexing.
 
 The server part is what Info reports (see server_identity): the index engine and its address,
 the backends and the judge's caps, so that comparing engines, precisions or Triton against
-in process never compares a run with itself.
+in-process never compares a run with itself (the passage cap is one of the judge caps).
 
 The model part of that hash is taken through the API too (a remote server's weights cannot be
 read): the embedder's name, dimension, token limit and pooling, and the signs of its vectors for
