@@ -45,6 +45,7 @@ from irgate.errors import (
     InvalidArgument,
     IrgateError,
     NotFound,
+    Resource,
     ResourceExhausted,
     StartupError,
     Unavailable,
@@ -165,7 +166,7 @@ def typed_error(error: MilvusException | grpc.RpcError, name: str, address: str)
         return Unavailable(f"the Milvus index at {address} cannot be reached ({status.name}); retry")
     code, message = error.code, error.message
     if code == ErrorCode.COLLECTION_NOT_FOUND or "collection not found" in message.lower():
-        return NotFound(f"collection '{name}' does not exist")
+        return NotFound(f"collection '{name}' does not exist", resource=Resource("collection", name))
     if _not_loaded(error):
         return Unavailable(f"collection '{name}' is not loaded in the Milvus index at {address} yet ({message}); retry")
     if code == 2 or "unavailable" in message.lower():  # 2: pymilvus cannot connect
@@ -242,7 +243,7 @@ class MilvusIndex:
         created_at = time.time()
         with self._answers(name):
             if self._client.has_collection(stored):
-                raise AlreadyExists(f"collection '{name}' already exists")
+                raise AlreadyExists(f"collection '{name}' already exists", resource=Resource("collection", name))
             schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=_ID_BYTES)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dimension)
@@ -292,7 +293,7 @@ class MilvusIndex:
         check_collection_name(name, "collection name")
         with self._answers(name):
             if not self._client.has_collection(milvus_name(name)):
-                raise NotFound(f"collection '{name}' does not exist")
+                raise NotFound(f"collection '{name}' does not exist", resource=Resource("collection", name))
             self._client.drop_collection(milvus_name(name))
 
     def close(self) -> None:
@@ -401,7 +402,10 @@ class MilvusCollection:
         if not skip_missing:
             for document_id in ids:
                 if document_id not in found:
-                    raise NotFound(f"document '{document_id}' does not exist in collection '{self.name}'")
+                    raise NotFound(
+                        f"document '{document_id}' does not exist in collection '{self.name}'",
+                        resource=Resource("document", document_id),
+                    )
         return [found[document_id] for document_id in ids if document_id in found]
 
     def delete(self, ids: Sequence[str]) -> tuple[int, int]:
