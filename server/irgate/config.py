@@ -37,6 +37,7 @@ class Settings:
     tls_cert: str = field(default="", metadata={"help": "PEM certificate chain; with --tls-key the server speaks TLS"})
     tls_key: str = field(default="", metadata={"help": "PEM private key for --tls-cert"})
     http_port: int = field(default=8080, metadata={"help": "HTTP/JSON port on --host (OpenAI, Cohere, Jina and text-embeddings-inference routes, and irgate's own API as JSON); 0 disables"})
+    otlp_endpoint: str = field(default="", metadata={"help": "OTLP/gRPC collector (HOST:PORT, or an https:// URL) to send traces to: a span per call, children per stage, parented by the caller's traceparent; empty: no tracing"})
     metrics_port: int = field(default=9464, metadata={"help": "Prometheus metrics port; 0 disables. With an API key, /metrics needs it too"})
     metrics_host: str = field(default="", metadata={"help": "address the metrics port binds; empty: the same as --host"})
     threads: int = field(default=0, metadata={"help": "model threads; 0 uses every core"})

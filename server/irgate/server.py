@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from irgate import __version__
+from irgate import __version__, tracing
 from irgate.api import reflection
 from irgate.api.auth import ApiKeyInterceptor
 from irgate.api.collections import CollectionsServicer
@@ -193,6 +193,7 @@ class App:
         await self.embedder.close()
         if self.judge is not None:
             await self.judge.close()
+        await asyncio.to_thread(tracing.shutdown)  # sends the spans still queued
 
 
 def _collection_documents(store: Index) -> list[tuple[str, int]]:
@@ -207,6 +208,8 @@ def _collection_documents(store: Index) -> list[tuple[str, int]]:
 async def start(settings: Settings) -> App:
     """Builds and starts every layer; raises a StartupError (ConfigError: a setting) that says what to change."""
     settings = settings.validated()
+    if settings.otlp_endpoint:
+        tracing.export_to(settings.otlp_endpoint)
     raise_open_file_limit(settings)
     embedder = open_embedder(settings)
     manifest = embedder.manifest

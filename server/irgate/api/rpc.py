@@ -20,7 +20,7 @@ from google.protobuf.message import Message as ProtoMessage
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from irgate import errors
+from irgate import errors, tracing
 from irgate.api.metrics import IN_FLIGHT, LATENCY, REQUESTS
 from irgate.identifiers import escaped
 
@@ -215,6 +215,7 @@ async def _guarded(
     label = f"{method}+rerank" if fields.get("rerank") else method
     code = grpc.StatusCode.OK
     recorded = False
+    call = tracing.start_call(method, context.invocation_metadata() or (), request_id, **fields)
 
     def record() -> None:
         nonlocal recorded
@@ -263,6 +264,7 @@ async def _guarded(
         await abort(context, code, message, error if isinstance(error, errors.IrgateError) else None, request_id)
     finally:
         record()
+        tracing.end_call(call, code.name)
 
 
 LESS = "ask for less in one call"

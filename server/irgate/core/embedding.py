@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from irgate import tracing
 from irgate.backends.embedder import EmbedderBackend
 from irgate.core.batching import BatchingQueue
 from irgate.core.prompts import format_document, format_query
@@ -74,8 +75,9 @@ class EmbeddingService:
     ) -> Embeddings:
         start = time.perf_counter_ns()
         texts = [self.format(item) for item in items]
-        # encode_batch releases the GIL: a large batch must not stall the event loop.
-        encoded = await asyncio.to_thread(self._encoder.encode, texts)
+        with tracing.stage("tokenize", texts=len(texts)):
+            # encode_batch releases the GIL: a large batch must not stall the event loop.
+            encoded = await asyncio.to_thread(self._encoder.encode, texts)
         tokenized = time.perf_counter_ns()
         if truncation is Truncation.NONE:
             for position, item in enumerate(encoded):
@@ -85,7 +87,9 @@ class EmbeddingService:
                         f"text {position} has {length} tokens and the model reads at most "
                         f"{self.manifest.max_tokens}; shorten it or allow truncation (TRUNCATION_END)"
                     )
-        vectors, stats = await self._queue.embed([item.ids for item in encoded])
+        with tracing.stage("embedding batch", tokens=sum(len(item.ids) for item in encoded)) as span:
+            vectors, stats = await self._queue.embed([item.ids for item in encoded])
+            span.set_attributes({"queue_ns": stats.queue_ns, "inference_ns": stats.inference_ns})
         if normalize:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from irgate import tracing
 from irgate.core.collections import document_of
 from irgate.core.documents import Document
 from irgate.core.embedding import EmbeddingService, TextInput, Timing, Truncation
@@ -24,6 +25,7 @@ class RerankOptions:
     top_n: int = 0
     max_reasoning_tokens: int | None = None  # None: the judge's cap (the one default)
     return_reasoning: bool = False
+    max_passage_tokens: int | None = None  # None: the judge's passage cap; a request may only lower it
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class SearchPipeline:
         top_n = query.rerank.top_n
         if top_n and self._judge is None:
             raise FailedPrecondition("this server runs without a judge, so it cannot rerank; set rerank.top_n to 0")
+        if top_n and self._judge is not None:  # refused before the dense search, with the field's name
+            self._judge.passage_cap(query.rerank.max_passage_tokens, "rerank.max_passage_tokens")
         collection = await asyncio.to_thread(self._store.get, query.collection)
         embedded = await self._embedding.embed(
             [TextInput(text=query.query, is_query=True, instruction=query.instruction)],
@@ -71,13 +75,13 @@ class SearchPipeline:
             normalize=True,
         )
         # The judge may lift any of the top_n dense hits into the first k.
-        found = await asyncio.to_thread(collection.search, embedded.vectors[0], max(query.k, top_n), query.filter)
+        with tracing.stage("index search", k=max(query.k, top_n), filtered=query.filter is not None):
+            found = await asyncio.to_thread(collection.search, embedded.vectors[0], max(query.k, top_n), query.filter)
         hits = [SearchHit(id=item.id, score=item.score, dense_score=item.score) for item in found]
         if (query.include_documents or top_n) and hits:
-            documents = {
-                record.id: document_of(record)
-                for record in await asyncio.to_thread(collection.get, [hit.id for hit in hits], skip_missing=True)
-            }
+            with tracing.stage("document fetch", documents=len(hits)):
+                records = await asyncio.to_thread(collection.get, [hit.id for hit in hits], skip_missing=True)
+            documents = {record.id: document_of(record) for record in records}
             hits = [replace(hit, document=documents[hit.id]) for hit in hits if hit.id in documents]
         if top_n and hits:
             hits = await self._rerank(query, hits)
@@ -103,6 +107,7 @@ class SearchPipeline:
             passages,
             query.rerank.max_reasoning_tokens,
             return_reasoning=query.rerank.return_reasoning,
+            max_passage_tokens=query.rerank.max_passage_tokens,
         )
         judged = [replace(hit, score=verdict.score, verdict=verdict) for hit, verdict in zip(judged, verdicts, strict=True)]
         judged.sort(key=lambda hit: (-hit.score, -hit.dense_score))

@@ -116,6 +116,10 @@ class EngineSequence(Protocol):
         the whole logits row; returns what to do next."""
         ...
 
+    def admitted(self) -> None:
+        """The engine gave the sequence a row: its prompt is prefilled from now on."""
+        ...
+
     def end(self, reason: str) -> None:
         """The engine stopped the sequence: "cancelled", "closed" or "failed: <message>"."""
         ...
@@ -415,6 +419,7 @@ class JudgeEngine:
             self.stats.waiting_sequences -= 1
             if self.stats.on_queue_wait is not None:
                 self.stats.on_queue_wait(time.monotonic() - row.submitted)
+            row.seq.admitted()
             row.admission = admission
             admitted.append(row)
         self.stats.running_rows = self._rows
@@ -834,6 +839,9 @@ class _Generation:
             self.on_finish("length")
             return DONE
         return None
+
+    def admitted(self) -> None:
+        """Plain generation keeps no timeline."""
 
     def end(self, reason: str) -> None:
         self.on_finish(reason)

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from irgate import tracing
 from irgate.backends.judge import rank1
 from irgate.backends.judge.contract import JudgeRequest
 from irgate.backends.judge.engine import DONE, Action, EngineLimits, JudgeEngine, Rewrite
@@ -42,14 +43,22 @@ class _Rank1Sequence:
         self._emit = emit
         self.max_new_tokens = budget
         self._ended: Ended | None = None
+        # The call's trace and when this document reached each stage, for its spans once it is judged.
+        self._trace = tracing.current()
+        self._submitted_ns = tracing.now_ns()
+        self._admitted_ns = self._prefilled_ns = 0
         if budget == 0:  # nothing to reason: the prompt is the forced one, its next token the answer
             self._ended = "forced"
             self.prompt_ids = judge._encode(self._judgement.forced_text(judge.manifest))
         else:
             self.prompt_ids = prompt.ids
 
+    def admitted(self) -> None:
+        self._admitted_ns = tracing.now_ns()
+
     def advance(self, token: int, scores: Sequence[float], logits: Any) -> Action:
         manifest = self._judge.manifest
+        self._prefilled_ns = self._prefilled_ns or tracing.now_ns()
         if self._ended is not None:  # this step read the forced answer
             self._finish(rank1.p_true(*scores), self._ended)
             return DONE
@@ -69,6 +78,9 @@ class _Rank1Sequence:
             self._emit(reason)
 
     def _finish(self, score: float, ended: Ended) -> None:
+        stages = {"judge queue": (self._submitted_ns, self._admitted_ns), "prefill": (self._admitted_ns, self._prefilled_ns),
+                  "decode": (self._prefilled_ns, tracing.now_ns())}
+        tracing.record(self._trace, stages, document=self._judgement.index)
         for event in self._judgement.finish(score, ended, self._stream):
             self._emit(event)
 
@@ -141,7 +153,10 @@ class LocalJudge:
 
     def _fit(self, request: JudgeRequest) -> list[FittedPrompt]:
         return [
-            rank1.fit_prompt(self.manifest, self._tokenizer, request.query, request.instruction, p.title, p.text, request.budget)
+            rank1.fit_prompt(
+                self.manifest, self._tokenizer, request.query, request.instruction, p.title, p.text, request.budget,
+                request.max_passage_tokens,
+            )
             for p in request.passages
         ]
 
