@@ -103,13 +103,14 @@ def test_jina_form_with_irgate_extensions_echoes_ids_and_titles(http: httpx.Clie
     documents = [{"text": PASSAGES[0], "id": "rain", "title": "Weather"}, {"text": PASSAGES[1], "id": "cats"}]
     answer = http.post("/v1/rerank", json={"model": "m", "query": "what causes rain", "documents": documents,
                                            "instruction": "physics", "max_reasoning_tokens": 1, "return_reasoning": True,
-                                           "return_documents": True})
+                                           "return_documents": True, "max_tokens_per_doc": 3})
     assert answer.status_code == 200, answer.text
     results = answer.json()["results"]
     assert sorted(result["id"] for result in results) == ["cats", "rain"]
     rain = next(result for result in results if result["id"] == "rain")
     assert rain["document"] == {"text": PASSAGES[0], "id": "rain", "title": "Weather"}
     assert rain["reasoning_tokens"] == 1 and "reasoning" in rain and rain["ended"] in ("forced", "forced_eos", "answered")
+    assert rain["truncated"]  # Cohere's max_tokens_per_doc lowered the passage cap to 3 tokens
     assert answer.json()["id"] == answer.headers["x-request-id"]
 
 

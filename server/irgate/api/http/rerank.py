@@ -4,7 +4,8 @@ form), answered by the judge.
 Documents are strings or `{"text", "id"?, "title"?}` objects; results come best first, cut to
 `top_n`. irgate's extensions in the body: `instruction`, `max_reasoning_tokens`, `return_reasoning`;
 each result also says whether the judge found it relevant, how its reasoning ended and how many
-tokens it spent, and echoes the document's id. Any model name is accepted: the server has one judge."""
+tokens it spent, and echoes the document's id. Cohere's `max_tokens_per_doc` (or irgate's
+`max_passage_tokens`) lowers the judge's passage cap. Any model name is accepted: the server has one judge."""
 
 from __future__ import annotations
 
@@ -47,6 +48,11 @@ def judge_request(body: dict[str, Any], documents_field: str = "documents") -> p
         documents=[_document(position, value) for position, value in enumerate(documents)],
         return_reasoning=optional(body, "return_reasoning", bool, False, "give true or false"),
     )
+    # Cohere v2's max_tokens_per_doc is the judge's passage cap, which a request may only lower.
+    for name in ("max_tokens_per_doc", "max_passage_tokens"):
+        cap = count(body, name, None, "give a whole number of tokens, 1 or more")
+        if cap is not None:
+            message.max_passage_tokens = cap
     budget = optional(body, "max_reasoning_tokens", int, None, "give a whole number of tokens, 0 or more")
     if budget is not None:
         if budget < 0:
