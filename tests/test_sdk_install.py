@@ -11,7 +11,7 @@ from irgate.local_server import LocalServer
 
 SCRIPT = """
 import sys, importlib.util
-from irgate_client import Client, Document, Query
+from irgate_client import Client, Document, IrgateError, Query
 assert importlib.util.find_spec("torch") is None and importlib.util.find_spec("onnxruntime") is None
 with Client(sys.argv[1]) as client:
     client.create_collection("sdk-alone")
@@ -19,6 +19,10 @@ with Client(sys.argv[1]) as client:
                                 Document(id="b", text="Cats are mammals.")])
     print(client.info().model, client.search("sdk-alone", "what causes rain", k=1)[0].id,
           len(client.embed([Query("rain", instruction="be strict")])[0].values))
+    try:
+        client.search("sdk-alone", "rain", k=100_000)
+    except IrgateError as error:  # the server's error details, read by the SDK's own dependencies
+        print(error.reason, error.field_violations[0].field)
 """
 
 
@@ -33,4 +37,4 @@ def test_sdk_installs_alone_and_works(server: LocalServer, tmp_path: Path) -> No
                      "protobuf", "typing-extensions", "typing_extensions"}, names
     result = subprocess.run([python, "-c", SCRIPT, server.address], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["all-MiniLM-L6-v2", "a", "384"]
+    assert result.stdout.split() == ["all-MiniLM-L6-v2", "a", "384", "INVALID_ARGUMENT", "k"]
