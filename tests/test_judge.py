@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from transformers import AutoTokenizer
@@ -31,7 +33,15 @@ from irgate.backends.judge.rank1 import (
 )
 from irgate.bench.judge import PAIRS, QUERY, benchmark_request, naive_judge, request_prompts
 from irgate.errors import InvalidArgument, Unavailable
-from irgate.models.judge import DEFAULT_JUDGE_NAME, RANK1_PROMPT_TEMPLATE, JudgeManifest, prepare_judge
+from irgate.models.judge import (
+    DEFAULT_JUDGE_NAME,
+    RANK1_MAX_PASSAGE_TOKENS,
+    RANK1_PROMPT_TEMPLATE,
+    SMOLLM2_MAX_PASSAGE_TOKENS,
+    JudgeManifest,
+    prepare_judge,
+)
+from irgate.models.manifest import MANIFEST_FILE
 
 # SmolLM2 "reasons" about this for hundreds of tokens: it runs to any budget.
 STORY = "Write a long story about a brave cat who sails the sea."
@@ -119,8 +129,15 @@ def test_prepare_default_and_idempotent(smollm2_hf: Path, judge_folder: Path, tm
     assert manifest.name == DEFAULT_JUDGE_NAME
     assert manifest.prompt_template == RANK1_PROMPT_TEMPLATE
     assert 0 < manifest.max_reasoning_tokens <= 1024  # a CPU-sized cap for the default model
+    assert manifest.max_passage_tokens == SMOLLM2_MAX_PASSAGE_TOKENS  # the family's passage cap
     assert prepare_judge(None, default) == manifest
     assert prepare_judge(smollm2_hf, judge_folder) == JudgeManifest.load(judge_folder)
+    assert JudgeManifest.load(judge_folder).max_passage_tokens == RANK1_MAX_PASSAGE_TOKENS
+    # A manifest written before passage caps existed is prepared again, and gets its family's cap.
+    written = json.loads((default / MANIFEST_FILE).read_text())
+    del written["max_passage_tokens"]
+    (default / MANIFEST_FILE).write_text(json.dumps(dict(written, max_reasoning_tokens=7)))
+    assert prepare_judge(None, default) == manifest
     # Never serve another judge's weights under the default's name.
     with pytest.raises(InvalidArgument, match="another judge"):
         prepare_judge(None, judge_folder)
@@ -358,6 +375,54 @@ def test_long_passages_are_cut_to_fit_the_context(local_judge: LocalJudge, judge
     # Through the backend the verdict says so.
     (outcome,) = outcomes_of(judge_events(local_judge, request(["Droplets condense. " * 3000], 4)))
     assert outcome.truncated
+
+
+class RecordingTokenizer:
+    """The real tokenizer, keeping the length of the longest text it was asked to tokenise."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.longest = 0
+
+    def __call__(self, text: str, **options: Any) -> Any:
+        self.longest = max(self.longest, len(text))
+        return self.tokenizer(text, **options)
+
+    def decode(self, ids: list[int], **options: Any) -> str:
+        return self.tokenizer.decode(ids, **options)
+
+
+def passage_tokens(tokenizer: Any, fitted_text: str) -> int:
+    passage = fitted_text.split("\nPassage: ", 1)[1].removesuffix("\n<think>")
+    return len(tokenizer(passage, add_special_tokens=False)["input_ids"])
+
+
+def test_passages_are_cut_to_the_passage_cap(local_judge: LocalJudge, judge_folder: Path) -> None:
+    manifest = local_judge.manifest
+    tokenizer = AutoTokenizer.from_pretrained(judge_folder)
+    text = "Droplets condense into rain when moist air cools. " * 100  # about 1000 tokens
+    fitted = fit_prompt(manifest, tokenizer, "what causes rain", "", "Rain", text, 32, max_passage_tokens=40)
+    assert fitted.truncated and 36 <= passage_tokens(tokenizer, fitted.text) <= 40
+    assert "\nPassage: Rain Droplets condense into rain" in fitted.text  # the passage keeps its start
+    # Unset, the cap is the manifest's; a passage within it is judged whole, title included.
+    whole = fit_prompt(manifest, tokenizer, "what causes rain", "", "Rain", text, 32)
+    assert not whole.truncated and whole.text == judge_prompt(manifest, "what causes rain", "", "Rain", text)
+    title_tokens = len(tokenizer("Rain " + text, add_special_tokens=False)["input_ids"])
+    assert fit_prompt(manifest, tokenizer, "rain", "", "Rain", text, 32, title_tokens).truncated is False
+    assert fit_prompt(manifest, tokenizer, "rain", "", "Rain", text, 32, title_tokens - 1).truncated
+    # The context still bounds a cap above it.
+    small = dataclasses.replace(manifest, max_context_tokens=256)
+    tight = fit_prompt(small, tokenizer, "rain", "", "", text, 32, max_passage_tokens=1000)
+    assert tight.truncated and len(tight.ids) <= prompt_limit(small, 32)
+
+
+def test_a_megabyte_passage_is_cut_by_characters_before_tokenising(local_judge: LocalJudge, judge_folder: Path) -> None:
+    recording = RecordingTokenizer(AutoTokenizer.from_pretrained(judge_folder))
+    megabyte = ("Droplets condense into rain when moist air cools. " * 21_000)[: 1 << 20]
+    fitted = fit_prompt(local_judge.manifest, recording, "rain", "", "", megabyte, 64, max_passage_tokens=100)
+    assert fitted.truncated and passage_tokens(recording.tokenizer, fitted.text) <= 100
+    # What was tokenised is bounded by the cap (a few kilobytes), not by the passage.
+    assert recording.longest < 4096
 
 
 def test_growing_kv_cache_holds_what_transformers_dynamic_cache_holds() -> None:

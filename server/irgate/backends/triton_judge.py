@@ -200,7 +200,10 @@ class TritonJudge:
 
     def _fit(self, request: JudgeRequest) -> list[FittedPrompt]:
         return [
-            rank1.fit_prompt(self.manifest, self._tokenizer, request.query, request.instruction, p.title, p.text, request.budget)
+            rank1.fit_prompt(
+                self.manifest, self._tokenizer, request.query, request.instruction, p.title, p.text, request.budget,
+                request.max_passage_tokens,
+            )
             for p in request.passages
         ]
 

@@ -56,18 +56,40 @@ class Reasoning:
 
 
 class JudgeService:
-    def __init__(self, backend: JudgeBackend, store: CollectionStore, max_documents: int, max_reasoning_tokens: int):
+    def __init__(
+        self,
+        backend: JudgeBackend,
+        store: CollectionStore,
+        max_documents: int,
+        max_reasoning_tokens: int,
+        max_passage_tokens: int = 0,
+    ):
         self.backend = backend
         self._store = store
         self.max_documents = max_documents
         self.counts = JudgeCounts()
+        manifest = backend.manifest
         # The server's cap: the manifest's, lowered further by --max-reasoning-tokens. It is also
         # the one default: a request that does not set a budget reasons up to the cap, as Rank1 does.
-        self.max_reasoning_tokens = min(max_reasoning_tokens, backend.manifest.max_reasoning_tokens)
+        self.max_reasoning_tokens = min(max_reasoning_tokens, manifest.max_reasoning_tokens)
+        # The passage cap: the manifest's family default unless --judge-max-passage-tokens sets
+        # one; no passage can be longer than the context anyway.
+        self.max_passage_tokens = min(max_passage_tokens or manifest.max_passage_tokens, manifest.max_context_tokens)
 
     def budget(self, requested: int | None) -> int:
         """The budget a request gets: the cap when unset, and never more than the cap."""
         return self.max_reasoning_tokens if requested is None else min(requested, self.max_reasoning_tokens)
+
+    def passage_cap(self, requested: int | None, field: str = "max_passage_tokens") -> int:
+        """The passage cap a request gets: the server's when unset; a request may only lower it."""
+        if requested is None:
+            return self.max_passage_tokens
+        if not 1 <= requested <= self.max_passage_tokens:
+            raise InvalidArgument(
+                f"{field} is {requested}; it must be between 1 and the server's cap, {self.max_passage_tokens} "
+                "(leave it unset for the cap)"
+            )
+        return requested
 
     async def resolve(self, passages: Sequence[Passage], collection: str) -> list[Passage]:
         """Fills in the text of documents given by id."""
@@ -97,12 +119,14 @@ class JudgeService:
         return_reasoning: bool = False,
         stream_reasoning: bool = False,
         collection: str = "",
+        max_passage_tokens: int | None = None,
     ) -> AsyncIterator[Verdict | Reasoning]:
         """Verdicts in completion order; reasoning deltas before them when `stream_reasoning`.
 
-        `max_reasoning_tokens` None takes the server's cap."""
+        `max_reasoning_tokens` and `max_passage_tokens` None take the server's caps."""
         if not 1 <= len(passages) <= self.max_documents:
             raise InvalidArgument(f"documents has {len(passages)} entries; send 1 to {self.max_documents}")
+        passage_cap = self.passage_cap(max_passage_tokens)
         resolved = await self.resolve(passages, collection)
         request = JudgeRequest(
             query=query,
@@ -110,6 +134,7 @@ class JudgeService:
             passages=tuple(PassageText(passage.title, passage.text) for passage in resolved),
             budget=self.budget(max_reasoning_tokens),
             stream_reasoning=stream_reasoning,
+            max_passage_tokens=passage_cap,
         )
         events = self.backend.judge(request)
         try:
@@ -132,10 +157,17 @@ class JudgeService:
         *,
         return_reasoning: bool = False,
         collection: str = "",
+        max_passage_tokens: int | None = None,
     ) -> list[Verdict]:
         """Every verdict, in request order."""
         events = self.judge(
-            query, instruction, passages, max_reasoning_tokens, return_reasoning=return_reasoning, collection=collection
+            query,
+            instruction,
+            passages,
+            max_reasoning_tokens,
+            return_reasoning=return_reasoning,
+            collection=collection,
+            max_passage_tokens=max_passage_tokens,
         )
         verdicts = [event async for event in events if isinstance(event, Verdict)]
         return sorted(verdicts, key=lambda verdict: verdict.index)

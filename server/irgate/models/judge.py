@@ -8,6 +8,7 @@ override the template, the answer tokens and the stops by editing its manifest.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import string
@@ -33,6 +34,14 @@ DEFAULT_JUDGE_NAME = "SmolLM2-135M-Instruct"
 # server responsive.
 RANK1_MAX_REASONING_TOKENS = 8192
 SMOLLM2_MAX_REASONING_TOKENS = 256
+# Passage caps, in tokens (title included), below which a passage is judged whole. Rank1 was
+# trained on MS MARCO passages (a few hundred tokens) and BEIR's passages mostly fit in 2048, so
+# that cap changes almost no Rank1 score while a context-length document cannot hold a GPU for
+# one call. On a CPU SmolLM2's cost grows with the passage (prefill, then every decode step
+# attends to it): 512 keeps a top-10 rerank of context-length passages at the 256-token default
+# budget within about a minute (benchmarks/README.md, "Long passages").
+RANK1_MAX_PASSAGE_TOKENS = 2048
+SMOLLM2_MAX_PASSAGE_TOKENS = 512
 
 _console = Console(stderr=True)
 
@@ -56,6 +65,9 @@ class JudgeManifest(ManifestFile):
     max_reasoning_tokens: int
     # Prompt + reasoning + forced answer must fit the model's positions.
     max_context_tokens: int
+    # Default cap on a passage's tokens (title included); longer passages are cut at their end
+    # (Verdict.truncated). The server may change it by flag, a request may lower it.
+    max_passage_tokens: int = RANK1_MAX_PASSAGE_TOKENS
     think_end: str = THINK_END
     # Generation stops as soon as the generated text contains one of these (Rank1's stop strings).
     answer_stops: tuple[str, ...] = (f"{THINK_END} true", f"{THINK_END} false")
@@ -71,8 +83,8 @@ class JudgeManifest(ManifestFile):
             raise ValueError("true_token_id and false_token_id must differ")
         if not self.answer_stops or not all(self.answer_stops):
             raise ValueError("answer_stops must hold at least one non-empty string")
-        if self.max_reasoning_tokens < 0 or self.max_context_tokens <= 0:
-            raise ValueError("max_reasoning_tokens and max_context_tokens must be positive")
+        if self.max_reasoning_tokens < 0 or self.max_context_tokens <= 0 or self.max_passage_tokens <= 0:
+            raise ValueError("max_reasoning_tokens, max_context_tokens and max_passage_tokens must be positive")
         # JSON gives lists; keep the frozen manifest hashable and equal to the one saved.
         object.__setattr__(self, "answer_stops", tuple(self.answer_stops))
 
@@ -104,7 +116,7 @@ def _answer_token_id(tokenizer: Any, word: str) -> int:
     return int(ids[0])
 
 
-def _manifest_for(folder: Path, name: str, max_reasoning_tokens: int, source: str) -> JudgeManifest:
+def _manifest_for(folder: Path, name: str, max_reasoning_tokens: int, max_passage_tokens: int, source: str) -> JudgeManifest:
     from transformers import AutoConfig, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -125,15 +137,20 @@ def _manifest_for(folder: Path, name: str, max_reasoning_tokens: int, source: st
         pad_token_id=int(pad),
         max_reasoning_tokens=max_reasoning_tokens,
         max_context_tokens=int(getattr(config, "max_position_embeddings", 0) or 4096),
+        max_passage_tokens=max_passage_tokens,
         source=source,
     )
 
 
 def _loaded(out: Path) -> JudgeManifest | None:
+    """The folder's manifest; None without one, or for one written before passage caps existed,
+    so that preparing again (cheap: the weights are kept) writes the family's cap."""
     try:
-        return JudgeManifest.load(out)
+        manifest = JudgeManifest.load(out)
     except FileNotFoundError:
         return None
+    written = json.loads((out / MANIFEST_FILE).read_text(encoding="utf-8"))
+    return manifest if "max_passage_tokens" in written else None
 
 
 def prepare_judge(source: Path | None, out: Path) -> JudgeManifest:
@@ -156,7 +173,7 @@ def prepare_judge(source: Path | None, out: Path) -> JudgeManifest:
             raise InvalidArgument(f"{out} holds another judge ({existing.source}); choose an empty folder")
         (out / MANIFEST_FILE).unlink(missing_ok=True)
         gguf_to_hf(gguf, out)
-        manifest = _manifest_for(out, DEFAULT_JUDGE_NAME, SMOLLM2_MAX_REASONING_TOKENS, provenance)
+        manifest = _manifest_for(out, DEFAULT_JUDGE_NAME, SMOLLM2_MAX_REASONING_TOKENS, SMOLLM2_MAX_PASSAGE_TOKENS, provenance)
     else:
         source = Path(source).resolve()
         if not (source / "config.json").is_file():
@@ -169,7 +186,7 @@ def prepare_judge(source: Path | None, out: Path) -> JudgeManifest:
         (out / MANIFEST_FILE).unlink(missing_ok=True)
         if source != out.resolve():
             _link_folder(source, out)
-        manifest = _manifest_for(out, source.name, RANK1_MAX_REASONING_TOKENS, provenance)
+        manifest = _manifest_for(out, source.name, RANK1_MAX_REASONING_TOKENS, RANK1_MAX_PASSAGE_TOKENS, provenance)
     manifest.save(out)
     _console.log(f"wrote {out / MANIFEST_FILE}")
     return manifest

@@ -31,6 +31,8 @@ class JudgeRequest:
     # Reasoning tokens per document, already within the backend's cap; 0 answers at once.
     budget: int
     stream_reasoning: bool = False
+    # Most tokens of each passage (title included) the judge reads; None: the manifest's cap.
+    max_passage_tokens: int | None = None
 
 
 @runtime_checkable

@@ -64,38 +64,58 @@ def prompt_limit(manifest: JudgeManifest, budget: int) -> int:
 
 
 def fit_prompt(
-    manifest: JudgeManifest, tokenizer: Any, query: str, instruction: str, title: str, text: str, budget: int
+    manifest: JudgeManifest,
+    tokenizer: Any,
+    query: str,
+    instruction: str,
+    title: str,
+    text: str,
+    budget: int,
+    max_passage_tokens: int | None = None,
 ) -> FittedPrompt:
-    """The prompt, with the passage cut at its end so that prompt + budget fit the context.
+    """The prompt, with the passage cut at its end to `max_passage_tokens` tokens (None: the
+    manifest's cap) and so that prompt + budget fit the context.
 
     As Rank1's vLLM runs cut at the model's maximum length, the passage loses its end; the query
     and the instruction are never cut: when they alone do not fit, the request is refused.
     """
     limit = prompt_limit(manifest, budget)
+    if max_passage_tokens is None:
+        max_passage_tokens = manifest.max_passage_tokens
     passage = f"{title} {text}" if title else text
-    bounded = passage[: limit * _CHARS_PER_TOKEN_BOUND]
+    # Whatever the passage's size, no more than this many characters are ever tokenised.
+    bounded = passage[: min(limit, max_passage_tokens) * _CHARS_PER_TOKEN_BOUND]
+    passage_ids = _encode(tokenizer, bounded, special=False)
+    truncated = bounded != passage or len(passage_ids) > max_passage_tokens
+    if truncated:
+        passage_ids = passage_ids[:max_passage_tokens]
+        bounded = _decode_cut(tokenizer, passage_ids)
+        # Re-tokenising a cut can merge a boundary token or two differently: tighten to the cap.
+        while len(_encode(tokenizer, bounded, special=False)) > max_passage_tokens:
+            passage_ids = passage_ids[:-1]
+            bounded = _decode_cut(tokenizer, passage_ids)
     prompt = manifest.prompt_template.format(query=_query(query, instruction), passage=bounded)
     ids = _encode(tokenizer, prompt)
-    if len(ids) <= limit and bounded == passage:
-        return FittedPrompt(prompt, ids, False)
-    passage_ids = _encode(tokenizer, bounded, special=False)
-    keep = len(passage_ids) - max(0, len(ids) - limit)
-    # Decoding a cut and re-tokenising it inside the template can shift a boundary token or
-    # two: tighten until the whole prompt fits.
-    while len(ids) > limit or bounded != passage:
-        if keep <= 0 and len(ids) > limit:
+    if len(ids) <= limit:
+        return FittedPrompt(prompt, ids, truncated)
+    keep = len(passage_ids) - (len(ids) - limit)
+    # The same boundary effect inside the template: tighten until the whole prompt fits.
+    while len(ids) > limit:
+        if keep <= 0:
             empty = len(_encode(tokenizer, manifest.prompt_template.format(query=_query(query, instruction), passage="")))
             raise InvalidArgument(
                 f"the query and instruction take {empty} tokens of the judge's {manifest.max_context_tokens}-token "
                 f"context, which leaves no room for the passage and {budget} reasoning tokens; shorten the query "
                 "or the instruction, or lower max_reasoning_tokens"
             )
-        cut = tokenizer.decode(passage_ids[: max(keep, 0)], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-        prompt = manifest.prompt_template.format(query=_query(query, instruction), passage=cut)
+        prompt = manifest.prompt_template.format(query=_query(query, instruction), passage=_decode_cut(tokenizer, passage_ids[:keep]))
         ids = _encode(tokenizer, prompt)
-        bounded = passage  # only the first pass may hold the character-bounded passage
         keep -= max(1, len(ids) - limit)
     return FittedPrompt(prompt, ids, True)
+
+
+def _decode_cut(tokenizer: Any, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
 def _query(query: str, instruction: str) -> str:
