@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -12,6 +12,20 @@ from irgate import errors
 from irgate.api.rpc import abort
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def refusal(given: Sequence[str | bytes], expected: bytes, how: str) -> errors.Unauthenticated | None:
+    """Why a call whose `authorization` values are `given` is refused (None: it may go on);
+    `how` says how a client sends the key, in that front's words."""
+    if len(given) > 1:
+        # Proxies and libraries disagree on which of several copies wins: refuse rather than guess.
+        return errors.Unauthenticated(f"{len(given)} 'authorization' headers were sent; send exactly one",
+                                      reason="API_KEY_REPEATED")
+    key = given[0] if given else ""
+    if hmac.compare_digest(key.encode() if isinstance(key, str) else key, expected):
+        return None
+    return errors.Unauthenticated(f"missing or wrong API key; send {how}",
+                                  reason="API_KEY_INVALID" if key else "API_KEY_MISSING")
 
 
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
@@ -27,24 +41,8 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or details.method.startswith(OPEN_PREFIXES):
             return handler
         given = [value for key, value in details.invocation_metadata or () if key == "authorization"]
-        if len(given) > 1:
-            # Proxies and libraries disagree on which of several copies wins: refuse rather than guess.
-            return _denying(
-                handler,
-                errors.Unauthenticated(
-                    f"{len(given)} 'authorization' headers were sent; send exactly one", reason="API_KEY_REPEATED"
-                ),
-            )
-        key = given[0] if given else ""
-        if hmac.compare_digest(key.encode() if isinstance(key, str) else key, self._expected):
-            return handler
-        return _denying(
-            handler,
-            errors.Unauthenticated(
-                "missing or wrong API key; send metadata 'authorization: Bearer <key>'",
-                reason="API_KEY_INVALID" if key else "API_KEY_MISSING",
-            ),
-        )
+        error = refusal(given, self._expected, "metadata 'authorization: Bearer <key>'")
+        return handler if error is None else _denying(handler, error)
 
 
 def _denying(handler: grpc.RpcMethodHandler, error: errors.Unauthenticated) -> grpc.RpcMethodHandler:

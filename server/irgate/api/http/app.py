@@ -6,7 +6,6 @@ abandoned rerank frees the judge as a cancelled gRPC call does."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 import ssl
 import time
@@ -22,6 +21,7 @@ from irgate.api.http import native, openai, openapi, rerank, tei
 from irgate.api.http.calls import REQUEST_ID, CallFailed
 from irgate.api.http.services import HttpServices
 from irgate.api.http.status import Dialect, error_response, failure_of
+from irgate.api.auth import refusal
 from irgate.api.rpc import REQUEST_ID_HEADER
 
 log = logging.getLogger("irgate.http")
@@ -136,15 +136,8 @@ class HttpFront:
     def _refusal(self, request: web.Request) -> CallFailed | None:
         if not self._expected or request.path in OPEN_PATHS:
             return None
-        given = request.headers.getall("Authorization", [])
-        if len(given) > 1:
-            return CallFailed(grpc.StatusCode.UNAUTHENTICATED, f"{len(given)} Authorization headers were sent; "
-                              "send exactly one", reason="API_KEY_REPEATED")
-        key = given[0].encode() if given else b""
-        if hmac.compare_digest(key, self._expected):
-            return None
-        return CallFailed(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key; send the header "
-                          "'Authorization: Bearer <key>'", reason="API_KEY_INVALID" if key else "API_KEY_MISSING")
+        error = refusal(request.headers.getall("Authorization", []), self._expected, "the header 'Authorization: Bearer <key>'")
+        return None if error is None else failure_of(error, request[REQUEST_ID])
 
     async def _stamp(self, request: web.Request, response: web.StreamResponse) -> None:
         if REQUEST_ID in request:
