@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import filelock
 import pytest
 
 from irgate.local_server import LocalServer
@@ -22,6 +23,13 @@ REPO = Path(__file__).resolve().parent.parent
 # test are made fresh per session so a stale cache can never hide an exporter regression.
 TEST_MODEL_CACHE = REPO / ".cache" / "test-models"
 SHARED = REPO.parent / "shared"
+
+
+def cache_lock() -> filelock.FileLock:
+    """Held while a fixture fills TEST_MODEL_CACHE: pytest-xdist's workers share it, and a second
+    worker must find a finished folder, not one being written."""
+    TEST_MODEL_CACHE.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(TEST_MODEL_CACHE / ".lock")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,7 +61,8 @@ def smollm2_hf() -> Path:
     """SmolLM2-135M-Instruct dequantised from its GGUF into a Hugging Face folder (cached)."""
     from irgate.models.sources import gguf_to_hf, smollm2_gguf
 
-    return gguf_to_hf(smollm2_gguf(), TEST_MODEL_CACHE / "smollm2-135m-hf")
+    with cache_lock():
+        return gguf_to_hf(smollm2_gguf(), TEST_MODEL_CACHE / "smollm2-135m-hf")
 
 
 # One worked example teaches SmolLM2 to close its thought and answer, so the answered path runs
@@ -74,7 +83,8 @@ def judge_folder(smollm2_hf: Path) -> Path:
     from irgate.models.judge import prepare_judge
 
     out = TEST_MODEL_CACHE / "judge-smollm2"
-    prepare_judge(smollm2_hf, out)
+    with cache_lock():
+        prepare_judge(smollm2_hf, out)
     return out
 
 

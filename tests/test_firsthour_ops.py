@@ -217,7 +217,7 @@ def test_the_metrics_port_serves_metrics_and_health_and_nothing_else(metrics_url
 
 def test_make_serve_honours_irgate_variables_and_passes_args(tmp_path: Path) -> None:
     environment = {**os.environ, "IRGATE_JUDGE": "none"}
-    args = f"--port 0 --metrics-port 0 --data-dir {tmp_path} --log-format json"
+    args = f"--port 0 --metrics-port 0 --http-port 0 --data-dir {tmp_path} --log-format json"
     # -o: the installed virtualenv counts as up to date (make test made it).
     process = subprocess.Popen(["make", "-s", "-o", ".venv/.installed-stamp", "serve", f"ARGS={args}"], cwd=REPO,
                                env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
