@@ -24,7 +24,7 @@ from grpc_status import rpc_status
 
 from conftest import free_port
 from irgate.local_server import LocalServer
-from irgate_client import Client
+from irgate_client import Client, IrgateError
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 
@@ -585,6 +585,9 @@ def test_a_server_stream_whose_client_stops_reading_is_ended_and_frees_its_slot(
             details = {packed.TypeName(): packed for packed in rpc_status.from_call(busy).details}
             retry = error_details_pb2.RetryInfo()
             assert details["google.rpc.RetryInfo"].Unpack(retry) and retry.retry_delay.seconds == 1
+            with Client(running.address) as client, pytest.raises(IrgateError) as refused:
+                client.info()
+            assert (refused.value.reason, refused.value.retry_after) == ("SERVER_BUSY", 1.0)
 
             deadline = time.monotonic() + 240
             while True:
