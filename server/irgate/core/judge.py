@@ -87,7 +87,8 @@ class JudgeService:
         if not 1 <= requested <= self.max_passage_tokens:
             raise InvalidArgument(
                 f"{field} is {requested}; it must be between 1 and the server's cap, {self.max_passage_tokens} "
-                "(leave it unset for the cap)"
+                "(leave it unset for the cap)",
+                field=field,
             )
         return requested
 
@@ -97,7 +98,7 @@ class JudgeService:
         if not wanted:
             return list(passages)
         if not collection:
-            raise InvalidArgument("documents are given by id but no collection is named; set collection")
+            raise InvalidArgument("documents are given by id but no collection is named; set collection", field="collection")
         stored = await asyncio.to_thread(self._store.get, collection)
         records = {record.id: record for record in await asyncio.to_thread(stored.get, wanted)}
         resolved = [
@@ -125,7 +126,7 @@ class JudgeService:
 
         `max_reasoning_tokens` and `max_passage_tokens` None take the server's caps."""
         if not 1 <= len(passages) <= self.max_documents:
-            raise InvalidArgument(f"documents has {len(passages)} entries; send 1 to {self.max_documents}")
+            raise InvalidArgument(f"documents has {len(passages)} entries; send 1 to {self.max_documents}", field="documents")
         passage_cap = self.passage_cap(max_passage_tokens)
         resolved = await self.resolve(passages, collection)
         request = JudgeRequest(
