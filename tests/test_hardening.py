@@ -118,7 +118,9 @@ def test_stored_text_title_and_metadata_round_trip_exactly(channel: grpc.Channel
         id="ünïcode ✓ id with spaces",
         text=odd,
         title=odd[::-1],
-        metadata=metadata(text=odd, nested={"list": [1, -0.0, 1e300, 2.5e-300, None, True, "x\x00y"]}, big=2**53),
+        # The numbers at the edges a Struct's doubles keep exact (beyond +-(2^53 - 1) is refused).
+        metadata=metadata(text=odd, nested={"list": [1, -0.0, -(2**53 - 1), 2.5e-300, None, True, "x\x00y"]},
+                          big=2**53 - 1),
         vector=unit_vector(1),
     )
     upsert(channel, collection, document)
