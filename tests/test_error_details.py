@@ -3,6 +3,7 @@ message, read here both raw, as any gRPC client would, and through the SDK's Irg
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import uuid
 from concurrent import futures
@@ -13,7 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from irgate.local_server import LocalServer
-from irgate_client import Client, Document, FieldViolation, IrgateError
+from irgate_client import AsyncClient, Client, Document, FieldViolation, IrgateError
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 
@@ -77,7 +78,7 @@ def test_an_invalid_argument_names_the_field_and_what_is_allowed(channel: grpc.C
     assert violation.field == "inputs[1].text"
 
 
-def test_the_sdk_exposes_reason_field_violations_and_retry_delay(client: Client, collection: str) -> None:
+def test_the_sdk_exposes_the_reason_and_field_violations(server: LocalServer, client: Client, collection: str) -> None:
     with pytest.raises(IrgateError) as raised:
         client.search(collection, "rain", k=500)
     error = raised.value
@@ -87,6 +88,15 @@ def test_the_sdk_exposes_reason_field_violations_and_retry_delay(client: Client,
     with pytest.raises(IrgateError) as raised:
         client.describe_collection(f"missing-{uuid.uuid4().hex[:8]}")
     assert (raised.value.code, raised.value.reason, raised.value.field_violations) == (grpc.StatusCode.NOT_FOUND, "NOT_FOUND", ())
+
+    async def search_async() -> IrgateError:
+        async with AsyncClient(server.address, timeout=30) as connected:
+            with pytest.raises(IrgateError) as raised:
+                await connected.search(collection, "rain", k=500)
+            return raised.value
+
+    error = asyncio.run(search_async())
+    assert (error.reason, [violation.field for violation in error.field_violations]) == ("INVALID_ARGUMENT", ["k"])
 
 
 def test_missing_and_existing_collections_name_the_resource(channel: grpc.Channel, collection: str) -> None:
