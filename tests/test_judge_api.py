@@ -20,6 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from conftest import free_port
 from irgate.local_server import LocalServer
 from irgate_client import Client, Document, IrgateError, ReasoningDelta, Verdict
+from irgate_client.v1 import irgate_pb2 as pb
+from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 
 PASSAGES = [
     "Rain forms when water vapour condenses into droplets.",
@@ -27,6 +29,9 @@ PASSAGES = [
     "Lava erupts from volcanoes.",
 ]
 CAP = 64  # the server's reasoning cap in these tests (flag --max-reasoning-tokens)
+# The server's passage cap in these tests (flag --judge-max-passage-tokens), below the judge
+# manifest's 2048 so that long passages cost a CPU little.
+PASSAGE_CAP = 1024
 # A query SmolLM2 keeps "reasoning" about until the budget runs out: counting.
 COUNTING = "List the numbers from 1 to 200, one per line."
 
@@ -40,7 +45,7 @@ def judge_metrics_port() -> int:
 def judging_server(minilm_folder: Path, judge_folder: Path, tmp_path_factory: pytest.TempPathFactory,
                    judge_metrics_port: int):
     args = ["--embedder", f"onnx:{minilm_folder}", "--judge", f"local:{judge_folder}", "--max-reasoning-tokens", str(CAP),
-            "--max-judge-documents", "4", "--metrics-port", str(judge_metrics_port)]
+            "--judge-max-passage-tokens", str(PASSAGE_CAP), "--max-judge-documents", "4", "--metrics-port", str(judge_metrics_port)]
     with LocalServer(tmp_path_factory.mktemp("judge-data"), args) as running:
         yield running
 
@@ -93,7 +98,8 @@ def test_one_budget_default_from_sdk_and_cli(judging_server: LocalServer, client
 
 
 def test_a_long_stored_document_is_reranked_cut_to_the_context(client: Client) -> None:
-    """A stored passage longer than the judge's context is cut at its end, never a failed search."""
+    """A stored passage longer than the passage cap and the judge's context is cut at its end,
+    never a failed search."""
     client.create_collection("long-documents", exist_ok=True)
     long_text = "Rain forms when water vapour condenses into droplets. " * 1500  # ~15k tokens > 8192
     client.upsert("long-documents", [Document(id="long", text=long_text), Document(id="short", text=PASSAGES[0])])
@@ -101,6 +107,56 @@ def test_a_long_stored_document_is_reranked_cut_to_the_context(client: Client) -
     verdicts = {hit.id: hit.verdict for hit in hits}
     assert verdicts["long"] is not None and verdicts["long"].truncated
     assert verdicts["short"] is not None and not verdicts["short"].truncated
+
+
+def test_info_reports_the_passage_cap(client: Client) -> None:
+    assert client.info().max_passage_tokens == PASSAGE_CAP
+
+
+def test_a_request_may_lower_the_passage_cap(judging_server: LocalServer, client: Client) -> None:
+    """A stored passage longer than the request's cap is judged cut to it, exactly as the same
+    passage sent inline with that cap; every call that judges takes the cap."""
+    passage = "Rain forms when water vapour condenses into droplets. " * 20  # about 200 tokens
+    client.create_collection("capped-passages", exist_ok=True)
+    client.upsert("capped-passages", [Document(id="long", text=passage), Document(id="short", text="Rain falls.")])
+    hits = client.search("capped-passages", "what causes rain", k=2, rerank=2, max_reasoning_tokens=0, max_passage_tokens=32)
+    verdicts = {hit.id: hit.verdict for hit in hits}
+    assert verdicts["long"] is not None and verdicts["long"].truncated
+    assert verdicts["short"] is not None and not verdicts["short"].truncated
+    (inline,) = client.judge("what causes rain", [passage], max_reasoning_tokens=0, max_passage_tokens=32)
+    assert inline.truncated and inline.score == pytest.approx(verdicts["long"].score, abs=1e-4)
+    (whole,) = client.judge("what causes rain", [passage], max_reasoning_tokens=0)  # within the server's cap
+    assert not whole.truncated and whole.score != pytest.approx(inline.score, abs=1e-6)
+    streamed = [event for event in client.judge_stream("what causes rain", [passage], max_reasoning_tokens=0,
+                                                       max_passage_tokens=32) if isinstance(event, Verdict)]
+    assert [verdict.truncated for verdict in streamed] == [True]
+    (line,) = irgate("judge", "what causes rain", "--doc", passage, "--max-reasoning-tokens", "0", "--max-passage-tokens",
+                     "32", "--json", "--server", judging_server.address).splitlines()
+    assert json.loads(line)["truncated"] is True
+
+
+def test_a_passage_cap_above_the_servers_is_refused(judging_server: LocalServer, client: Client) -> None:
+    allowed = f"it must be between 1 and the server's cap, {PASSAGE_CAP}"
+    with pytest.raises(IrgateError) as raised:
+        client.judge("what causes rain", PASSAGES[:1], max_passage_tokens=PASSAGE_CAP + 1)
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"max_passage_tokens is {PASSAGE_CAP + 1}; {allowed}" in raised.value.message
+    client.create_collection("cap-refused", exist_ok=True)
+    with pytest.raises(IrgateError) as raised:
+        client.search("cap-refused", "what causes rain", rerank=1, max_passage_tokens=PASSAGE_CAP + 1)
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"rerank.max_passage_tokens is {PASSAGE_CAP + 1}; {allowed}" in raised.value.message
+    # 0 reads nothing of a passage: refused on the wire; a negative cap is refused by the SDK.
+    with grpc.insecure_channel(judging_server.address) as channel:
+        document = pb.JudgeDocument(inline=pb.InlineDocument(text=PASSAGES[0]))
+        with pytest.raises(grpc.RpcError) as refused:
+            pb_grpc.JudgeStub(channel).Judge(pb.JudgeRequest(query="rain", documents=[document], max_passage_tokens=0),
+                                             timeout=60)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"max_passage_tokens is 0; {allowed}" in refused.value.details()
+    with pytest.raises(IrgateError) as raised:
+        client.judge("what causes rain", PASSAGES[:1], max_passage_tokens=-1)
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT and "max_passage_tokens is -1" in raised.value.message
 
 
 def test_stream_sends_each_verdict_with_its_reasoning(client: Client) -> None:

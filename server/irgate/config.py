@@ -31,7 +31,7 @@ class Settings:
     judge: str = field(default="local:models/judge", metadata={"help": "judge backend: local:FOLDER (a prepared causal LM), triton://HOST:PORT/MODEL, or none"})
     judge_folder: Path = field(default=Path("models/judge"), metadata={"help": "with a triton:// judge: the prepared folder whose manifest and tokenizer the gateway uses"})
     max_reasoning_tokens: int = field(default=8192, metadata={"help": "server cap on reasoning tokens per judged document (the judge manifest may cap lower)"})
-    judge_max_passage_tokens: int = field(default=0, metadata={"help": "most tokens of each passage (title included) the judge reads, longer ones are cut at their end; requests may lower it; 0: the judge manifest's default (512 for SmolLM2, 2048 for Rank1)"})
+    judge_max_passage_tokens: int = field(default=0, metadata={"help": "most tokens of each passage (title included) the judge reads, longer ones are cut at their end; requests may lower it; 0: the judge manifest's default (256 for SmolLM2, 2048 for Rank1)"})
     api_key: str = field(default="", metadata={"help": "when set, every call needs 'authorization: Bearer KEY' (prefer --api-key-file: ps shows arguments)"})
     api_key_file: str = field(default="", metadata={"help": "file holding the API key (one line); instead of --api-key"})
     tls_cert: str = field(default="", metadata={"help": "PEM certificate chain; with --tls-key the server speaks TLS"})

@@ -38,10 +38,10 @@ SMOLLM2_MAX_REASONING_TOKENS = 256
 # trained on MS MARCO passages (a few hundred tokens) and BEIR's passages mostly fit in 2048, so
 # that cap changes almost no Rank1 score while a context-length document cannot hold a GPU for
 # one call. On a CPU SmolLM2's cost grows with the passage (prefill, then every decode step
-# attends to it): 512 keeps a top-10 rerank of context-length passages at the 256-token default
-# budget within about a minute (benchmarks/README.md, "Long passages").
+# attends to it); at 256 a top-10 rerank of context-length passages costs little more than one of
+# short passages, its time then set by the reasoning budget (benchmarks/README.md, "Long passages").
 RANK1_MAX_PASSAGE_TOKENS = 2048
-SMOLLM2_MAX_PASSAGE_TOKENS = 512
+SMOLLM2_MAX_PASSAGE_TOKENS = 256
 
 _console = Console(stderr=True)
 
