@@ -33,7 +33,7 @@ class EmbedderBackend(Protocol):
     folder: Path
 
     async def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """int64 [batch, seq] right-padded ids and mask -> float32 [batch, dimension], pooled, NOT normalised."""
+        """int64 [batch, seq] padded ids and mask (either side) -> float32 [batch, dimension], pooled, NOT normalised."""
         ...
 
     async def ready(self) -> bool:

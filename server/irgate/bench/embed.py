@@ -66,7 +66,7 @@ def _raw_onnx(folder: Path, texts: list[str]) -> np.ndarray:
     vectors = np.empty((len(texts), manifest.dimension), dtype=np.float32)
     for start in range(0, len(order), RAW_BATCH):
         rows = order[start : start + RAW_BATCH]
-        input_ids, attention_mask = pad_batch([encoded[i].ids for i in rows], manifest.pad_token_id)
+        input_ids, attention_mask = pad_batch([encoded[i].ids for i in rows], manifest.pad_token_id, manifest.padding_side)
         (pooled,) = session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
         vectors[rows] = pooled
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -147,8 +147,9 @@ class BatchingQueue:
             if not request.started_ns:
                 request.started_ns = start
         try:
+            manifest = self.backend.manifest
             input_ids, attention_mask = pad_batch(
-                [request.ids[index] for request, index in batch], self.backend.manifest.pad_token_id
+                [request.ids[index] for request, index in batch], manifest.pad_token_id, manifest.padding_side
             )
             vectors = await self.backend.embed(input_ids, attention_mask)
             expected = (len(batch), self.backend.manifest.dimension)

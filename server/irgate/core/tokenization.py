@@ -1,4 +1,4 @@
-"""Text -> token ids exactly as the model was trained, plus right padding into batches.
+"""Text -> token ids exactly as the model was trained, plus padding into batches.
 
 Uses the Rust `tokenizers` library directly (not transformers): it loads in milliseconds, has
 no torch dependency, and its batch encode runs in parallel without holding the GIL.
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from irgate.models.manifest import EmbedderManifest
+from irgate.models.manifest import EmbedderManifest, PaddingSide
 
 
 # Texts longer than this many characters per token of the model's budget are cut before they are
@@ -89,11 +89,12 @@ class TextEncoder:
         return out
 
 
-def pad_batch(encoded: Sequence[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad id lists to the longest one: (input_ids, attention_mask), both int64 [batch, seq].
+def pad_batch(encoded: Sequence[list[int]], pad_id: int, side: PaddingSide = "right") -> tuple[np.ndarray, np.ndarray]:
+    """Pad id lists to the longest one: (input_ids, attention_mask), both int64 [batch, seq].
 
-    Right padding keeps position ids of real tokens identical to an unpadded run, which the
-    EOS pooling (last real token = mask.sum(1)-1) relies on.
+    Right padding keeps position ids of real tokens identical to an unpadded run. Left padding
+    (the manifest's padding_side, where the family's reference code pads so) shifts them, which
+    rotary positions do not see; the exported graph pools the last real token either way.
     """
     if not encoded:
         raise ValueError("pad_batch needs at least one sequence")
@@ -101,6 +102,7 @@ def pad_batch(encoded: Sequence[list[int]], pad_id: int) -> tuple[np.ndarray, np
     input_ids = np.full((len(encoded), width), pad_id, dtype=np.int64)
     attention_mask = np.zeros((len(encoded), width), dtype=np.int64)
     for row, ids in enumerate(encoded):
-        input_ids[row, : len(ids)] = ids
-        attention_mask[row, : len(ids)] = 1
+        real = slice(width - len(ids), width) if side == "left" else slice(0, len(ids))
+        input_ids[row, real] = ids
+        attention_mask[row, real] = 1
     return input_ids, attention_mask

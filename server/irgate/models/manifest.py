@@ -3,7 +3,8 @@
 A model served with another prompt, pooling or length limit than it was trained with is
 silently worse, so every setting that shapes a vector lives here, beside the weights, and the
 server reads it instead of guessing (for Promptriever: EOS pooling with an explicit EOS, the
-"query: " / "passage: " prefixes and the instruction after the query).
+"query: " / "passage: " prefixes and the instruction after the query; for Qwen3-Embedding and
+e5-mistral-instruct: the "Instruct: {task}\nQuery:{query}" template and its default task).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any, ClassVar, Literal, TypeVar
 MANIFEST_FILE = "manifest.json"
 
 Pooling = Literal["mean", "cls", "eos"]
-PromptStyle = Literal["plain", "promptriever"]
+PromptStyle = Literal["plain", "promptriever", "instruct"]
+PaddingSide = Literal["right", "left"]
 
 M = TypeVar("M", bound="ManifestFile")
 
@@ -57,7 +59,8 @@ class ManifestFile:
 
 
 _POOLINGS = ("mean", "cls", "eos")
-_PROMPT_STYLES = ("plain", "promptriever")
+_PROMPT_STYLES = ("plain", "promptriever", "instruct")
+_PADDING_SIDES = ("right", "left")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,16 @@ class EmbedderManifest(ManifestFile):
     tokenizer_file: str = "tokenizer.json"
     # Free text: where the weights came from (checkpoint path, LoRA adapter), for humans.
     source: str = ""
+    # The `irgate prepare --preset` this folder was made with ("" without one), for Info.
+    preset: str = ""
+    # prompt_style "instruct": the query text with {instruction} and {query} slots, and the task
+    # that fills {instruction} when a query comes without one (these models were trained with a
+    # task on every query, so a bare query would be read as a document).
+    query_template: str = ""
+    default_instruction: str = ""
+    # Side the gateway pads a batch on, as the family's reference code does. The graph pools the
+    # last real token wherever the padding is, so this changes nothing but floating-point noise.
+    padding_side: PaddingSide = "right"
 
     def __post_init__(self) -> None:
         # Fail at prepare/load time, not with wrong vectors at serve time.
@@ -95,6 +108,13 @@ class EmbedderManifest(ManifestFile):
             raise ValueError(f"dimension and max_tokens must be positive, got {self.dimension}, {self.max_tokens}")
         if self.append_eos and self.eos_token_id is None:
             raise ValueError("append_eos needs eos_token_id")
+        if self.padding_side not in _PADDING_SIDES:
+            raise ValueError(f"padding_side must be one of {_PADDING_SIDES}, got {self.padding_side!r}")
+        if self.prompt_style == "instruct":
+            slots = ("{instruction}", "{query}")
+            if not all(slot in self.query_template for slot in slots) or not self.default_instruction:
+                raise ValueError(f"prompt_style 'instruct' needs a query_template with {slots} and a default_instruction, "
+                                 f"got {self.query_template!r} and {self.default_instruction!r}")
 
     @property
     def supports_instructions(self) -> bool:
@@ -103,4 +123,13 @@ class EmbedderManifest(ManifestFile):
         Plain-style models still accept one (MTEB appends it to the query text), but it is only
         text to them; callers may use this to warn or to document the difference.
         """
-        return self.prompt_style == "promptriever"
+        return self.prompt_style in ("promptriever", "instruct")
+
+    @property
+    def instruction_format(self) -> str:
+        """How a query and its instruction become the model's text, with {query} and {instruction} slots."""
+        if self.prompt_style == "instruct":
+            return self.query_template
+        if self.prompt_style == "promptriever":
+            return f"{self.query_prefix} {{query}}? {{instruction}}"
+        return f"{self.query_prefix}{{query}} {{instruction}}"

@@ -1,8 +1,8 @@
 """Prepare embedders for serving: local HF checkpoint (+ optional LoRA) -> ONNX + tokenizer + manifest.
 
-The exported graph takes int64 `input_ids` and `attention_mask` [batch, seq] (right padded) and
-returns the POOLED float32 `embedding` [batch, dim]; pooling lives in the graph so Triton and
-the in-process backend serve identical vectors. Normalisation is left to the server.
+The exported graph takes int64 `input_ids` and `attention_mask` [batch, seq] (padded on either
+side) and returns the POOLED float32 `embedding` [batch, dim]; pooling lives in the graph so Triton
+and the in-process backend serve identical vectors. Normalisation is left to the server.
 Heavy imports (torch, transformers, peft) stay inside functions: the server imports this
 package without the [export] extra.
 """
@@ -27,7 +27,11 @@ if TYPE_CHECKING:
 
 ONNX_OPSET = 17
 DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2"
-PRESETS = ("sentence-transformers", "promptriever")
+PRESETS = ("sentence-transformers", "promptriever", "qwen3-embedding", "e5-mistral-instruct")
+# Both model cards' example task (MS MARCO web search); a query without an instruction gets it.
+WEB_SEARCH_TASK = "Given a web search query, retrieve relevant passages that answer the query"
+# Qwen3-Embedding's tokenizer.json appends this token to every text itself; it is the pooled one.
+QWEN3_END_TOKEN = "<|endoftext|>"
 
 _console = Console(stderr=True)
 
@@ -75,6 +79,30 @@ def _preset_settings(preset: str | None, source: Path) -> dict[str, Any]:
             "normalize": True,
             "max_tokens": 512,
         }
+    if preset == "qwen3-embedding":
+        # Qwen3-Embedding's README: no space after "Query:", left padding, the tokenizer's own
+        # <|endoftext|> pooled (no EOS appended by hand: its eos_token is <|im_end|>), 8192 tokens.
+        return {
+            "pooling": "eos",
+            "prompt_style": "instruct",
+            "query_template": "Instruct: {instruction}\nQuery:{query}",
+            "default_instruction": WEB_SEARCH_TASK,
+            "padding_side": "left",
+            "normalize": True,
+            "max_tokens": 8192,
+        }
+    if preset == "e5-mistral-instruct":
+        # e5-mistral-7b-instruct's model card: a space after "Query:", truncation to 4095 tokens
+        # (BOS included) and the EOS id appended, last-token pooling.
+        return {
+            "pooling": "eos",
+            "prompt_style": "instruct",
+            "query_template": "Instruct: {instruction}\nQuery: {query}",
+            "default_instruction": WEB_SEARCH_TASK,
+            "append_eos": True,
+            "normalize": True,
+            "max_tokens": 4096,
+        }
     raise InvalidArgument(f"unknown preset {preset!r}; choose one of {PRESETS}")
 
 
@@ -104,8 +132,10 @@ def _pooled_module(base: torch.nn.Module, pooling: Pooling) -> torch.nn.Module:
                 return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             if pooling == "cls":
                 return hidden[:, 0]
-            # eos: the last real token of each right-padded row.
-            last = attention_mask.sum(1) - 1
+            # eos: the last real token of each row, whichever side it is padded on (the gateway pads
+            # left or right by the manifest, Triton's buckets add right padding after that).
+            positions = torch.cumsum(torch.ones_like(attention_mask), dim=1) - 1
+            last = (positions * attention_mask).amax(dim=1)
             return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
     return Pooled().eval()
@@ -150,6 +180,25 @@ def _tokenizer_ids(source: Path, out: Path) -> tuple[int | None, int | None]:
     return tokenizer.eos_token_id, tokenizer.pad_token_id
 
 
+def _check_qwen3_end_token(source: Path, tokenizer_file: Path) -> None:
+    """Refuse a Qwen3 tokenizer.json that does not end every text with <|endoftext|> itself.
+
+    The pooled state is that token's: a tokenizer.json without the post-processor that adds it (a
+    converted or edited copy) would pool each text's last content token instead.
+    """
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    end = tokenizer.token_to_id(QWEN3_END_TOKEN)
+    ids = tokenizer.encode("a").ids
+    if end is None or ids[-1] != end:
+        raise InvalidArgument(
+            f"{source}: the qwen3-embedding preset needs a tokenizer that appends {QWEN3_END_TOKEN} to every text "
+            f"(Qwen3-Embedding's current tokenizer.json does); this one ends 'a' with id {ids[-1]}"
+            + ("" if end is None else f", not {end}") + ": download the model's current tokenizer.json"
+        )
+
+
 def export_embedder(
     source: Path,
     out: Path,
@@ -185,13 +234,16 @@ def export_embedder(
         raise InvalidArgument("pooling is required without a preset (mean, cls or eos)")
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
+    # The tokenizer first: a refused one costs no model load.
+    eos_id, pad_id = _tokenizer_ids(source, out)
+    if preset == "qwen3-embedding":
+        _check_qwen3_end_token(source, out / "tokenizer.json")
 
     with _console.status(f"loading {source}" + (f" + LoRA {lora}" if lora else "")):
         model = _pooled_module(load_base_model(source, lora), settings["pooling"])
         config = model.base.config
     _console.log(f"loaded {type(model.base).__name__} ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params)")
 
-    eos_id, pad_id = _tokenizer_ids(source, out)
     if eos_id is None:
         eos_id = getattr(config, "eos_token_id", None)
         eos_id = eos_id[0] if isinstance(eos_id, list) else eos_id
@@ -246,6 +298,10 @@ def export_embedder(
         eos_token_id=eos_id,
         pad_token_id=int(pad_id),
         source=_provenance(source, preset, lora),
+        preset=preset or "",
+        query_template=settings.get("query_template", ""),
+        default_instruction=settings.get("default_instruction", ""),
+        padding_side=settings.get("padding_side", "right"),
     )
     manifest.save(out)
     _console.log(f"wrote {out / 'manifest.json'}")
