@@ -29,6 +29,7 @@ from rich.text import Text
 from irgate import __version__
 from irgate.errors import ConfigError, StartupError
 from irgate.errors import IrgateError as ServerSideError
+from irgate.models.prepare import PRESETS
 from irgate.progress import ProgressReport
 from irgate_client import Client, Document, IrgateError, Query, UpsertResult, Verdict
 
@@ -159,13 +160,26 @@ def _filter_value(text: str) -> object:
 
 
 def _filters(items: list[str]) -> dict[str, object]:
-    filters: dict[str, object] = {}
+    """The search filter: KEY=VALUE pairs, and JSON objects of the filter language (an item starting
+    with '{'), all of which must hold."""
+    pairs: dict[str, object] = {}
+    objects: list[dict[str, object]] = []
     for item in items:
+        if item.lstrip().startswith("{"):
+            try:
+                objects.append(json.loads(item))
+            except ValueError as error:
+                raise ValueError(f"--filter {item!r} is not a JSON object ({error})") from None
+            if not isinstance(objects[-1], dict):
+                raise ValueError(f"--filter {item!r} is not a JSON object")
+            continue
         key, equals, value = item.partition("=")
         if not equals or not key:
-            raise ValueError(f"--filter {item!r} is not KEY=VALUE (e.g. --filter year=2001 --filter field=physics)")
-        filters[key] = _filter_value(value)
-    return filters
+            raise ValueError(f"--filter {item!r} is neither KEY=VALUE nor a JSON object "
+                             """(e.g. --filter year=2001 or --filter '{"year": {"$gte": 2020}}')""")
+        pairs[key] = _filter_value(value)
+    parts = [pairs, *objects] if pairs else objects
+    return parts[0] if len(parts) == 1 else ({"$and": parts} if parts else {})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -189,7 +203,7 @@ def _parser() -> argparse.ArgumentParser:
     prepare = _command(commands, "prepare", "build the default models (or your own) for serving")
     prepare.add_argument("--out", type=Path, default=DEFAULT_MODELS, help="models folder")
     prepare.add_argument("--embedder-source", type=Path, help="a local Hugging Face checkpoint instead of all-MiniLM-L6-v2")
-    prepare.add_argument("--preset", choices=("sentence-transformers", "promptriever"), help="how the source was trained")
+    prepare.add_argument("--preset", choices=PRESETS, help="how the source was trained (see docs/models.md)")
     prepare.add_argument("--lora", type=Path, help="LoRA adapter folder merged into --embedder-source")
     prepare.add_argument("--max-tokens", type=int, help="override the model's input limit")
     prepare.add_argument("--judge-source", type=Path, help="a local Hugging Face causal LM (e.g. rank1-7b) instead of SmolLM2")
@@ -274,9 +288,11 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("query", help="the query text")
     search.add_argument("--instruction", default="", help="free-text instruction, formatted as the models were trained")
     search.add_argument("--k", type=K, default=10, help="hits to return")
-    search.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
-                        help="only documents whose metadata KEY equals VALUE (read as JSON when it parses: 2001, true); "
-                             "repeat for more")
+    search.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE|JSON",
+                        help="only documents whose metadata KEY equals VALUE (read as JSON when it parses: 2001, true), "
+                             """or that match a JSON filter ('{"year": {"$gte": 2020}}', see the README); repeat for more""")
+    search.add_argument("--mode", choices=("dense", "lexical", "hybrid"), default="dense",
+                        help="find candidates by embedding (dense), by words with BM25 (lexical), or both fused (hybrid)")
     search.add_argument("--rerank", type=RERANK, default=0, metavar="N", help="let the judge rerank the top N hits")
     search.add_argument("--max-reasoning-tokens", type=REASONING_TOKENS, default=None, help=REASONING_HELP)
     search.add_argument("--max-passage-tokens", type=PASSAGE_TOKENS, default=None, help=PASSAGE_HELP)
@@ -394,7 +410,8 @@ def _info(args: argparse.Namespace) -> None:
         return
     table = Table("field", "value")
     for key, value in dataclasses.asdict(info).items():
-        table.add_row(key, str(value))
+        # An instruction format holds a newline; shown escaped it stays one readable row.
+        table.add_row(key, value.replace("\n", "\\n") if isinstance(value, str) else str(value))
     _print_table(table)
 
 
@@ -603,20 +620,23 @@ def _search(args: argparse.Namespace) -> None:
         with _waiting(f"the judge reranks the top {args.rerank} hits ({budget})") if args.rerank else contextlib.nullcontext():
             hits = client.search(args.collection, args.query, instruction=args.instruction, k=args.k, filter=filters or None,
                                  include_documents=True, rerank=args.rerank, max_reasoning_tokens=args.max_reasoning_tokens,
-                                 return_reasoning=args.reasoning, max_passage_tokens=args.max_passage_tokens)
+                                 return_reasoning=args.reasoning, max_passage_tokens=args.max_passage_tokens,
+                                 mode=args.mode)
     if not hits:  # on stderr, so that --json's output stays valid (no lines)
         _say(f"no hits: {args.collection} holds no document" + (" that matches every --filter" if filters else ""))
     if args.json:
         for rank, hit in enumerate(hits, 1):
             document = hit.document or Document(id=hit.id)
             print(json.dumps({"rank": rank, "id": hit.id, "score": hit.score, "dense_score": hit.dense_score,
+                              "lexical_score": hit.lexical_score, "fused_score": hit.fused_score,
                               "verdict": _verdict_json(hit.verdict, args.reasoning) if hit.verdict else None,
                               "title": document.title, "text": document.text, "metadata": dict(document.metadata)}))
         return
     judged = any(hit.verdict for hit in hits)
     # With a rerank the order is the judge's: p(true) and cosine are different scales, so each has its column.
     table = Table()
-    widths = {"rank": 4, "id": 10, "dense": 6, **({"relevant": 8, "p(true)": 7, "ended": 8, "tokens": 6} if judged else {})}
+    stages = {"dense": ("dense",), "lexical": ("lexical",), "hybrid": ("fused", "dense", "lexical")}[args.mode]
+    widths = {"rank": 4, "id": 10, **{stage: 6 for stage in stages}, **({"relevant": 8, "p(true)": 7, "ended": 8, "tokens": 6} if judged else {})}
     for header, width in widths.items():
         table.add_column(header, no_wrap=True, min_width=width)
     table.add_column("title / text", no_wrap=True, overflow="ellipsis", ratio=1)  # what gives way in a narrow terminal
@@ -625,7 +645,9 @@ def _search(args: argparse.Namespace) -> None:
         judgement = ([str(verdict.relevant), f"{verdict.score:.4f}", verdict.ended, str(verdict.reasoning_tokens)]
                      if verdict else ["-"] * 4) if judged else []
         snippet = (hit.document.title or hit.document.text)[:100] if hit.document else ""
-        table.add_row(str(rank), hit.id, f"{hit.dense_score:.4f}", *judgement, snippet)
+        scores = {"dense": hit.dense_score, "lexical": hit.lexical_score, "fused": hit.fused_score}
+        table.add_row(str(rank), hit.id, *("-" if scores[stage] is None else f"{scores[stage]:.4f}" for stage in stages),
+                      *judgement, snippet)
     _print_table(table)
     if args.reasoning:
         _print_reasoning([(f"{rank}. {hit.id}", hit.verdict) for rank, hit in enumerate(hits, 1) if hit.verdict])
@@ -664,7 +686,7 @@ def _bench(args: argparse.Namespace) -> None:
     if args.suite == "judge" and args.long_passages:
         from irgate.bench.judge import run_long_passage_benchmark
 
-        result = run_long_passage_benchmark(args.model, documents=args.documents)
+        result = run_long_passage_benchmark(args.model, documents=args.documents, console=console)
     elif args.suite == "judge":
         from irgate.bench.judge import run_judge_benchmark
 

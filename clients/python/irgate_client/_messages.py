@@ -142,6 +142,9 @@ def server_info(response: pb.GetInfoResponse) -> ServerInfo:
         max_judge_documents=response.limits.max_judge_documents,
         index_engine=response.index.engine,
         index_address=response.index.address,
+        embedder_preset=response.embedder.preset,
+        instruction_format=response.embedder.instruction_format,
+        default_instruction=response.embedder.default_instruction,
     )
 
 
@@ -246,6 +249,10 @@ def delete_request(collection: str, ids: Sequence[str]) -> pb.DeleteDocumentsReq
     return pb.DeleteDocumentsRequest(collection=text("collection", collection), ids=texts("ids", ids))
 
 
+# Search modes by the name the SDK takes (see SearchMode in the proto).
+SEARCH_MODES = {"dense": pb.SEARCH_MODE_DENSE, "lexical": pb.SEARCH_MODE_LEXICAL, "hybrid": pb.SEARCH_MODE_HYBRID}
+
+
 def search_request(
     collection: str,
     query: str,
@@ -259,15 +266,24 @@ def search_request(
     return_reasoning: bool,
     *,
     max_passage_tokens: int | None = None,
+    mode: str = "dense",
+    dense_depth: int | None = None,
+    lexical_depth: int | None = None,
 ) -> pb.SearchRequest:
     whole_number("k", k, 1, "1 to the server's max_k (see info())")
+    if mode not in SEARCH_MODES:
+        raise invalid(f"mode is {mode!r}; use one of {', '.join(repr(name) for name in SEARCH_MODES)}")
+    for name, depth in (("dense_depth", dense_depth), ("lexical_depth", lexical_depth)):
+        if depth is not None:
+            whole_number(name, depth, 1, "1 to the server's max_k (see info()), or None for the default")
     whole_number("rerank", rerank, 0, "the number of top hits the judge reranks, 0 for none")
     if max_reasoning_tokens is not None:
         whole_number("max_reasoning_tokens", max_reasoning_tokens, 0, "reasoning tokens per judged document")
     if max_passage_tokens is not None:
         whole_number("max_passage_tokens", max_passage_tokens, 1, PASSAGE_CAP_ALLOWED)
     if filter is not None and not isinstance(filter, Mapping):
-        raise invalid(f"filter is a {type(filter).__name__}; give a dict of metadata key -> required value")
+        raise invalid(f"filter is a {type(filter).__name__}; give a dict of metadata path -> value or "
+                      '{operator: value} (e.g. {"year": {"$gte": 2020}}, see the README)')
     request = pb.SearchRequest(
         collection=text("collection", collection),
         query=text("query", query),
@@ -281,6 +297,9 @@ def search_request(
             return_reasoning=return_reasoning,
             max_passage_tokens=max_passage_tokens,
         ),
+        mode=SEARCH_MODES[mode],
+        dense_depth=dense_depth,
+        lexical_depth=lexical_depth,
     )
     if filter:
         exact_numbers("filter", dict(filter))
@@ -297,7 +316,9 @@ def hits(response: pb.SearchResponse) -> list[Hit]:
         Hit(
             id=hit.id,
             score=hit.score,
-            dense_score=hit.dense_score,
+            dense_score=hit.dense_score if hit.HasField("dense_score") else None,
+            lexical_score=hit.lexical_score if hit.HasField("lexical_score") else None,
+            fused_score=hit.fused_score if hit.HasField("fused_score") else None,
             document=document(hit.document) if hit.HasField("document") else None,
             verdict=verdict(hit.verdict) if hit.HasField("verdict") else None,
         )

@@ -95,6 +95,10 @@ class ServerInfo:
     max_judge_documents: int
     index_engine: str = ""  # where collections are held: "local" or "milvus" (empty from an older server)
     index_address: str = ""  # the Milvus server's HOST:PORT; empty for the local index
+    embedder_preset: str = ""  # the `irgate prepare --preset` of the embedder, e.g. "qwen3-embedding"
+    # How a query and its instruction become the embedder's text, e.g. "Instruct: {instruction}\nQuery:{query}".
+    instruction_format: str = ""
+    default_instruction: str = ""  # what a query without an instruction is embedded with ("" for nothing)
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,9 @@ class ReasoningDelta:
 @dataclass(frozen=True)
 class Hit:
     id: str
-    score: float  # judge score when judged, else the dense score
-    dense_score: float
+    score: float  # judge score when judged, else the first stage's (dense, lexical or fused score)
+    dense_score: float | None  # cosine similarity; None when the dense stage did not find the hit
     document: Document | None = None
     verdict: Verdict | None = None
+    lexical_score: float | None = None  # BM25 (lexical and hybrid modes); None when that stage did not find it
+    fused_score: float | None = None  # reciprocal rank fusion score (hybrid mode)

@@ -26,6 +26,9 @@ class InfoServicer(pb_grpc.InfoServicer):
                 max_tokens=manifest.max_tokens,
                 pooling=manifest.pooling,
                 supports_instructions=manifest.supports_instructions,
+                preset=manifest.preset,
+                instruction_format=manifest.instruction_format,
+                default_instruction=manifest.default_instruction,
             ),
             limits=pb.Limits(
                 max_batch_size=settings.max_batch_size,

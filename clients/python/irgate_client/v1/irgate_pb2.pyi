@@ -33,6 +33,13 @@ class CollectionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COLLECTION_STATE_READY: _ClassVar[CollectionState]
     COLLECTION_STATE_DAMAGED: _ClassVar[CollectionState]
 
+class SearchMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEARCH_MODE_UNSPECIFIED: _ClassVar[SearchMode]
+    SEARCH_MODE_DENSE: _ClassVar[SearchMode]
+    SEARCH_MODE_LEXICAL: _ClassVar[SearchMode]
+    SEARCH_MODE_HYBRID: _ClassVar[SearchMode]
+
 class Ended(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ENDED_UNSPECIFIED: _ClassVar[Ended]
@@ -52,6 +59,10 @@ VECTOR_PRECISION_I8: VectorPrecision
 COLLECTION_STATE_UNSPECIFIED: CollectionState
 COLLECTION_STATE_READY: CollectionState
 COLLECTION_STATE_DAMAGED: CollectionState
+SEARCH_MODE_UNSPECIFIED: SearchMode
+SEARCH_MODE_DENSE: SearchMode
+SEARCH_MODE_LEXICAL: SearchMode
+SEARCH_MODE_HYBRID: SearchMode
 ENDED_UNSPECIFIED: Ended
 ENDED_ANSWERED: Ended
 ENDED_FORCED: Ended
@@ -84,20 +95,26 @@ class IndexInfo(_message.Message):
     def __init__(self, engine: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class EmbedderInfo(_message.Message):
-    __slots__ = ("model", "backend", "dimension", "max_tokens", "pooling", "supports_instructions")
+    __slots__ = ("model", "backend", "dimension", "max_tokens", "pooling", "supports_instructions", "preset", "instruction_format", "default_instruction")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     POOLING_FIELD_NUMBER: _ClassVar[int]
     SUPPORTS_INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend: str
     dimension: int
     max_tokens: int
     pooling: str
     supports_instructions: bool
-    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., pooling: _Optional[str] = ..., supports_instructions: _Optional[bool] = ...) -> None: ...
+    preset: str
+    instruction_format: str
+    default_instruction: str
+    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., pooling: _Optional[str] = ..., supports_instructions: _Optional[bool] = ..., preset: _Optional[str] = ..., instruction_format: _Optional[str] = ..., default_instruction: _Optional[str] = ...) -> None: ...
 
 class JudgeInfo(_message.Message):
     __slots__ = ("model", "backend", "max_reasoning_tokens", "max_context_tokens", "max_passage_tokens")
@@ -318,7 +335,7 @@ class RerankOptions(_message.Message):
     def __init__(self, top_n: _Optional[int] = ..., max_reasoning_tokens: _Optional[int] = ..., return_reasoning: _Optional[bool] = ..., max_passage_tokens: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "instruction", "k", "filter", "include_documents", "rerank", "truncation")
+    __slots__ = ("collection", "query", "instruction", "k", "filter", "include_documents", "rerank", "truncation", "mode", "dense_depth", "lexical_depth")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
@@ -327,6 +344,9 @@ class SearchRequest(_message.Message):
     INCLUDE_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     RERANK_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    DENSE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_DEPTH_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: str
     instruction: str
@@ -335,21 +355,28 @@ class SearchRequest(_message.Message):
     include_documents: bool
     rerank: RerankOptions
     truncation: Truncation
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., instruction: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., include_documents: _Optional[bool] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., truncation: _Optional[_Union[Truncation, str]] = ...) -> None: ...
+    mode: SearchMode
+    dense_depth: int
+    lexical_depth: int
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., instruction: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., include_documents: _Optional[bool] = ..., rerank: _Optional[_Union[RerankOptions, _Mapping]] = ..., truncation: _Optional[_Union[Truncation, str]] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., dense_depth: _Optional[int] = ..., lexical_depth: _Optional[int] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "score", "dense_score", "verdict", "document")
+    __slots__ = ("id", "score", "dense_score", "verdict", "document", "lexical_score", "fused_score")
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     DENSE_SCORE_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_SCORE_FIELD_NUMBER: _ClassVar[int]
+    FUSED_SCORE_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     dense_score: float
     verdict: Verdict
     document: Document
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., dense_score: _Optional[float] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., document: _Optional[_Union[Document, _Mapping]] = ...) -> None: ...
+    lexical_score: float
+    fused_score: float
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., dense_score: _Optional[float] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., document: _Optional[_Union[Document, _Mapping]] = ..., lexical_score: _Optional[float] = ..., fused_score: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "timing")
