@@ -265,6 +265,7 @@ async def start(settings: Settings) -> App:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable((*SERVICES, health.SERVICE_NAME), server)
+    http = HttpFront(services, settings.api_key, message_bytes)  # before the try: its except stops it
     try:
         if settings.tls_cert and settings.tls_key:
             credentials = grpc.ssl_server_credentials(
@@ -275,7 +276,6 @@ async def start(settings: Settings) -> App:
             port = server.add_insecure_port(settings.address)
         await server.start()
         tls = (settings.tls_cert, settings.tls_key) if settings.tls_cert else None
-        http = HttpFront(services, settings.api_key, message_bytes)
         http_port = await http.start(settings.host, settings.http_port, tls) if settings.http_port else 0
         metrics_port = 0
         if settings.metrics_port:
