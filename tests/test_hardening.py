@@ -520,8 +520,12 @@ def test_a_keyed_tls_server_guards_every_door(minilm_folder: Path, tmp_path: Pat
 def test_an_answer_over_the_message_limit_is_refused_saying_how_big_and_what_to_ask_for(
     minilm_folder: Path, tmp_path: Path
 ) -> None:
-    args = ["--embedder", f"onnx:{minilm_folder}", "--judge", "none", "--max-message-mb", "1"]
+    args = ["--embedder", f"onnx:{minilm_folder}", "--judge", "none", "--max-message-mb", "1", "--max-batch-size", "1000"]
     with LocalServer(tmp_path, args) as running, grpc.insecure_channel(running.address) as channel:
+        inputs = [pb.EmbedInput(text=f"note {i}") for i in range(1000)]  # 10 kB asked, 1.5 MiB of vectors to answer
+        error = rpc_error(lambda: pb_grpc.EmbedStub(channel).Embed(pb.EmbedRequest(inputs=inputs), timeout=300))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "the Embed answer is" in error.details()
+        assert "fewer inputs" in error.details()
         collections = pb_grpc.CollectionsStub(channel)
         collections.CreateCollection(pb.CreateCollectionRequest(name="long"))
         text = "Rain forms when water vapour condenses. " * 3000  # 120 kB each: 16 answer 1.9 MiB
@@ -546,7 +550,7 @@ def test_an_answer_over_the_message_limit_is_refused_saying_how_big_and_what_to_
         assert "fewer ids" in error.details()
 
     access = [line for line in running.output if "irgate.access" in line and "RESOURCE_EXHAUSTED" in line]
-    assert {"Search", "GetDocuments"} <= {line.split("irgate.access: ")[1].split()[0] for line in access}
+    assert {"Embed", "Search", "GetDocuments"} <= {line.split("irgate.access: ")[1].split()[0] for line in access}
     assert not any("ExecuteBatchError" in line or "Traceback" in line for line in running.output)
 
 
