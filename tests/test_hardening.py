@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import subprocess
 import sys
 import time
@@ -362,6 +363,11 @@ def test_a_damaged_database_takes_down_its_collection_only(minilm_folder: Path, 
             assert [(info.name, info.state, info.precision) for info in client.list_collections()] == [
                 ("bad", "DAMAGED", ""), ("good", "READY", "f16")
             ]
+        listed = irgate("collection", "list", "--server", second.address)
+        assert listed.returncode == 0, listed.stderr
+        cells = [re.findall(r"\w+", line)[:2] for line in listed.stdout.splitlines()]  # whatever the borders
+        assert [row for row in cells if row[:1] in (["bad"], ["good"])] == [["bad", "damaged"], ["good", "50"]]
+        assert "collection 'bad' is unavailable" in listed.stderr
         stub.DeleteCollection(pb.DeleteCollectionRequest(name="bad"))  # how a damaged collection is dropped
         stub.CreateCollection(pb.CreateCollectionRequest(name="bad"))
         assert stub.DescribeCollection(pb.DescribeCollectionRequest(name="bad")).documents == 0

@@ -456,8 +456,14 @@ def _collection(args: argparse.Namespace) -> None:
         return
     table = Table("name", "documents", "dimension", "precision", "model")
     for info in infos:
-        table.add_row(info.name, str(info.documents), str(info.dimension), info.precision, info.model)
+        if info.state == "DAMAGED":  # its files cannot be read: nothing to show but why, below
+            table.add_row(info.name, "damaged", "", "", "")
+        else:
+            table.add_row(info.name, str(info.documents), str(info.dimension), info.precision, info.model)
     _print_table(table)
+    for info in infos:
+        if info.state == "DAMAGED":
+            _say(info.damage)
 
 
 def _documents(args: argparse.Namespace) -> None:
