@@ -365,11 +365,17 @@ class Client:
         max_reasoning_tokens: int | None = None,
         return_reasoning: bool = False,
         max_passage_tokens: int | None = None,
+        mode: str = "dense",
+        dense_depth: int | None = None,
+        lexical_depth: int | None = None,
         timeout: float | None = CLIENT_TIMEOUT,
     ) -> list[Hit]:
+        """`mode`: "dense" (by embedding), "lexical" (BM25 over title and text) or "hybrid" (both, by reciprocal
+        rank fusion); in hybrid mode `dense_depth` and `lexical_depth` say how many of each ranking's best hits
+        are fused (None: 100, or k or rerank when larger)."""
         request = messages.search_request(
             collection, query, instruction, k, filter, include_documents, truncate, rerank, max_reasoning_tokens, return_reasoning,
-            max_passage_tokens=max_passage_tokens,
+            max_passage_tokens=max_passage_tokens, mode=mode, dense_depth=dense_depth, lexical_depth=lexical_depth,
         )
         return messages.hits(self._search.Search(request, **self._connection.call_options(timeout)))
 
@@ -558,11 +564,17 @@ class AsyncClient:
         max_reasoning_tokens: int | None = None,
         return_reasoning: bool = False,
         max_passage_tokens: int | None = None,
+        mode: str = "dense",
+        dense_depth: int | None = None,
+        lexical_depth: int | None = None,
         timeout: float | None = CLIENT_TIMEOUT,
     ) -> list[Hit]:
+        """`mode`: "dense" (by embedding), "lexical" (BM25 over title and text) or "hybrid" (both, by reciprocal
+        rank fusion); in hybrid mode `dense_depth` and `lexical_depth` say how many of each ranking's best hits
+        are fused (None: 100, or k or rerank when larger)."""
         request = messages.search_request(
             collection, query, instruction, k, filter, include_documents, truncate, rerank, max_reasoning_tokens, return_reasoning,
-            max_passage_tokens=max_passage_tokens,
+            max_passage_tokens=max_passage_tokens, mode=mode, dense_depth=dense_depth, lexical_depth=lexical_depth,
         )
         return messages.hits(await self._search.Search(request, **self._connection.call_options(timeout)))
 

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import grpc
 
+from irgate import filters
 from irgate.api import convert
 from irgate.api.rpc import Admission, unary
-from irgate.core.search import RerankOptions, SearchPipeline, SearchQuery
+from irgate.core.search import RerankOptions, SearchMode, SearchPipeline, SearchQuery
 from irgate.errors import InvalidArgument
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 
 DEFAULT_K = 10
+_MODES = {
+    pb.SEARCH_MODE_UNSPECIFIED: SearchMode.DENSE,
+    pb.SEARCH_MODE_DENSE: SearchMode.DENSE,
+    pb.SEARCH_MODE_LEXICAL: SearchMode.LEXICAL,
+    pb.SEARCH_MODE_HYBRID: SearchMode.HYBRID,
+}
 
 
 class SearchServicer(pb_grpc.SearchServicer):
@@ -32,13 +39,19 @@ class SearchServicer(pb_grpc.SearchServicer):
         top_n = request.rerank.top_n
         if self.max_rerank and top_n > self.max_rerank:
             raise InvalidArgument(f"rerank.top_n is {top_n}; it must be between 0 and {self.max_rerank}", field="rerank.top_n")
+        mode = _MODES.get(request.mode)
+        if mode is None:
+            raise InvalidArgument(
+                f"mode is {request.mode}; use SEARCH_MODE_DENSE, SEARCH_MODE_LEXICAL or SEARCH_MODE_HYBRID", field="mode"
+            )
+        depths = {name: self._depth(request, name, mode) for name in ("dense_depth", "lexical_depth")}
         result = await self.pipeline.search(
             SearchQuery(
                 collection=collection,
                 query=request.query,
                 instruction=request.instruction,
                 k=k,
-                filter=convert.struct_to_dict(request.filter, "filter") if request.HasField("filter") else None,
+                filter=filters.parse(convert.struct_to_dict(request.filter, "filter")) if request.HasField("filter") else None,
                 include_documents=request.include_documents,
                 rerank=RerankOptions(
                     top_n=request.rerank.top_n,
@@ -47,14 +60,27 @@ class SearchServicer(pb_grpc.SearchServicer):
                     max_passage_tokens=convert.passage_cap(request.rerank),
                 ),
                 truncation=convert.truncation(request.truncation),
+                mode=mode,
+                **depths,
             )
         )
         hits = []
         for hit in result.hits:
-            message = pb.Hit(id=hit.id, score=hit.score, dense_score=hit.dense_score)
+            message = pb.Hit(id=hit.id, score=hit.score, dense_score=hit.dense_score, lexical_score=hit.lexical_score,
+                             fused_score=hit.fused_score)
             if hit.document is not None:
                 message.document.CopyFrom(convert.document_message(hit.document))
             if hit.verdict is not None:
                 message.verdict.CopyFrom(convert.verdict(hit.verdict))
             hits.append(message)
         return pb.SearchResponse(hits=hits, timing=convert.timing(result.timing))
+
+    def _depth(self, request: pb.SearchRequest, name: str, mode: SearchMode) -> int | None:
+        if not request.HasField(name):
+            return None
+        depth = getattr(request, name)
+        if mode is not SearchMode.HYBRID:
+            raise InvalidArgument(f"{name} applies to mode SEARCH_MODE_HYBRID only; leave it unset", field=name)
+        if not 1 <= depth <= self.max_k:
+            raise InvalidArgument(f"{name} is {depth}; it must be between 1 and {self.max_k}", field=name)
+        return depth

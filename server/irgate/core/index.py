@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from irgate.filters import Filter
 from irgate.index.records import CollectionInfo, DocumentRecord, ScoredKey, UpsertResult
 
 
@@ -38,9 +39,14 @@ class IndexedCollection(Protocol):
         """(deleted, not_found), each id counted once."""
         ...
 
-    def search(self, vector: np.ndarray, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
-        """Up to k documents by cosine similarity, best first; filter: top-level metadata key -> the
-        JSON value a document must hold there (true is not 1)."""
+    def search(self, vector: np.ndarray, k: int, filter: Filter | Mapping[str, Any] | None = None) -> list[ScoredKey]:
+        """Up to k documents by cosine similarity, best first, among those that match the filter
+        (irgate.filters: parsed, or the JSON object to parse)."""
+        ...
+
+    def lexical_search(self, text: str, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
+        """Up to k documents by BM25 over title and text, best first (index.lexical says how a query is
+        read); filter: as in search. An engine without lexical search raises FailedPrecondition."""
         ...
 
     def snapshot(self) -> None:

@@ -1,4 +1,6 @@
-"""Search pipeline: embed the query (with its instruction) -> ANN top-k -> optional documents.
+"""Search pipeline: a first stage (dense: embed the query with its instruction, then ANN; lexical:
+BM25 over title and text; hybrid: both, fused by reciprocal rank fusion) -> optional documents ->
+optional rerank by the judge.
 
 The query arrives validated by the API layer (collection name, k within the server's limit,
 rerank.top_n within the judge's, a JSON filter)."""
@@ -6,6 +8,7 @@ rerank.top_n within the judge's, a JSON filter)."""
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -15,9 +18,22 @@ from irgate import tracing
 from irgate.core.collections import document_of
 from irgate.core.documents import Document
 from irgate.core.embedding import EmbeddingService, TextInput, Timing, Truncation
-from irgate.core.index import Index
+from irgate.core.index import Index, IndexedCollection
 from irgate.core.judge import JudgeService, Passage, Verdict
 from irgate.errors import FailedPrecondition
+from irgate.filters import Filter
+from irgate.index.records import ScoredKey
+
+# Reciprocal rank fusion's constant (Cormack et al. 2009): a hit at rank r of a stage adds 1 / (RRF_K + r).
+RRF_K = 60
+# How many of each stage's best hits hybrid search fuses unless the query says (k or rerank.top_n when larger).
+HYBRID_DEPTH = 100
+
+
+class SearchMode(enum.Enum):
+    DENSE = "dense"
+    LEXICAL = "lexical"
+    HYBRID = "hybrid"
 
 
 @dataclass(frozen=True)
@@ -34,17 +50,31 @@ class SearchQuery:
     query: str
     instruction: str = ""
     k: int = 10
-    filter: Mapping[str, Any] | None = None
+    filter: Filter | Mapping[str, Any] | None = None
     include_documents: bool = False
     rerank: RerankOptions = RerankOptions()
     truncation: Truncation = Truncation.END
+    mode: SearchMode = SearchMode.DENSE
+    # Hybrid mode only: how many of each stage's best hits are fused; None: HYBRID_DEPTH, or more when
+    # k or rerank.top_n is larger.
+    dense_depth: int | None = None
+    lexical_depth: int | None = None
+
+    def depth(self, given: int | None) -> int:
+        """A first stage's depth: the judge may lift any of the top_n candidates into the first k."""
+        wanted = max(self.k, self.rerank.top_n)
+        if self.mode is not SearchMode.HYBRID:
+            return wanted
+        return given if given is not None else max(wanted, HYBRID_DEPTH)
 
 
 @dataclass(frozen=True)
 class SearchHit:
     id: str
-    score: float
-    dense_score: float
+    score: float  # the judge's when judged, else the first stage's: fused_score, or the one stage's score
+    dense_score: float | None = None  # None: the dense stage did not find it (or did not run)
+    lexical_score: float | None = None  # BM25; None: the lexical stage did not find it (or did not run)
+    fused_score: float | None = None  # hybrid mode only
     document: Document | None = None
     verdict: Verdict | None = None
 
@@ -69,15 +99,17 @@ class SearchPipeline:
         if top_n and self._judge is not None:  # refused before the dense search, with the field's name
             self._judge.passage_cap(query.rerank.max_passage_tokens, "rerank.max_passage_tokens")
         collection = await asyncio.to_thread(self._store.get, query.collection)
-        embedded = await self._embedding.embed(
-            [TextInput(text=query.query, is_query=True, instruction=query.instruction)],
-            query.truncation,
-            normalize=True,
-        )
-        # The judge may lift any of the top_n dense hits into the first k.
-        with tracing.stage("index search", k=max(query.k, top_n), filtered=query.filter is not None):
-            found = await asyncio.to_thread(collection.search, embedded.vectors[0], max(query.k, top_n), query.filter)
-        hits = [SearchHit(id=item.id, score=item.score, dense_score=item.score) for item in found]
+        timing = Timing()
+        dense: list[ScoredKey] = []
+        lexical: list[ScoredKey] = []
+        if query.mode is not SearchMode.DENSE:
+            # Before the query is embedded: an engine without lexical search refuses at no cost.
+            depth = query.depth(query.lexical_depth)
+            with tracing.stage("lexical search", k=depth, filtered=query.filter is not None):
+                lexical = await asyncio.to_thread(collection.lexical_search, query.query, depth, query.filter)
+        if query.mode is not SearchMode.LEXICAL:
+            dense, timing = await self._dense(collection, query)
+        hits = _first_stage(query.mode, dense, lexical)
         if (query.include_documents or top_n) and hits:
             with tracing.stage("document fetch", documents=len(hits)):
                 records = await asyncio.to_thread(collection.get, [hit.id for hit in hits], skip_missing=True)
@@ -87,11 +119,22 @@ class SearchPipeline:
             hits = await self._rerank(query, hits)
         if not query.include_documents:
             hits = [replace(hit, document=None) for hit in hits]
-        timing = replace(embedded.timing, total_ns=time.perf_counter_ns() - start)
+        timing = replace(timing, total_ns=time.perf_counter_ns() - start)
         return SearchResult(hits=hits[: query.k], timing=timing)
 
+    async def _dense(self, collection: IndexedCollection, query: SearchQuery) -> tuple[list[ScoredKey], Timing]:
+        embedded = await self._embedding.embed(
+            [TextInput(text=query.query, is_query=True, instruction=query.instruction)],
+            query.truncation,
+            normalize=True,
+        )
+        depth = query.depth(query.dense_depth)
+        with tracing.stage("index search", k=depth, filtered=query.filter is not None):
+            found = await asyncio.to_thread(collection.search, embedded.vectors[0], depth, query.filter)
+        return found, embedded.timing
+
     async def _rerank(self, query: SearchQuery, hits: list[SearchHit]) -> list[SearchHit]:
-        """Judged hits first, by judge score then dense score; the rest keep their dense order."""
+        """Judged hits first, by judge score (ties keep the first stage's order); the rest keep that order."""
         assert self._judge is not None
         top, rest = hits[: query.rerank.top_n], hits[query.rerank.top_n :]
         # A document stored with a vector only has no text to judge: it joins the unjudged rest.
@@ -110,5 +153,33 @@ class SearchPipeline:
             max_passage_tokens=query.rerank.max_passage_tokens,
         )
         judged = [replace(hit, score=verdict.score, verdict=verdict) for hit, verdict in zip(judged, verdicts, strict=True)]
-        judged.sort(key=lambda hit: (-hit.score, -hit.dense_score))
+        judged.sort(key=lambda hit: -hit.score)  # stable
         return judged + rest
+
+
+def _first_stage(mode: SearchMode, dense: list[ScoredKey], lexical: list[ScoredKey]) -> list[SearchHit]:
+    if mode is SearchMode.DENSE:
+        return [SearchHit(id=item.id, score=item.score, dense_score=item.score) for item in dense]
+    if mode is SearchMode.LEXICAL:
+        return [SearchHit(id=item.id, score=item.score, lexical_score=item.score) for item in lexical]
+    return fuse(dense, lexical)
+
+
+def fuse(dense: list[ScoredKey], lexical: list[ScoredKey]) -> list[SearchHit]:
+    """Reciprocal rank fusion of the two rankings (best first): each hit scores the sum over the rankings
+    that hold it of 1 / (RRF_K + its rank there), ranks counted from 1. Ties go to the hit with the better
+    single rank, then to the dense ranking's, so the order never depends on anything but the two lists."""
+    dense_rank = {item.id: rank for rank, item in enumerate(dense, start=1)}
+    lexical_rank = {item.id: rank for rank, item in enumerate(lexical, start=1)}
+    dense_score = {item.id: item.score for item in dense}
+    lexical_score = {item.id: item.score for item in lexical}
+    hits = []
+    for document_id in dict.fromkeys([*dense_rank, *lexical_rank]):
+        ranks = [rank for rank in (dense_rank.get(document_id), lexical_rank.get(document_id)) if rank is not None]
+        fused = sum(1.0 / (RRF_K + rank) for rank in ranks)
+        hits.append((-fused, min(ranks), document_id not in dense_rank, SearchHit(
+            id=document_id, score=fused, dense_score=dense_score.get(document_id),
+            lexical_score=lexical_score.get(document_id), fused_score=fused,
+        )))
+    hits.sort(key=lambda entry: entry[:3])
+    return [entry[3] for entry in hits]

@@ -118,16 +118,17 @@ def load_beir(folder: Path, split: str = "test") -> BeirData:
 
 
 async def evaluate(evaluation: Evaluation, data: BeirData, *, instruction: str = "", k: int = 100, rerank: int = 0,
-                   budgets: Sequence[int | None] = (None,)) -> dict[str, Any]:
-    """nDCG@10 and Recall@100 of dense search; with rerank, one judged run per reasoning budget
-    (None: the server's cap) and what it changed."""
+                   budgets: Sequence[int | None] = (None,), mode: str = "dense") -> dict[str, Any]:
+    """nDCG@10 and Recall@100 of the search `mode` (dense, lexical or hybrid); with rerank, one judged
+    run of that mode's candidates per reasoning budget (None: the server's cap) and what it changed."""
     queries = {qid: Query(text, instruction) for qid, text in data.queries.items()}
     started = time.perf_counter()
-    dense = await evaluation.search("searching", queries, k=k)
+    dense = await evaluation.search("searching", queries, k=k, mode=mode)
     search_seconds = time.perf_counter() - started
     dense_run = scoring.run_of(dense)
     result: dict[str, Any] = {
         "suite": "beir",
+        "mode": mode,
         **{name: scoring.score(measure, data.qrels, dense_run) for name, measure in MEASURES.items()},
         "queries": len(data.queries),
         "docs": len(data.corpus),
@@ -143,16 +144,16 @@ async def evaluate(evaluation: Evaluation, data: BeirData, *, instruction: str =
     }
     if rerank:
         result["reranking"] = [await _rerank(evaluation, data, queries, dense, result["ndcg@10"], k=k, rerank=rerank,
-                                             budget=budget) for budget in budgets]
+                                             budget=budget, mode=mode) for budget in budgets]
     return result | evaluation.provenance()
 
 
 async def _rerank(evaluation: Evaluation, data: BeirData, queries: dict[str, Query], dense: dict[str, QueryResult],
-                  before: float, *, k: int, rerank: int, budget: int | None) -> dict[str, Any]:
+                  before: float, *, k: int, rerank: int, budget: int | None, mode: str) -> dict[str, Any]:
     """One judged run: nDCG@10 before and after, the verdicts by ending, and the judge's time per query
     (judged search minus dense search of the same query, with queries in flight together)."""
     label = f"judging the top {rerank}, " + ("the server's reasoning cap" if budget is None else f"budget {budget}")
-    judged = await evaluation.search(label, queries, k=k, rerank=rerank, max_reasoning_tokens=budget)
+    judged = await evaluation.search(label, queries, k=k, rerank=rerank, max_reasoning_tokens=budget, mode=mode)
     judged_run = scoring.run_of(judged)
     after = scoring.score("nDCG@10", data.qrels, judged_run)
     judge_seconds = [max(judged[qid].seconds - dense[qid].seconds, 0.0) for qid in queries]

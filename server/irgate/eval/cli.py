@@ -82,6 +82,8 @@ def add_eval_commands(commands: Any) -> None:
     beir.add_argument("--data", type=Path, required=True, help="the BEIR folder")
     beir.add_argument("--split", default="test", help="qrels/SPLIT.tsv to score against")
     beir.add_argument("--instruction", default="", help="instruction given with every query")
+    beir.add_argument("--mode", choices=("dense", "lexical", "hybrid"), default="dense",
+                      help="how the server finds candidates: by embedding, by BM25, or both fused")
     beir.add_argument("--rerank", type=int, default=0, metavar="N", help="also judge the top N hits of every query and "
                       "report nDCG@10 before and after, verdicts by ending and judge time per query")
     beir.add_argument("--max-reasoning-tokens", type=_budgets, default=None, metavar="N[,N...]",
@@ -203,7 +205,7 @@ def _beir(args: argparse.Namespace) -> None:
         await evaluation.start(with_judge=bool(args.rerank), k=100)
         try:
             return await evaluate(evaluation, data, instruction=args.instruction, rerank=args.rerank,
-                                  budgets=args.max_reasoning_tokens or [None])
+                                  budgets=args.max_reasoning_tokens or [None], mode=args.mode)
         finally:
             await evaluation.close()
 

@@ -246,14 +246,15 @@ class Evaluation:
         return {qid: results[qid] for qid in queries}
 
     async def search(self, label: str, queries: Mapping[str, Query], *, k: int, rerank: int = 0,
-                     max_reasoning_tokens: int | None = None) -> dict[str, QueryResult]:
-        """Search every query; with rerank, the judge reorders the top `rerank` dense hits on the server."""
-        settings = {"k": k, "rerank": rerank, "max_reasoning_tokens": max_reasoning_tokens if rerank else None}
+                     max_reasoning_tokens: int | None = None, mode: str = "dense") -> dict[str, QueryResult]:
+        """Search every query in `mode`; with rerank, the judge reorders the top `rerank` hits on the server."""
+        settings = {"k": k, "rerank": rerank, "max_reasoning_tokens": max_reasoning_tokens if rerank else None,
+                    "mode": mode}
         cache = self._cache("search", queries, settings)
 
         async def one(collection: str, query_id: str, query: Query) -> tuple[list[str], dict[str, JudgedHit]]:
             hits = await self.client.search(collection, query.text, instruction=query.instruction, k=k, rerank=rerank,
-                                            max_reasoning_tokens=max_reasoning_tokens, timeout=CALL_TIMEOUT_S)
+                                            max_reasoning_tokens=max_reasoning_tokens, mode=mode, timeout=CALL_TIMEOUT_S)
             return [hit.id for hit in hits], {hit.id: _judged(hit.verdict) for hit in hits if hit.verdict}
 
         return await self._run(label, cache, queries, one)

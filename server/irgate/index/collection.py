@@ -1,7 +1,9 @@
 """One collection: an SQLite document store (the source of truth) plus a usearch index derived from it.
 
 Files in a collection's folder:
-  documents.sqlite  documents with their float32 vectors, the `meta` row set, and the `changes` log
+  documents.sqlite  documents with their float32 vectors, the `meta` row set, the `changes` log, and
+                    `lexical`, the FTS5 (BM25) index of titles and texts that triggers keep in step
+                    with the documents table, inside each write's own transaction
   index.usearch     the last usearch snapshot
   index.json        {"seq": N, "sha256": ...}: the `changes` sequence number that snapshot covers,
                     and the checksum of index.usearch, verified before the snapshot is loaded
@@ -9,7 +11,9 @@ Files in a collection's folder:
 Every write commits its document rows and its `changes` rows in one SQLite transaction before
 touching usearch, so an acknowledged write survives a crash: on open, the snapshot is loaded and
 the changes after its seq are replayed (or the index is rebuilt from the documents table when the
-snapshot is missing, fails its checksum or does not match, which the log says).
+snapshot is missing, fails its checksum or does not match, which the log says). The lexical index
+needs no replay: it commits with the documents. A collection made before it existed gets it built
+from its documents when it is first opened.
 
 SQLite errors that mean a damaged file become DataLoss naming the collection and its file.
 An open collection holds FILES_PER_COLLECTION file descriptors (the database, its WAL and its
@@ -36,6 +40,8 @@ import numpy as np
 from usearch.index import Index
 
 from irgate.errors import DataLoss, InvalidArgument, NotFound, Resource, ResourceExhausted
+from irgate.filters import Filter, sqlite_where
+from irgate.index.lexical import TOKENIZER, fts5_query
 from irgate.index.records import (
     PRECISIONS,
     CollectionInfo,
@@ -45,6 +51,7 @@ from irgate.index.records import (
     check_model,
     check_precision,
     check_query,
+    check_text_query,
     check_upsert,
     matches_filter,
     validate_document_id,
@@ -71,6 +78,8 @@ SNAPSHOT_FILE = "index.json"
 _REBUILD_BATCH = 10_000
 # A filtered search first asks usearch for this many candidates per wanted hit, and grows by this factor.
 _FILTER_OVERFETCH = 8
+# A filter that leaves at most this many documents is searched by brute force among them instead.
+_FILTER_CANDIDATES = 10_000
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -88,6 +97,18 @@ CREATE TABLE changes (
     key INTEGER NOT NULL
 );
 """
+# External content: the FTS5 table indexes documents.title and documents.text without a second copy.
+# Documents are only ever inserted and deleted (an upsert deletes the old row), so two triggers suffice.
+_LEXICAL_SCHEMA = (
+    f"CREATE VIRTUAL TABLE IF NOT EXISTS lexical USING fts5(title, text, content='documents', content_rowid='key', "
+    f"tokenize='{TOKENIZER}')",
+    "CREATE TRIGGER IF NOT EXISTS documents_lexical_add AFTER INSERT ON documents BEGIN "
+    "INSERT INTO lexical (rowid, title, text) VALUES (new.key, new.title, new.text); END",
+    "CREATE TRIGGER IF NOT EXISTS documents_lexical_remove AFTER DELETE ON documents BEGIN "
+    "INSERT INTO lexical (lexical, rowid, title, text) VALUES ('delete', old.key, old.title, old.text); END",
+)
+# Lexical matches read per batch while a filter drops some of them.
+_LEXICAL_BATCH = 256
 
 log = logging.getLogger("irgate.index")
 
@@ -190,6 +211,7 @@ class Collection:
         self.precision = meta["precision"]
         self.model = meta["model"]
         self.created_at = float(meta["created_at"])
+        self._ensure_lexical_index()
         self._index, self._snapshot_seq = self._load_index()
         # Kept outside the lock so len() never waits behind a long write (it is called on the event loop).
         self._count = len(self._index)
@@ -341,15 +363,17 @@ class Collection:
         return len(keys), len(distinct) - len(keys)
 
     @_reporting_damage
-    def search(self, vector: np.ndarray, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
-        """Returns up to k documents by cosine similarity, best first.
+    def search(self, vector: np.ndarray, k: int, filter: Filter | Mapping[str, Any] | None = None) -> list[ScoredKey]:
+        """Returns up to k documents by cosine similarity, best first; filter: see irgate.filters.
 
-        filter: top-level metadata key -> value; a document matches when every value is equal.
-        """
+        A filter that SQLite finds at most _FILTER_CANDIDATES documents for is searched exactly among
+        those, so a selective filter still finds k hits when k documents match."""
         self._check_model()
         query, wanted = check_query(vector, k, filter, self.dimension)
         with self._lock:
             self._check_open()
+            if wanted is not None and (keys := self._filtered_keys(wanted, _FILTER_CANDIDATES)) is not None:
+                return self._nearest_among(query, keys, k)
             size = len(self._index)
             fetch = min(size, k * _FILTER_OVERFETCH if wanted else k)
             while fetch > 0:
@@ -362,6 +386,30 @@ class Collection:
                     return hits
                 fetch = min(size, fetch * _FILTER_OVERFETCH)
         return []
+
+    @_reporting_damage
+    def lexical_search(self, text: str, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
+        """Returns up to k documents by BM25 over title and text (higher is better), best first; a
+        query without a word to look for finds nothing. filter: as in search."""
+        wanted = check_text_query(k, filter)
+        expression = fts5_query(text)
+        if expression is None:
+            return []
+        hits: list[ScoredKey] = []
+        with self._lock:
+            self._check_open()
+            # bm25() is lower for better matches; FTS5 sorts by it itself for ORDER BY rank.
+            cursor = self._db.execute(
+                "SELECT lexical.rowid, -lexical.rank, documents.id, documents.metadata FROM lexical "
+                "JOIN documents ON documents.key = lexical.rowid WHERE lexical MATCH ? ORDER BY lexical.rank"
+                + ("" if wanted else " LIMIT ?"),
+                (expression,) if wanted else (expression, k),
+            )
+            while len(hits) < k and (rows := cursor.fetchmany(_LEXICAL_BATCH)):
+                hits.extend(ScoredKey(id=document_id, score=float(score)) for _, score, document_id, metadata in rows
+                            if not wanted or matches_filter(json.loads(metadata), wanted))
+            cursor.close()
+        return hits[:k]
 
     @_reporting_damage
     def snapshot(self) -> None:
@@ -381,6 +429,7 @@ class Collection:
                         if line != "ok"]
             if problems:
                 return problems
+            problems.extend(self._verify_lexical_index())
             if self.index_source not in ("snapshot", _NO_SNAPSHOT):
                 problems.append(f"the index snapshot was not usable ({self.index_source}); a restart rebuilds it")
             stored = np.fromiter((key for (key,) in self._db.execute("SELECT key FROM documents")), dtype=np.uint64)
@@ -435,6 +484,33 @@ class Collection:
     def _check_model(self) -> None:
         """Lock-free: reads only fields fixed at open."""
         check_model(self.name, self.model, self._serving_model)
+
+    def _ensure_lexical_index(self) -> None:
+        """Builds the lexical index of a collection made before there was one (lock-free: called at open)."""
+        present = self._db.execute(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('lexical', 'documents_lexical_add', 'documents_lexical_remove')"
+        ).fetchone()[0]
+        if present == len(_LEXICAL_SCHEMA):
+            return
+        log.info("collection %s: building its lexical index from %s", self.name, DATABASE_FILE)
+        with _transaction(self._db):
+            for statement in _LEXICAL_SCHEMA:
+                self._db.execute(statement)
+            self._db.execute("INSERT INTO lexical (lexical) VALUES ('rebuild')")
+
+    def _verify_lexical_index(self) -> list[str]:
+        """The lexical index's disagreement with the documents table, which it is rebuilt from when found."""
+        problem = None
+        try:
+            # rank 1: compare the index with the documents it was built from, not only with itself.
+            self._db.execute("INSERT INTO lexical (lexical, rank) VALUES ('integrity-check', 1)")
+        except sqlite3.DatabaseError as error:
+            problem = str(error)
+        if problem is None:
+            return []
+        with _transaction(self._db):
+            self._db.execute("INSERT INTO lexical (lexical) VALUES ('rebuild')")
+        return [f"the lexical index disagreed with the documents ({problem}); it was rebuilt from them"]
 
     def _log_changes(self, op: str, keys: list[int]) -> None:
         self._db.executemany("INSERT INTO changes (op, key) VALUES (?, ?)", [(op, key) for key in keys])
@@ -537,8 +613,34 @@ class Collection:
             vectors = np.frombuffer(b"".join(blob for _, blob in rows), dtype="<f4")
             index.add(keys, vectors.reshape(len(rows), self.dimension).astype(np.float32))
 
+    def _filtered_keys(self, wanted: Filter, limit: int) -> list[int] | None:
+        """The keys of the documents that match, found through SQLite (irgate.filters.sqlite_where,
+        then the exact check where that is wider), or None when more than `limit` may match.
+        The caller holds self._lock."""
+        condition = sqlite_where(wanted)
+        where, parameters = ("1", ()) if condition is None else (condition.sql, condition.parameters)
+        exact = condition is not None and condition.exact
+        rows = self._db.execute(
+            f"SELECT key, {'NULL' if exact else 'metadata'} FROM documents WHERE {where} LIMIT ?", (*parameters, limit + 1)
+        ).fetchall()
+        if len(rows) > limit:
+            return None
+        return [key for key, metadata in rows if exact or matches_filter(json.loads(metadata), wanted)]
+
+    def _nearest_among(self, query: np.ndarray, keys: list[int], k: int) -> list[ScoredKey]:
+        """The k documents of `keys` nearest to query, by brute force over the index's own vectors
+        (so scores agree with an unfiltered search's)."""
+        if not keys:
+            return []
+        candidates = np.asarray(keys, dtype=np.uint64)
+        vectors = np.asarray(self._index.get(candidates, dtype=np.float32), dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1) * np.linalg.norm(query)
+        similarity = (vectors @ query) / np.maximum(norms, np.finfo(np.float32).tiny)
+        best = np.argsort(-similarity, kind="stable")[:k]
+        return self._matching(candidates[best], 1.0 - similarity[best], None, k)
+
     def _matching(
-        self, keys: np.ndarray, distances: np.ndarray, wanted: dict[str, Any], k: int
+        self, keys: np.ndarray, distances: np.ndarray, wanted: Filter | None, k: int
     ) -> list[ScoredKey]:
         """Turns usearch matches into hits: keys to ids, then the metadata filter, at most k."""
         rows = {

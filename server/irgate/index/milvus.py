@@ -11,8 +11,9 @@ Where Milvus differs from the in-process engine (docs/scale-out.md says more):
   - vectors are stored as FLOAT_VECTOR (float32): Milvus has no FLOAT16 vectors. The precision asked
     for picks the HNSW graph's quantisation instead: f32 -> HNSW, f16 -> HNSW_SQ FP16, i8 -> HNSW_SQ SQ8.
   - metadata is one JSON column. A filter is pushed down to Milvus as a JSON expression that finds a
-    superset of the matches (Milvus takes true for 1 and a missing key for null), then the gateway keeps
-    exactly the documents whose values are equal as JSON, as the in-process engine does.
+    superset of the matches (irgate.filters.milvus_expression: Milvus takes true for 1 and a missing key
+    for null, and negations are not pushed down), then the gateway keeps exactly the documents that
+    match (irgate.filters.matches_filter), as the in-process engine does.
   - title and text are VARCHAR columns of at most 1 MiB each (in UTF-8 bytes).
 
 A restarted Milvus may hold collections released (milvus-lite always does; a Milvus cluster while it
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import threading
 import time
@@ -42,6 +42,7 @@ from pymilvus.exceptions import ErrorCode, MilvusException
 
 from irgate.errors import (
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     IrgateError,
     NotFound,
@@ -50,6 +51,7 @@ from irgate.errors import (
     StartupError,
     Unavailable,
 )
+from irgate.filters import Filter, milvus_expression, milvus_string
 from irgate.identifiers import COLLECTION_NAME, check_collection_name
 from irgate.index.records import (
     CollectionInfo,
@@ -77,8 +79,8 @@ MAX_TOPK = 16384
 _IDS_PER_QUERY = 1000
 # A filtered search whose pushed-down superset held too few exact matches asks again for this many times more.
 _FILTER_GROWTH = 8
-# Integers beyond this are not all exact as doubles (protobuf Struct carries every number as a double).
-_EXACT_INTEGER = 2**53
+# When even MAX_TOPK candidates hold fewer than k matches, up to this many matching ids are searched among.
+_MATCHES_SEARCHED = 10_000
 _STRONG = "Strong"
 # The quantisation of the HNSW graph per precision: Milvus stores FLOAT_VECTOR (float32) either way.
 _INDEX_OF_PRECISION: dict[str, tuple[str, dict[str, Any]]] = {
@@ -116,37 +118,8 @@ def irgate_name(stored: str) -> str | None:
     return name if COLLECTION_NAME.fullmatch(name) and milvus_name(name) == stored else None
 
 
-def _literal(value: str) -> str:
-    """A string literal of Milvus's expression language (its escapes are JSON's)."""
-    return json.dumps(value, ensure_ascii=False)
-
-
 def _ids_expression(ids: Sequence[str]) -> str:
-    return f"id in [{', '.join(_literal(document_id) for document_id in ids)}]"
-
-
-def _superset_clause(key: str, value: Any) -> str | None:
-    """A Milvus expression true for every document whose metadata[key] equals value as JSON (and
-    maybe for some others, which the gateway drops), or None when Milvus cannot narrow on this key."""
-    if not key or not key.isprintable():
-        return None
-    field = f"metadata[{_literal(key)}]"
-    if isinstance(value, bool):
-        return f"{field} == {'true' if value else 'false'}"
-    if isinstance(value, int) and abs(value) <= _EXACT_INTEGER:
-        return f"{field} == {value}"
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) <= _EXACT_INTEGER:
-        return f"{field} == {int(value)}"
-    if isinstance(value, str) and value.isprintable():
-        return f"{field} == {_literal(value)}"
-    if value is None:
-        return f"{field} is null"  # also true where the key is missing
-    return f"exists {field}"  # lists, objects, fractions: compared by the gateway
-
-
-def filter_expression(wanted: Mapping[str, Any]) -> str:
-    clauses = [clause for key, value in wanted.items() if (clause := _superset_clause(key, value)) is not None]
-    return " and ".join(clauses)
+    return f"id in [{', '.join(milvus_string(document_id) for document_id in ids)}]"
 
 
 def _not_loaded(error: MilvusException) -> bool:
@@ -418,10 +391,10 @@ class MilvusCollection:
             self._index.loaded(self.name, partial(self._client.delete, self._stored, filter=_ids_expression(existing)))
         return len(existing), len(distinct) - len(existing)
 
-    def search(self, vector: np.ndarray, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
+    def search(self, vector: np.ndarray, k: int, filter: Filter | Mapping[str, Any] | None = None) -> list[ScoredKey]:
         check_model(self.name, self.model, self._serving_model)
         query, wanted = check_query(vector, k, filter, self.dimension)
-        expression = filter_expression(wanted)
+        expression = (milvus_expression(wanted) if wanted else None) or ""
         limit = min(k, MAX_TOPK)
         while True:
             found = self._index.loaded(self.name, partial(
@@ -440,9 +413,47 @@ class MilvusCollection:
                 if not wanted or matches_filter(hit["entity"]["metadata"], wanted)
             ]
             # Done when k exact matches are in, or Milvus has nothing more to give.
-            if len(hits) >= k or len(found) < limit or limit == MAX_TOPK:
+            if len(hits) >= k or len(found) < limit:
                 return hits[:k]
+            if limit == MAX_TOPK:
+                return hits[:k] if wanted is None else self._nearest_among_matches(query, k, wanted, expression, hits)
             limit = min(limit * _FILTER_GROWTH, MAX_TOPK)
+
+    def _nearest_among_matches(
+        self, query: np.ndarray, k: int, wanted: Filter, expression: str, found: list[ScoredKey]
+    ) -> list[ScoredKey]:
+        """For a filter Milvus could not narrow enough (its largest search held fewer than k matches):
+        the matching documents' ids, by reading the metadata of every document the pushed-down
+        expression keeps, then a search among those ids. With more than _MATCHES_SEARCHED matches,
+        the hits `found` in Milvus's largest search stand."""
+        matching: list[str] = []
+        with self._index._answers(self.name):
+            rows = self._index.loaded(self.name, partial(
+                self._client.query_iterator, self._stored, batch_size=_IDS_PER_QUERY, filter=expression,
+                output_fields=["metadata"], consistency_level=_STRONG,
+            ))
+            try:
+                while batch := rows.next():
+                    matching.extend(row["id"] for row in batch if matches_filter(row["metadata"], wanted))
+                    if len(matching) > _MATCHES_SEARCHED:
+                        return found[:k]
+            finally:
+                rows.close()
+        hits: list[ScoredKey] = []
+        for start in range(0, len(matching), _IDS_PER_QUERY):
+            ids = matching[start : start + _IDS_PER_QUERY]
+            hits.extend(ScoredKey(id=hit["id"], score=float(hit["distance"])) for hit in self._index.loaded(self.name, partial(
+                self._client.search, self._stored, data=[query.tolist()], limit=min(k, len(ids)),
+                filter=_ids_expression(ids), search_params={"metric_type": "COSINE", "params": {"ef": max(k, _SEARCH_EF)}},
+                consistency_level=_STRONG,
+            ))[0])
+        return sorted(hits, key=lambda hit: -hit.score)[:k]
+
+    def lexical_search(self, text: str, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
+        raise FailedPrecondition(
+            f"collection '{self.name}' is in Milvus (the milvus engine), which irgate does not search lexically yet; "
+            "use mode dense, or serve the collection from the local index (docs/scale-out.md)"
+        )
 
     def snapshot(self, timeout: float = 300.0) -> None:
         """Seals what was written into indexed segments (Milvus's flush) and returns once the vector

@@ -14,6 +14,9 @@ from typing import Any
 import numpy as np
 
 from irgate.errors import InvalidArgument
+from irgate.filters import Filter, parse
+from irgate.filters import json_equal as json_equal
+from irgate.filters import matches_filter as matches_filter
 from irgate.identifiers import check_document_id
 
 PRECISIONS = ("f16", "f32", "i8")
@@ -59,24 +62,6 @@ class CheckedDocument:
     vector: np.ndarray
 
 
-def json_equal(a: Any, b: Any) -> bool:
-    """Equality of JSON values: unlike Python's ==, true is not 1 and false is not 0."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(json_equal(a[key], b[key]) for key in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b))
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return a == b  # 1 and 1.0 are one JSON number (protobuf Struct carries every number as a double)
-    return type(a) is type(b) and a == b
-
-
-def matches_filter(metadata: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
-    """A document matches when every wanted top-level key is present with an equal JSON value."""
-    return all(name in metadata and json_equal(metadata[name], value) for name, value in wanted.items())
-
-
 def validate_document_id(document_id: object) -> None:
     """Ids are looked up through SQLite's JSON functions, which end a string at U+0000: the
     identifier rule (no control characters) is what makes every stored id findable again."""
@@ -111,8 +96,10 @@ def check_upsert(documents: Sequence[DocumentRecord], vectors: np.ndarray, dimen
     return checked
 
 
-def check_query(vector: np.ndarray, k: int, filter: Mapping[str, Any] | None, dimension: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """The query vector as float32 [dimension] and the filter as a dict (empty: no filter)."""
+def check_query(
+    vector: np.ndarray, k: int, filter: Filter | Mapping[str, Any] | None, dimension: int
+) -> tuple[np.ndarray, Filter | None]:
+    """The query vector as float32 [dimension] and the filter (None: every document matches)."""
     query = np.asarray(vector, dtype=np.float32)
     if query.ndim == 2 and query.shape[0] == 1:
         query = query[0]
@@ -120,11 +107,17 @@ def check_query(vector: np.ndarray, k: int, filter: Mapping[str, Any] | None, di
         raise InvalidArgument(f"query vector has {query.size} values; the collection's dimension is {dimension}")
     if not np.all(np.isfinite(query)):
         raise InvalidArgument("query vector contains NaN or infinite values")
+    return query, check_text_query(k, filter)
+
+
+def check_text_query(k: int, filter: Filter | Mapping[str, Any] | None) -> Filter | None:
+    """The filter of a search (by vector or by text): the api layer's parsed one, or a JSON object
+    parsed here (irgate.filters); None when every document matches."""
     if k < 1:
         raise InvalidArgument(f"k is {k}; it must be at least 1")
-    if filter is not None and not isinstance(filter, Mapping):
-        raise InvalidArgument("filter must map metadata keys to the values a document must have")
-    return query, dict(filter or {})
+    if filter is None or isinstance(filter, Filter):
+        return filter
+    return parse(filter)
 
 
 def check_model(collection: str, built_with: str, serving_model: str | None) -> None:

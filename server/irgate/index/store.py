@@ -359,6 +359,10 @@ class StoredCollection:
         with self._store._using(self) as collection:
             return collection.search(vector, k, filter)
 
+    def lexical_search(self, text: str, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
+        with self._store._using(self) as collection:
+            return collection.lexical_search(text, k, filter)
+
     def snapshot(self) -> None:
         with self._store._using(self) as collection:
             collection.snapshot()
