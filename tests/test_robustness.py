@@ -1,5 +1,7 @@
-"""Hardening: each test reproduces a defect an adversarial pass found (issue 9) against a real
-`irgate serve` process, or, where the defect lives in one layer, against that layer with real parts."""
+"""Robustness against hostile and broken input: malformed requests, control characters, huge and
+non-finite values, races, damaged files, idle and unread streams, oversized answers and bad settings,
+each against a real `irgate serve` process or, where the behaviour lives in one layer, that layer with
+real parts."""
 
 from __future__ import annotations
 
