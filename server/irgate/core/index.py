@@ -49,6 +49,14 @@ class IndexedCollection(Protocol):
         read); filter: as in search. An engine without lexical search raises FailedPrecondition."""
         ...
 
+    def list_documents(
+        self, after: str | None, limit: int, filter: Filter | None = None, include_vectors: bool = False
+    ) -> list[DocumentRecord]:
+        """Up to `limit` documents whose ids come after `after` (None: from the first), in id order by
+        code point, among those that match the filter. Paging by the last id seen keeps the order
+        stable under writes: both engines keep ids in an ordered index."""
+        ...
+
     def snapshot(self) -> None:
         """Makes the next start fast where the engine keeps a snapshot; a no-op where it does not."""
         ...

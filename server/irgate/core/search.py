@@ -10,17 +10,17 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from irgate import tracing
 from irgate.core.collections import document_of
 from irgate.core.documents import Document
-from irgate.core.embedding import EmbeddingService, TextInput, Timing, Truncation
+from irgate.core.embedding import Embeddings, EmbeddingService, TextInput, Timing, Truncation
 from irgate.core.index import Index, IndexedCollection
 from irgate.core.judge import JudgeService, Passage, Verdict
-from irgate.errors import FailedPrecondition
+from irgate.errors import FailedPrecondition, InvalidArgument, IrgateError
 from irgate.filters import Filter
 from irgate.index.records import ScoredKey
 
@@ -91,7 +91,51 @@ class SearchPipeline:
         self._store = store
         self._judge = judge
 
-    async def search(self, query: SearchQuery) -> SearchResult:
+    async def search_batch(self, queries: Sequence[SearchQuery]) -> list[SearchResult | IrgateError]:
+        """Each query's result, or the typed error that failed it, in query order. The queries with a
+        dense stage are embedded in one call per truncation policy, so they share model batches."""
+        embedded: dict[int, Embeddings | IrgateError] = {}
+        for truncation in Truncation:
+            positions = [position for position, query in enumerate(queries)
+                         if query.mode is not SearchMode.LEXICAL and query.truncation is truncation]
+            if positions:
+                embedded.update(await self._embed_queries([queries[position] for position in positions], positions))
+
+        async def answer(position: int) -> SearchResult | IrgateError:
+            vectors = embedded.get(position)
+            if isinstance(vectors, IrgateError):
+                return vectors
+            try:
+                return await self.search(queries[position], vectors)
+            except IrgateError as error:
+                return error
+
+        return list(await asyncio.gather(*(answer(position) for position in range(len(queries)))))
+
+    async def _embed_queries(self, queries: list[SearchQuery], positions: list[int]) -> dict[int, Embeddings | IrgateError]:
+        """The queries' embeddings by position, from one call; when that call refuses one of them (an
+        over-long query under TRUNCATION_NONE), each is embedded alone so that only it fails."""
+        texts = [TextInput(text=query.query, is_query=True, instruction=query.instruction) for query in queries]
+        try:
+            together = await self._embedding.embed(texts, queries[0].truncation, normalize=True)
+        except InvalidArgument:
+            if len(queries) == 1:
+                raise
+            alone: dict[int, Embeddings | IrgateError] = {}
+            for query, position in zip(queries, positions, strict=True):
+                try:
+                    alone.update(await self._embed_queries([query], [position]))
+                except InvalidArgument as error:
+                    alone[position] = error
+            return alone
+        return {
+            position: Embeddings(together.vectors[row : row + 1], together.tokens[row : row + 1],
+                                 together.truncated[row : row + 1], together.timing)
+            for row, position in enumerate(positions)
+        }
+
+    async def search(self, query: SearchQuery, embedded: Embeddings | None = None) -> SearchResult:
+        """embedded: the query's embedding when the caller computed it (search_batch), else computed here."""
         start = time.perf_counter_ns()
         top_n = query.rerank.top_n
         if top_n and self._judge is None:
@@ -108,7 +152,7 @@ class SearchPipeline:
             with tracing.stage("lexical search", k=depth, filtered=query.filter is not None):
                 lexical = await asyncio.to_thread(collection.lexical_search, query.query, depth, query.filter)
         if query.mode is not SearchMode.LEXICAL:
-            dense, timing = await self._dense(collection, query)
+            dense, timing = await self._dense(collection, query, embedded)
         hits = _first_stage(query.mode, dense, lexical)
         if (query.include_documents or top_n) and hits:
             with tracing.stage("document fetch", documents=len(hits)):
@@ -122,12 +166,15 @@ class SearchPipeline:
         timing = replace(timing, total_ns=time.perf_counter_ns() - start)
         return SearchResult(hits=hits[: query.k], timing=timing)
 
-    async def _dense(self, collection: IndexedCollection, query: SearchQuery) -> tuple[list[ScoredKey], Timing]:
-        embedded = await self._embedding.embed(
-            [TextInput(text=query.query, is_query=True, instruction=query.instruction)],
-            query.truncation,
-            normalize=True,
-        )
+    async def _dense(
+        self, collection: IndexedCollection, query: SearchQuery, embedded: Embeddings | None
+    ) -> tuple[list[ScoredKey], Timing]:
+        if embedded is None:
+            embedded = await self._embedding.embed(
+                [TextInput(text=query.query, is_query=True, instruction=query.instruction)],
+                query.truncation,
+                normalize=True,
+            )
         depth = query.depth(query.dense_depth)
         with tracing.stage("index search", k=depth, filtered=query.filter is not None):
             found = await asyncio.to_thread(collection.search, embedded.vectors[0], depth, query.filter)

@@ -318,13 +318,7 @@ class Collection:
         with self._lock:
             self._check_open()
             found = {
-                row[0]: DocumentRecord(
-                    id=row[0],
-                    title=row[1],
-                    text=row[2],
-                    metadata=json.loads(row[3]),
-                    vector=None if row[4] is None else np.frombuffer(row[4], dtype="<f4").astype(np.float32),
-                )
+                row[0]: _record(row)
                 for row in self._db.execute(
                     f"SELECT id, title, text, metadata, {vector_column} FROM documents "
                     "WHERE id IN (SELECT value FROM json_each(?))",
@@ -410,6 +404,32 @@ class Collection:
                             if not wanted or matches_filter(json.loads(metadata), wanted))
             cursor.close()
         return hits[:k]
+
+    @_reporting_damage
+    def list_documents(
+        self, after: str | None, limit: int, filter: Filter | None = None, include_vectors: bool = False
+    ) -> list[DocumentRecord]:
+        """Up to `limit` documents with ids after `after`, in id order (SQLite compares ids as UTF-8
+        bytes, which sort as code points), among those that match the filter (narrowed by
+        irgate.filters.sqlite_where, then checked exactly)."""
+        if limit < 1:
+            raise InvalidArgument(f"limit is {limit}; it must be at least 1")
+        condition = sqlite_where(filter) if filter is not None else None
+        where, parameters = ("1", ()) if condition is None else (condition.sql, condition.parameters)
+        exact = filter is None or (condition is not None and condition.exact)
+        records: list[DocumentRecord] = []
+        with self._lock:
+            self._check_open()
+            cursor = self._db.execute(
+                f"SELECT id, title, text, metadata, {'vector' if include_vectors else 'NULL'} FROM documents "
+                f"WHERE id > ? AND ({where}) ORDER BY id" + (" LIMIT ?" if exact else ""),
+                (after or "", *parameters, *((limit,) if exact else ())),
+            )
+            while len(records) < limit and (rows := cursor.fetchmany(limit)):
+                records.extend(record for record in map(_record, rows)
+                               if exact or filter is None or matches_filter(record.metadata, filter))
+            cursor.close()
+        return records[:limit]
 
     @_reporting_damage
     def snapshot(self) -> None:
@@ -702,6 +722,18 @@ _AGREEMENT = {"f32": 0.9999, "f16": 0.999, "i8": 0.9}
 
 class _UnusableSnapshot(Exception):
     """Why the saved snapshot cannot be used; the index is then rebuilt from the documents."""
+
+
+def _record(row: tuple[str, str, str, str, bytes | None]) -> DocumentRecord:
+    """A documents row (id, title, text, metadata, vector or NULL) as a record."""
+    document_id, title, text, metadata, vector = row
+    return DocumentRecord(
+        id=document_id,
+        title=title,
+        text=text,
+        metadata=json.loads(metadata),
+        vector=None if vector is None else np.frombuffer(vector, dtype="<f4").astype(np.float32),
+    )
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -122,6 +122,15 @@ def _ids_expression(ids: Sequence[str]) -> str:
     return f"id in [{', '.join(milvus_string(document_id) for document_id in ids)}]"
 
 
+def _record(row: Mapping[str, Any]) -> DocumentRecord:
+    """A row of a query as a record; its vector when the query asked for one."""
+    vector = row.get("vector")
+    return DocumentRecord(
+        id=row["id"], title=row["title"], text=row["text"], metadata=row["metadata"],
+        vector=None if vector is None else np.asarray(vector, dtype=np.float32),
+    )
+
+
 def _not_loaded(error: MilvusException) -> bool:
     message = error.message.lower()
     return error.code in _NOT_LOADED or "not loaded" in message or "released" in message
@@ -365,13 +374,7 @@ class MilvusCollection:
             for row in self._index.loaded(self.name, partial(
                 self._client.query, self._stored, filter=expression, output_fields=fields, consistency_level=_STRONG,
             )):
-                found[row["id"]] = DocumentRecord(
-                    id=row["id"],
-                    title=row["title"],
-                    text=row["text"],
-                    metadata=row["metadata"],
-                    vector=np.asarray(row["vector"], dtype=np.float32) if include_vectors else None,
-                )
+                found[row["id"]] = _record(row)
         if not skip_missing:
             for document_id in ids:
                 if document_id not in found:
@@ -454,6 +457,31 @@ class MilvusCollection:
             f"collection '{self.name}' is in Milvus (the milvus engine), which irgate does not search lexically yet; "
             "use mode dense, or serve the collection from the local index (docs/scale-out.md)"
         )
+
+    def list_documents(
+        self, after: str | None, limit: int, filter: Filter | None = None, include_vectors: bool = False
+    ) -> list[DocumentRecord]:
+        """Up to `limit` documents with ids after `after`, in id order, through Milvus's query
+        iterator (which walks a collection by primary key: a plain query with a limit returns rows in
+        no particular order), the filter pushed down as in search and then checked exactly."""
+        if limit < 1:
+            raise InvalidArgument(f"limit is {limit}; it must be at least 1")
+        pushed = milvus_expression(filter) if filter is not None else None
+        conditions = [*([f"id > {milvus_string(after)}"] if after is not None else []), *([f"({pushed})"] if pushed else [])]
+        fields = ["id", "title", "text", "metadata", *(["vector"] if include_vectors else [])]
+        records: list[DocumentRecord] = []
+        with self._index._answers(self.name):
+            rows = self._index.loaded(self.name, partial(
+                self._client.query_iterator, self._stored, batch_size=min(limit, _IDS_PER_QUERY),
+                filter=" and ".join(conditions), output_fields=fields, consistency_level=_STRONG,
+            ))
+            try:
+                while len(records) < limit and (batch := rows.next()):
+                    records.extend(record for record in map(_record, batch)
+                                   if filter is None or matches_filter(record.metadata, filter))
+            finally:
+                rows.close()
+        return records[:limit]
 
     def snapshot(self, timeout: float = 300.0) -> None:
         """Seals what was written into indexed segments (Milvus's flush) and returns once the vector
