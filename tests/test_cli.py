@@ -190,6 +190,13 @@ def test_search_filter_and_json_fields(server: LocalServer, tmp_path: Path) -> N
     assert hits[0]["dense_score"] == hits[0]["score"]  # unjudged: the score is the dense one
     bad = irgate("search", "cli-filter", "rain", "--filter", "field", "--server", server.address, check=False)
     assert bad.returncode == EXIT_USAGE and "KEY=VALUE" in bad.stderr and "Traceback" not in bad.stderr
+    # A JSON object is the filter language; it and KEY=VALUE pairs must all hold.
+    lines = irgate("search", "cli-filter", "rain", "--filter", '{"field": {"$in": ["physics", "geology"]}}',
+                   "--filter", "year=2001", "--json", "--server", server.address).stdout
+    assert [json.loads(line)["id"] for line in lines.splitlines()] == ["a"]
+    refused = irgate("search", "cli-filter", "rain", "--filter", '{"year": {"$after": 2000}}', "--server", server.address,
+                     check=False)
+    assert refused.returncode == EXIT_REFUSED and "filter.year.$after: unknown operator" in refused.stderr
 
 
 def test_index_reports_progress_without_a_terminal_and_a_rerun_skips_what_is_stored(server: LocalServer,

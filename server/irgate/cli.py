@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gzip
 import itertools
 import json
 import os
@@ -232,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--service", default="", help="service name (irgate.v1.Search, ...); empty for the whole server")
     _client_options(health)
 
-    collection = _command(commands, "collection", "create, list, describe, delete or check collections")
+    collection = _command(commands, "collection", "create, list, describe, delete, export or check collections")
     collection_commands = collection.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = _command(collection_commands, "create", "create an empty collection")
     create.add_argument("name", help="collection name: letters, digits, '_' and '-'")
@@ -246,6 +247,16 @@ def _parser() -> argparse.ArgumentParser:
         if action == "describe":
             sub.add_argument("--json", action="store_true", help="one JSON object")
         _client_options(sub)
+    export = _command(collection_commands, "export",
+                      "write a collection's documents as a BEIR corpus file (JSONL, gzipped when FILE ends in .gz) "
+                      "with their metadata, in id order; `irgate index` reads it back")
+    export.add_argument("name", help="collection name")
+    export.add_argument("file", type=Path, help="corpus file to write (.jsonl or .jsonl.gz); replaced when it exists")
+    export.add_argument("--vectors", action="store_true",
+                        help="also write each document's stored vector, which `irgate index` then stores as it is "
+                             "instead of embedding the text again")
+    export.add_argument("--page-size", type=_whole_number(1, "1 to 1000"), default=500, help="documents per call")
+    _client_options(export)
     listing = _command(collection_commands, "list", "every collection with its document count")
     listing.add_argument("--json", action="store_true", help="one JSON object per collection")
     _client_options(listing)
@@ -270,7 +281,8 @@ def _parser() -> argparse.ArgumentParser:
     index = _command(commands, "index", "upsert a BEIR corpus file (.jsonl or .jsonl.gz) into a collection; "
                                         "a rerun skips documents stored unchanged")
     index.add_argument("collection", help="collection name")
-    index.add_argument("file", type=Path, help="BEIR corpus: one {\"_id\", \"title\", \"text\"} object per line")
+    index.add_argument("file", type=Path, help="BEIR corpus: one {\"_id\", \"title\", \"text\"} object per line, optionally "
+                                               "with \"metadata\" (an object) and \"vector\" (stored as given, not embedded)")
     index.add_argument("--batch-size", type=BATCH_SIZE, default=128, help="documents per upsert message")
     index.add_argument("--create", action="store_true", help="create the collection if it does not exist")
     _client_options(index)
@@ -439,6 +451,9 @@ def _collection(args: argparse.Namespace) -> None:
         _check_collection(args)
         return
     with _client(args) as client:
+        if args.action == "export":
+            _export(client, args)
+            return
         if args.action == "create":
             info = client.create_collection(args.name, precision=args.precision, exist_ok=args.exist_ok)
             _say(f"{info.name}: {_count(info.documents, 'document')}, {info.dimension} dims, {info.precision}, model {info.model}")
@@ -464,6 +479,32 @@ def _collection(args: argparse.Namespace) -> None:
     for info in infos:
         if info.state == "DAMAGED":
             _say(info.damage)
+
+
+def _export(client: Client, args: argparse.Namespace) -> None:
+    """Streams the collection page by page into a file beside FILE, renamed to FILE once complete, so
+    that an interrupted export never leaves a file that looks whole."""
+    total = client.describe_collection(args.name).documents
+    partial = args.file.with_name(f".{args.file.name}.partial")
+    written = 0
+    try:
+        with (gzip.open(partial, "wt", encoding="utf-8") if args.file.suffix == ".gz" else partial.open("w", encoding="utf-8")) as out, \
+                ProgressReport(console, f"exporting {args.name}", total, "docs") as progress:
+            for page in client.list_documents(args.name, include_vectors=args.vectors, page_size=args.page_size,
+                                              timeout=_timeout(args)):
+                for document in page.documents:
+                    row: dict[str, Any] = {"_id": document.id, "title": document.title, "text": document.text,
+                                           "metadata": dict(document.metadata)}
+                    if args.vectors:
+                        row["vector"] = document.vector
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                written += len(page.documents)
+                progress.advance(len(page.documents))
+        partial.replace(args.file)
+    finally:
+        partial.unlink(missing_ok=True)
+    _say(f"exported {_count(written, 'document')} of {args.name} to {args.file}"
+         + (" with their vectors" if args.vectors else ""))
 
 
 def _documents(args: argparse.Namespace) -> None:
@@ -493,8 +534,9 @@ class _Corpus:
 
         # A bad line raises ValueError naming the file, the line and what was expected.
         for row in read_jsonl(self.path, CORPUS_FIELDS, CORPUS_LINE):
+            # A vector (as `irgate collection export --vectors` writes) is stored as it is, not embedded again.
             document = Document(id=str(row["_id"]), title=row.get("title") or "", text=row.get("text") or "",
-                                metadata=row.get("metadata") or {})
+                                metadata=row.get("metadata") or {}, vector=row.get("vector"))
             if not (document.title.strip() or document.text.strip()):
                 self.empty += 1
             yield document

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import fields
+from datetime import timezone
 from typing import Any
 
 import grpc
@@ -16,11 +18,13 @@ from google.protobuf import json_format, struct_pb2
 from irgate_client.types import (
     CollectionInfo,
     Document,
+    DocumentPage,
     Embedding,
     Hit,
     IrgateError,
     Query,
     ReasoningDelta,
+    SearchQuery,
     ServerInfo,
     UpsertResult,
     Verdict,
@@ -152,10 +156,31 @@ def collection_info(message: pb.CollectionInfo) -> CollectionInfo:
     state = "DAMAGED" if message.state == pb.COLLECTION_STATE_DAMAGED else "READY"
     # A damaged collection's precision cannot be read: "" rather than the f16 an unset field means.
     precision = "" if state == "DAMAGED" else {value: name for name, value in PRECISIONS.items()}.get(message.precision, "f16")
+    create_time = message.create_time.ToDatetime(tzinfo=timezone.utc) if message.HasField("create_time") else None
     return CollectionInfo(
         message.name, message.documents, message.dimension, precision, message.model, message.created_at,
-        state, message.damage,
+        state, message.damage, create_time,
     )
+
+
+def page_size(value: object, allowed: str) -> int:
+    return whole_number("page_size", value, 1, allowed)
+
+
+def list_documents_request(
+    collection: str, filter: Mapping[str, Any] | None, include_vectors: bool, size: int, token: str
+) -> pb.ListDocumentsRequest:
+    request = pb.ListDocumentsRequest(
+        collection=text("collection", collection), include_vectors=include_vectors,
+        page_size=page_size(size, "1 to 1000 documents per page"), page_token=text("page_token", token),
+    )
+    if filter is not None:
+        request.filter.CopyFrom(filter_struct(filter))
+    return request
+
+
+def document_page(response: pb.ListDocumentsResponse) -> DocumentPage:
+    return DocumentPage([document(item) for item in response.documents], response.next_page_token)
 
 
 def document_message(document: Document) -> pb.Document:
@@ -281,9 +306,6 @@ def search_request(
         whole_number("max_reasoning_tokens", max_reasoning_tokens, 0, "reasoning tokens per judged document")
     if max_passage_tokens is not None:
         whole_number("max_passage_tokens", max_passage_tokens, 1, PASSAGE_CAP_ALLOWED)
-    if filter is not None and not isinstance(filter, Mapping):
-        raise invalid(f"filter is a {type(filter).__name__}; give a dict of metadata path -> value or "
-                      '{operator: value} (e.g. {"year": {"$gte": 2020}}, see the README)')
     request = pb.SearchRequest(
         collection=text("collection", collection),
         query=text("query", query),
@@ -301,14 +323,38 @@ def search_request(
         dense_depth=dense_depth,
         lexical_depth=lexical_depth,
     )
-    if filter:
-        exact_numbers("filter", dict(filter))
-        request.filter.CopyFrom(struct_pb2.Struct())
-        try:
-            request.filter.update(dict(filter))
-        except (TypeError, ValueError) as error:
-            raise invalid(f"filter cannot be sent ({error}); use str keys and JSON values") from None
+    if filter is not None:
+        checked = filter_struct(filter)
+        if filter:
+            request.filter.CopyFrom(checked)
     return request
+
+
+def filter_struct(filter: object) -> struct_pb2.Struct:
+    if not isinstance(filter, Mapping):
+        raise invalid(f"filter is a {type(filter).__name__}; give a dict of metadata path -> value or "
+                      '{operator: value} (e.g. {"year": {"$gte": 2020}}, see the README)')
+    exact_numbers("filter", dict(filter))
+    message = struct_pb2.Struct()
+    try:
+        message.update(dict(filter))
+    except (TypeError, ValueError) as error:
+        raise invalid(f"filter cannot be sent ({error}); use str keys and JSON values") from None
+    return message
+
+
+def search_batch_request(queries: Sequence[SearchQuery]) -> pb.SearchBatchRequest:
+    if isinstance(queries, SearchQuery) or not isinstance(queries, Sequence) or not queries:
+        raise invalid("queries must be a non-empty list of SearchQuery")
+    requests = []
+    for position, query in enumerate(queries):
+        if not isinstance(query, SearchQuery):
+            raise invalid(f"queries[{position}] is a {type(query).__name__}; give a SearchQuery")
+        try:
+            requests.append(search_request(**{item.name: getattr(query, item.name) for item in fields(query)}))
+        except IrgateError as error:
+            raise error.reworded(f"queries[{position}]: {error.message}") from None
+    return pb.SearchBatchRequest(queries=requests)
 
 
 def hits(response: pb.SearchResponse) -> list[Hit]:
