@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rich.console import Console
+
 from irgate.backends.judge.contract import JudgeRequest, PassageText
 from irgate.backends.judge.local import LocalJudge
-from irgate.backends.judge.rank1 import Ended, JudgeOutcome, answer_stop, forced_continuation, judge_prompt
+from irgate.backends.judge.rank1 import Ended, JudgeOutcome, answer_stop, fit_prompt, forced_continuation, judge_prompt
 from irgate.models.judge import JudgeManifest
+from irgate.progress import ProgressReport
 
 R = TypeVar("R")
 
@@ -59,9 +62,12 @@ class NaiveVerdict:
 QUERY = "Does the evidence in the passage support its claim?"
 
 
-def benchmark_request(documents: int, budget: int, length_tokens: int = 0) -> JudgeRequest:
+def benchmark_request(
+    documents: int, budget: int, length_tokens: int = 0, max_passage_tokens: int | None = None
+) -> JudgeRequest:
     """A judge call over `documents` passages of PAIRS (cycled); with `length_tokens`, each
-    passage is repeated to about that many tokens (it is then cut to fit the judge's context)."""
+    passage is repeated to about that many tokens (it is then cut to the passage cap and to fit
+    the judge's context)."""
     passages = []
     for i in range(documents):
         claim, evidence = PAIRS[i % len(PAIRS)]
@@ -69,7 +75,9 @@ def benchmark_request(documents: int, budget: int, length_tokens: int = 0) -> Ju
         if length_tokens:
             text = " ".join([text] * (length_tokens // 20 + 1))
         passages.append(PassageText("", text))
-    return JudgeRequest(query=QUERY, instruction="", passages=tuple(passages), budget=budget)
+    return JudgeRequest(
+        query=QUERY, instruction="", passages=tuple(passages), budget=budget, max_passage_tokens=max_passage_tokens
+    )
 
 
 def pair_requests(documents: int, budget: int) -> list[JudgeRequest]:
@@ -216,7 +224,8 @@ async def _cancel_seconds(judge: LocalJudge, documents: int, budget: int) -> flo
     alone = time.perf_counter() - started
     engine = judge.engine
     assert engine is not None
-    long = benchmark_request(documents, budget, length_tokens=judge.manifest.max_context_tokens)
+    context = judge.manifest.max_context_tokens
+    long = benchmark_request(documents, budget, length_tokens=context, max_passage_tokens=context)
     before = engine.stats.prefill_tokens
     running = asyncio.ensure_future(_collect(judge, long))
     await _until(lambda: engine.stats.prefill_tokens > before)  # the prefill is under way
@@ -244,12 +253,14 @@ def run_judge_benchmark(
     repeats: int = 3,
     scheduling: bool = True,
     big: int = 100,
+    console: Console | None = None,
 ) -> dict[str, Any]:
     """Time LocalJudge and the naive loop on the same model folder and prompts; JSON-able results.
 
     With `scheduling`, also the continuous-batching figures (see benchmarks/README.md): 8
     concurrent calls of big/5 documents against one call of them all, a 1-document call behind a
-    `big`-document one, and the cancellation of a `big`-document call of length-limit passages."""
+    `big`-document one, and the cancellation of a `big`-document call of length-limit passages.
+    With `console`, each step and the time left are shown on it (minutes to hours on a CPU)."""
     import torch
 
     folder = Path(folder)
@@ -259,26 +270,41 @@ def run_judge_benchmark(
     calls = pair_requests(documents, max_reasoning_tokens)
     prompts = [prompt for call in calls for prompt in request_prompts(judge.manifest, call)]
     judge_times, naive_times = [], []
-    # The same device and threads for both sides.
-    with _naive_process(folder, judge.device, torch.get_num_threads()) as naive:
-        # One small warm-up each, so neither side pays first-call allocation in its timing; then
-        # the sides alternate run by run (a shared machine's load drifts) and each gives its median.
-        asyncio.run(_collect(judge, benchmark_request(1, 2)))
-        naive.submit(_run_naive, prompts[:1], 2).result()
-        for _ in range(repeats):
-            judge_run, outcomes = _timed(lambda: asyncio.run(_collect_calls(judge, calls)))
-            naive_run, verdicts = naive.submit(_run_naive, prompts, max_reasoning_tokens).result()
-            judge_times.append(judge_run)
-            naive_times.append(naive_run)
-    judge_s, naive_s = statistics.median(judge_times), statistics.median(naive_times)
     figures: dict[str, Any] = {}
-    if scheduling:
-        figures["concurrent_vs_single"] = round(
-            asyncio.run(_concurrent_vs_single(judge, 8, max(1, big // 5), max_reasoning_tokens)), 2
-        )
-        figures["small_behind_big"] = round(asyncio.run(_small_behind_big(judge, big, max_reasoning_tokens, repeats)), 2)
-        figures["cancel_seconds"] = round(asyncio.run(_cancel_seconds(judge, big, max_reasoning_tokens)), 3)
+    steps = 1 + 2 * repeats + (3 if scheduling else 0)
+    with ProgressReport(console or Console(quiet=True), "bench judge", steps, "steps") as progress:
+        # The same device and threads for both sides.
+        with _naive_process(folder, judge.device, torch.get_num_threads()) as naive:
+            # One small warm-up each, so neither side pays first-call allocation in its timing; then
+            # the sides alternate run by run (a shared machine's load drifts) and each gives its median.
+            progress.describe("bench judge: loading both models, warming up")
+            asyncio.run(_collect(judge, benchmark_request(1, 2)))
+            naive.submit(_run_naive, prompts[:1], 2).result()
+            progress.advance()
+            for run in range(1, repeats + 1):
+                progress.describe(f"bench judge: the engine, {documents} documents, run {run} of {repeats}")
+                judge_run, outcomes = _timed(lambda: asyncio.run(_collect_calls(judge, calls)))
+                progress.advance()
+                progress.describe(f"bench judge: the naive loop, {documents} documents, run {run} of {repeats}")
+                naive_run, verdicts = naive.submit(_run_naive, prompts, max_reasoning_tokens).result()
+                progress.advance()
+                judge_times.append(judge_run)
+                naive_times.append(naive_run)
+        if scheduling:
+            progress.describe(f"bench judge: 8 concurrent calls of {max(1, big // 5)} documents vs one call")
+            figures["concurrent_vs_single"] = round(
+                asyncio.run(_concurrent_vs_single(judge, 8, max(1, big // 5), max_reasoning_tokens)), 2
+            )
+            progress.advance()
+            progress.describe(f"bench judge: a 1-document call behind a {big}-document one")
+            figures["small_behind_big"] = round(asyncio.run(_small_behind_big(judge, big, max_reasoning_tokens, repeats)), 2)
+            progress.advance()
+            progress.describe(f"bench judge: cancelling a {big}-document call")
+            figures["cancel_seconds"] = round(asyncio.run(_cancel_seconds(judge, big, max_reasoning_tokens)), 3)
+            progress.advance()
+        progress.describe("bench judge")
     asyncio.run(judge.close())
+    judge_s, naive_s = statistics.median(judge_times), statistics.median(naive_times)
 
     docs_per_s, naive_docs_per_s = documents / judge_s, documents / naive_s
     return {
@@ -294,5 +320,89 @@ def run_judge_benchmark(
         "max_score_diff": max(abs(o.score - v.score) for o, v in zip(outcomes, verdicts)),
         "answered": sum(o.ended == "answered" for o in outcomes),
         **figures,
+        "device": torch.cuda.get_device_name(judge.device) if judge.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads of {os.cpu_count()} cores)",
+    }
+
+
+async def _loop_stall(judge: LocalJudge, characters: int) -> tuple[float, float]:
+    """The longest event-loop pause while one call judges an inline passage of `characters`
+    characters at budget 0 (fitting it included), and the call's seconds."""
+    passage = PassageText("", ("Claim: rain forms when vapour condenses. " * (characters // 40 + 1))[:characters])
+    request = JudgeRequest(query=QUERY, instruction="", passages=(passage,), budget=0)
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.ensure_future(tick())
+    await asyncio.sleep(0.01)
+    started = time.perf_counter()
+    await _collect(judge, request)
+    elapsed = time.perf_counter() - started
+    done.set()
+    await ticker
+    return max(gaps), elapsed
+
+
+def run_long_passage_benchmark(
+    folder: Path, documents: int = 10, max_passage_tokens: int | None = None, console: Console | None = None
+) -> dict[str, Any]:
+    """A top-`documents` rerank of context-length passages at the judge's default budget (the
+    manifest's reasoning cap), with the passage cap (the manifest's unless given) and without one
+    (passages cut only to fit the context); and what a 1 MB inline passage costs the event loop
+    and the fitting. JSON-able results. With `console`, each figure is shown as it is measured:
+    the uncapped side takes many minutes on a CPU."""
+    import torch
+
+    folder = Path(folder)
+    judge = LocalJudge(folder)
+    assert judge.engine is not None
+    tokenizer, manifest = judge.engine.tokenizer, judge.manifest
+    cap = max_passage_tokens or manifest.max_passage_tokens
+    budget = manifest.max_reasoning_tokens
+    asyncio.run(_collect(judge, benchmark_request(1, 2)))  # warm-up: first-call allocations
+
+    def show(line: str) -> None:
+        if console is not None:
+            console.log(line)
+
+    # The 1 MB passage first: it takes seconds, the uncapped rerank many minutes.
+    megabyte = 1 << 20
+    text = ("Claim: rain forms when vapour condenses. " * (megabyte // 40 + 1))[:megabyte]
+    fit_s, _ = _timed(lambda: fit_prompt(manifest, tokenizer, QUERY, "", "", text, budget, cap))
+    context_fit_s, _ = _timed(lambda: fit_prompt(manifest, tokenizer, QUERY, "", "", text, budget, manifest.max_context_tokens))
+    stall_s, megabyte_call_s = asyncio.run(_loop_stall(judge, megabyte))
+    show(f"1 MB passage: fitted in {fit_s * 1000:.1f} ms at the cap ({context_fit_s * 1000:.1f} ms to the context), "
+         f"event loop paused at most {stall_s * 1000:.1f} ms, the call took {megabyte_call_s:.2f} s")
+
+    def rerank(passage_cap: int) -> tuple[float, list[JudgeOutcome]]:
+        call = benchmark_request(documents, budget, length_tokens=manifest.max_context_tokens, max_passage_tokens=passage_cap)
+        return _timed(lambda: asyncio.run(_collect(judge, call)))
+
+    capped_s, capped = rerank(cap)
+    show(f"{documents} passages capped at {cap} tokens, budget {budget}: {capped_s:.1f} s")
+    uncapped_s, uncapped = rerank(manifest.max_context_tokens)
+    show(f"{documents} passages cut only to the {manifest.max_context_tokens}-token context: {uncapped_s:.1f} s")
+    asyncio.run(judge.close())
+    return {
+        "documents": documents,
+        "max_reasoning_tokens": budget,
+        "max_passage_tokens": cap,
+        "max_context_tokens": manifest.max_context_tokens,
+        "capped_s": round(capped_s, 2),
+        "uncapped_s": round(uncapped_s, 2),
+        "uncapped_vs_capped": round(uncapped_s / capped_s, 2),
+        "capped_truncated": sum(o.truncated for o in capped),
+        "uncapped_truncated": sum(o.truncated for o in uncapped),
+        "megabyte_fit_ms": round(fit_s * 1000, 1),
+        "megabyte_fit_to_context_ms": round(context_fit_s * 1000, 1),
+        "megabyte_loop_stall_ms": round(stall_s * 1000, 1),
+        "megabyte_call_s": round(megabyte_call_s, 2),
         "device": torch.cuda.get_device_name(judge.device) if judge.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads of {os.cpu_count()} cores)",
     }
