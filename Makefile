@@ -22,8 +22,10 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	touch $(STAMP)
 
 # Regenerates the committed protobuf modules of the SDK from the contract.
+# google/rpc/status.proto (SearchBatch's per-query errors) comes with googleapis-common-protos.
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iirgate_client/v1=protos/irgate/v1 \
+		-I$$($(PY) -c 'import google.rpc, pathlib; print(pathlib.Path(google.rpc.__path__[0]).parents[1])') \
 		--python_out=clients/python --pyi_out=clients/python --grpc_python_out=clients/python \
 		protos/irgate/v1/irgate.proto
 

@@ -250,7 +250,9 @@ async def start(settings: Settings) -> App:
         collections=CollectionsServicer(
             CollectionService(store, embedding), admission, settings.max_batch_size, manifest.dimension, settings.stream_idle_s
         ),
-        search=SearchServicer(SearchPipeline(embedding, store, judge), admission, settings.max_k, max_rerank),
+        search=SearchServicer(
+            SearchPipeline(embedding, store, judge), admission, settings.max_k, max_rerank, settings.max_batch_size
+        ),
         judge=JudgeServicer(judge, admission),
         embedding=embedding,
         judge_model=judge.backend.manifest.name if judge is not None else "",

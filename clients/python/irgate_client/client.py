@@ -20,7 +20,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
-from google.rpc import error_details_pb2
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
@@ -28,12 +29,14 @@ from irgate_client import _messages as messages
 from irgate_client.types import (
     CollectionInfo,
     Document,
+    DocumentPage,
     Embedding,
     FieldViolation,
     Hit,
     IrgateError,
     Query,
     ReasoningDelta,
+    SearchQuery,
     ServerInfo,
     UpsertResult,
     Verdict,
@@ -75,6 +78,7 @@ IDEMPOTENT_METHODS = [
     {"service": "irgate.v1.Embed"},
     {"service": "irgate.v1.Search"},
     {"service": "irgate.v1.Collections", "method": "GetDocuments"},
+    {"service": "irgate.v1.Collections", "method": "ListDocuments"},
 ]
 SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": IDEMPOTENT_METHODS, "retryPolicy": RETRY_UNAVAILABLE}]})
 
@@ -167,12 +171,22 @@ def _error(error: grpc.RpcError) -> IrgateError:
     message = details or code.name.replace("_", " ").lower()
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message += DEADLINE_HINT
-    reason, violations, retry_after = "", [], None
     try:
         status = rpc_status.from_call(error)  # type: ignore[arg-type]
     except ValueError:  # details that disagree with the status are not the server's
         status = None
-    for packed in status.details if status is not None else ():
+    return _detailed(code, message, status.details if status is not None else ())
+
+
+def _status_error(status: status_pb2.Status) -> IrgateError:
+    """The IrgateError of a google.rpc.Status the server sent inside an answer (a SearchBatch query's)."""
+    code = next((item for item in grpc.StatusCode if item.value[0] == status.code), grpc.StatusCode.UNKNOWN)
+    return _detailed(code, status.message, status.details)
+
+
+def _detailed(code: grpc.StatusCode, message: str, details: Iterable[any_pb2.Any]) -> IrgateError:
+    reason, violations, retry_after = "", [], None
+    for packed in details:
         if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             packed.Unpack(info)
@@ -186,6 +200,12 @@ def _error(error: grpc.RpcError) -> IrgateError:
             packed.Unpack(retry)
             retry_after = retry.retry_delay.ToTimedelta().total_seconds()
     return IrgateError(code, message, reason=reason, field_violations=violations, retry_after=retry_after)
+
+
+def _batch_result(result: pb.SearchResult) -> list[Hit] | IrgateError:
+    if result.HasField("error"):
+        return _status_error(result.error)
+    return messages.hits(result.response)
 
 
 def _health_error(error: IrgateError, service: str) -> IrgateError:
@@ -296,9 +316,20 @@ class Client:
             raise
 
     @_raising
-    def list_collections(self, *, timeout: float | None = CLIENT_TIMEOUT) -> list[CollectionInfo]:
-        response = self._collections.ListCollections(pb.ListCollectionsRequest(), **self._connection.call_options(timeout))
-        return [messages.collection_info(item) for item in response.collections]
+    def list_collections(self, *, page_size: int | None = None, timeout: float | None = CLIENT_TIMEOUT) -> list[CollectionInfo]:
+        """Every collection, sorted by name; with `page_size` (1 to 1000) fetched that many per call
+        (`timeout` applies to each call)."""
+        size = 0 if page_size is None else messages.page_size(page_size, "1 to 1000 collections per call, or None for one call")
+        listed: list[CollectionInfo] = []
+        token = ""
+        while True:
+            response = self._collections.ListCollections(
+                pb.ListCollectionsRequest(page_size=size, page_token=token), **self._connection.call_options(timeout)
+            )
+            listed += [messages.collection_info(item) for item in response.collections]
+            token = response.next_page_token
+            if not token:
+                return listed
 
     @_raising
     def describe_collection(self, name: str, *, timeout: float | None = CLIENT_TIMEOUT) -> CollectionInfo:
@@ -343,6 +374,32 @@ class Client:
         request = messages.get_request(collection, ids, include_vectors)
         return messages.get_result(self._collections.GetDocuments(request, **self._connection.call_options(timeout)))
 
+    def list_documents(
+        self,
+        collection: str,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        include_vectors: bool = False,
+        page_size: int = 100,
+        page_token: str = "",
+        timeout: float | None = CLIENT_TIMEOUT,
+    ) -> Iterator[DocumentPage]:
+        """The collection's documents (those matching `filter`), a page per call in id order, from
+        `page_token` on (a page's next_page_token resumes after it; "" starts at the first).
+        `timeout` applies to each call."""
+        token = page_token
+        while True:
+            request = messages.list_documents_request(collection, filter, include_vectors, page_size, token)
+            try:
+                response = self._collections.ListDocuments(request, **self._connection.call_options(timeout))
+            except grpc.RpcError as error:
+                raise _error(error) from None
+            page = messages.document_page(response)
+            yield page
+            token = page.next_page_token
+            if not token:
+                return
+
     @_raising
     def delete(self, collection: str, ids: Sequence[str], *, timeout: float | None = CLIENT_TIMEOUT) -> tuple[int, int]:
         """Returns (deleted, not_found)."""
@@ -378,6 +435,15 @@ class Client:
             max_passage_tokens=max_passage_tokens, mode=mode, dense_depth=dense_depth, lexical_depth=lexical_depth,
         )
         return messages.hits(self._search.Search(request, **self._connection.call_options(timeout)))
+
+    @_raising
+    def search_batch(
+        self, queries: Sequence[SearchQuery], *, timeout: float | None = CLIENT_TIMEOUT
+    ) -> list[list[Hit] | IrgateError]:
+        """Many queries in one call, embedded together: per query, in order, its hits (as `search`
+        returns them) or the IrgateError that failed it alone."""
+        response = self._search.SearchBatch(messages.search_batch_request(queries), **self._connection.call_options(timeout))
+        return [_batch_result(result) for result in response.results]
 
     @_raising
     def judge(
@@ -503,9 +569,20 @@ class AsyncClient:
             raise
 
     @_raising_async
-    async def list_collections(self, *, timeout: float | None = CLIENT_TIMEOUT) -> list[CollectionInfo]:
-        response = await self._collections.ListCollections(pb.ListCollectionsRequest(), **self._connection.call_options(timeout))
-        return [messages.collection_info(item) for item in response.collections]
+    async def list_collections(
+        self, *, page_size: int | None = None, timeout: float | None = CLIENT_TIMEOUT
+    ) -> list[CollectionInfo]:
+        size = 0 if page_size is None else messages.page_size(page_size, "1 to 1000 collections per call, or None for one call")
+        listed: list[CollectionInfo] = []
+        token = ""
+        while True:
+            response = await self._collections.ListCollections(
+                pb.ListCollectionsRequest(page_size=size, page_token=token), **self._connection.call_options(timeout)
+            )
+            listed += [messages.collection_info(item) for item in response.collections]
+            token = response.next_page_token
+            if not token:
+                return listed
 
     @_raising_async
     async def describe_collection(self, name: str, *, timeout: float | None = CLIENT_TIMEOUT) -> CollectionInfo:
@@ -543,6 +620,29 @@ class AsyncClient:
         request = messages.get_request(collection, ids, include_vectors)
         return messages.get_result(await self._collections.GetDocuments(request, **self._connection.call_options(timeout)))
 
+    async def list_documents(
+        self,
+        collection: str,
+        *,
+        filter: Mapping[str, Any] | None = None,
+        include_vectors: bool = False,
+        page_size: int = 100,
+        page_token: str = "",
+        timeout: float | None = CLIENT_TIMEOUT,
+    ) -> AsyncIterator[DocumentPage]:
+        token = page_token
+        while True:
+            request = messages.list_documents_request(collection, filter, include_vectors, page_size, token)
+            try:
+                response = await self._collections.ListDocuments(request, **self._connection.call_options(timeout))
+            except grpc.aio.AioRpcError as error:
+                raise _error(error) from None
+            page = messages.document_page(response)
+            yield page
+            token = page.next_page_token
+            if not token:
+                return
+
     @_raising_async
     async def delete(self, collection: str, ids: Sequence[str], *, timeout: float | None = CLIENT_TIMEOUT) -> tuple[int, int]:
         request = messages.delete_request(collection, ids)
@@ -577,6 +677,13 @@ class AsyncClient:
             max_passage_tokens=max_passage_tokens, mode=mode, dense_depth=dense_depth, lexical_depth=lexical_depth,
         )
         return messages.hits(await self._search.Search(request, **self._connection.call_options(timeout)))
+
+    @_raising_async
+    async def search_batch(
+        self, queries: Sequence[SearchQuery], *, timeout: float | None = CLIENT_TIMEOUT
+    ) -> list[list[Hit] | IrgateError]:
+        response = await self._search.SearchBatch(messages.search_batch_request(queries), **self._connection.call_options(timeout))
+        return [_batch_result(result) for result in response.results]
 
     @_raising_async
     async def judge(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -108,10 +109,11 @@ class CollectionInfo:
     dimension: int
     precision: str
     model: str
-    created_at: float
+    created_at: float  # seconds since the Unix epoch; deprecated: read create_time
     # "READY", or "DAMAGED": its calls fail with DATA_LOSS (`damage` says why) until it is deleted.
     state: str = "READY"
     damage: str = ""
+    create_time: datetime | None = None  # timezone-aware (UTC); None for a damaged collection or from older servers
 
 
 @dataclass(frozen=True)
@@ -157,3 +159,32 @@ class Hit:
     verdict: Verdict | None = None
     lexical_score: float | None = None  # BM25 (lexical and hybrid modes); None when that stage did not find it
     fused_score: float | None = None  # reciprocal rank fusion score (hybrid mode)
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """One query of `search_batch`: the arguments of `search`, as a value."""
+
+    collection: str
+    query: str
+    instruction: str = ""
+    k: int = 10
+    filter: Mapping[str, Any] | None = None
+    include_documents: bool = False
+    truncate: bool = True
+    rerank: int = 0
+    max_reasoning_tokens: int | None = None
+    return_reasoning: bool = False
+    max_passage_tokens: int | None = None
+    mode: str = "dense"
+    dense_depth: int | None = None
+    lexical_depth: int | None = None
+
+
+@dataclass(frozen=True)
+class DocumentPage:
+    """One page of `list_documents`: its documents in id order, and the token of the next page
+    ("" on the last), which a later `list_documents(..., page_token=...)` resumes from."""
+
+    documents: list[Document]
+    next_page_token: str

@@ -137,7 +137,7 @@ def timing(value: Timing) -> pb.Timing:
 
 
 def collection_info(info: CollectionInfo) -> pb.CollectionInfo:
-    return pb.CollectionInfo(
+    message = pb.CollectionInfo(
         name=info.name,
         documents=info.documents,
         dimension=info.dimension,
@@ -146,6 +146,8 @@ def collection_info(info: CollectionInfo) -> pb.CollectionInfo:
         created_at=info.created_at,
         state=pb.COLLECTION_STATE_READY,
     )
+    message.create_time.FromNanoseconds(round(info.created_at * 1e9))
+    return message
 
 
 def document_message(value: Document) -> pb.Document:

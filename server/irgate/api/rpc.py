@@ -50,9 +50,16 @@ Message = TypeVar("Message")
 
 
 def rich_status(code: grpc.StatusCode, message: str, error: errors.IrgateError | None, request_id: str = "") -> grpc.Status:
-    """The status a client gets: code and message, and google.rpc error details in the
-    grpc-status-details-bin trailer: ErrorInfo always, BadRequest when a request field is at fault,
-    RetryInfo when waiting helps, ResourceInfo when a named thing is missing or already there."""
+    """The status a client gets: status_message's, in the grpc-status-details-bin trailer."""
+    return rpc_status.to_status(status_message(code, message, error, request_id))
+
+
+def status_message(
+    code: grpc.StatusCode, message: str, error: errors.IrgateError | None, request_id: str = ""
+) -> status_pb2.Status:
+    """A google.rpc.Status: code and message, and error details: ErrorInfo always, BadRequest when a
+    request field is at fault, RetryInfo when waiting helps, ResourceInfo when a named thing is
+    missing or already there. Also what a SearchBatch result holds for a query that failed."""
     info = error_details_pb2.ErrorInfo(reason=error.reason if error is not None else code.name, domain=ERROR_DOMAIN)
     if request_id:
         info.metadata["request_id"] = request_id
@@ -73,7 +80,7 @@ def rich_status(code: grpc.StatusCode, message: str, error: errors.IrgateError |
         wrapped = any_pb2.Any()
         wrapped.Pack(detail)
         packed.append(wrapped)
-    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=packed))
+    return status_pb2.Status(code=code.value[0], message=message, details=packed)
 
 
 async def abort(

@@ -14,6 +14,7 @@ import numpy as np
 from irgate.core.documents import CollectionInfo, Document, UpsertCounts
 from irgate.core.embedding import EmbeddingService, TextInput, Truncation
 from irgate.core.index import Index
+from irgate.filters import Filter
 from irgate.index import records as index
 
 
@@ -107,6 +108,14 @@ class CollectionService:
         """The documents found, in request order; ids that do not exist are left out."""
         collection = await asyncio.to_thread(self.store.get, name)
         records = await asyncio.to_thread(collection.get, list(ids), include_vectors, True)
+        return [document_of(record) for record in records]
+
+    async def list_documents(
+        self, name: str, after: str | None, limit: int, filter: Filter | None = None, include_vectors: bool = False
+    ) -> list[Document]:
+        """Up to `limit` documents with ids after `after` (None: from the first), in id order."""
+        collection = await asyncio.to_thread(self.store.get, name)
+        records = await asyncio.to_thread(collection.list_documents, after, limit, filter, include_vectors)
         return [document_of(record) for record in records]
 
     async def delete_documents(self, name: str, ids: Sequence[str]) -> tuple[int, int]:

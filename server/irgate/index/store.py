@@ -32,6 +32,7 @@ from irgate.errors import (
     ResourceExhausted,
     StartupError,
 )
+from irgate.filters import Filter
 from irgate.identifiers import COLLECTION_NAME, check_collection_name
 from irgate.index.collection import DATABASE_FILE, FILES_PER_COLLECTION, Collection, damage_of, out_of_descriptors
 from irgate.index.records import CollectionInfo, DocumentRecord, ScoredKey, UpsertResult
@@ -362,6 +363,12 @@ class StoredCollection:
     def lexical_search(self, text: str, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
         with self._store._using(self) as collection:
             return collection.lexical_search(text, k, filter)
+
+    def list_documents(
+        self, after: str | None, limit: int, filter: Filter | None = None, include_vectors: bool = False
+    ) -> list[DocumentRecord]:
+        with self._store._using(self) as collection:
+            return collection.list_documents(after, limit, filter, include_vectors)
 
     def snapshot(self) -> None:
         with self._store._using(self) as collection:

@@ -1,4 +1,8 @@
+import datetime
+
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -205,7 +209,7 @@ class CreateCollectionRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., precision: _Optional[_Union[VectorPrecision, str]] = ...) -> None: ...
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "documents", "dimension", "precision", "model", "created_at", "state", "damage")
+    __slots__ = ("name", "documents", "dimension", "precision", "model", "created_at", "state", "damage", "create_time")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +218,7 @@ class CollectionInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     DAMAGE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     documents: int
     dimension: int
@@ -222,17 +227,24 @@ class CollectionInfo(_message.Message):
     created_at: float
     state: CollectionState
     damage: str
-    def __init__(self, name: _Optional[str] = ..., documents: _Optional[int] = ..., dimension: _Optional[int] = ..., precision: _Optional[_Union[VectorPrecision, str]] = ..., model: _Optional[str] = ..., created_at: _Optional[float] = ..., state: _Optional[_Union[CollectionState, str]] = ..., damage: _Optional[str] = ...) -> None: ...
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., documents: _Optional[int] = ..., dimension: _Optional[int] = ..., precision: _Optional[_Union[VectorPrecision, str]] = ..., model: _Optional[str] = ..., created_at: _Optional[float] = ..., state: _Optional[_Union[CollectionState, str]] = ..., damage: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListCollectionsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListCollectionsResponse(_message.Message):
-    __slots__ = ("collections",)
+    __slots__ = ("collections", "next_page_token")
     COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     collections: _containers.RepeatedCompositeFieldContainer[CollectionInfo]
-    def __init__(self, collections: _Optional[_Iterable[_Union[CollectionInfo, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, collections: _Optional[_Iterable[_Union[CollectionInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DescribeCollectionRequest(_message.Message):
     __slots__ = ("name",)
@@ -322,6 +334,28 @@ class DeleteDocumentsResponse(_message.Message):
     not_found: int
     def __init__(self, deleted: _Optional[int] = ..., not_found: _Optional[int] = ...) -> None: ...
 
+class ListDocumentsRequest(_message.Message):
+    __slots__ = ("collection", "page_size", "page_token", "filter", "include_vectors")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    page_size: int
+    page_token: str
+    filter: _struct_pb2.Struct
+    include_vectors: bool
+    def __init__(self, collection: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., filter: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., include_vectors: _Optional[bool] = ...) -> None: ...
+
+class ListDocumentsResponse(_message.Message):
+    __slots__ = ("documents", "next_page_token")
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    documents: _containers.RepeatedCompositeFieldContainer[Document]
+    next_page_token: str
+    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
 class RerankOptions(_message.Message):
     __slots__ = ("top_n", "max_reasoning_tokens", "return_reasoning", "max_passage_tokens")
     TOP_N_FIELD_NUMBER: _ClassVar[int]
@@ -385,6 +419,26 @@ class SearchResponse(_message.Message):
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     timing: Timing
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+
+class SearchBatchRequest(_message.Message):
+    __slots__ = ("queries",)
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    queries: _containers.RepeatedCompositeFieldContainer[SearchRequest]
+    def __init__(self, queries: _Optional[_Iterable[_Union[SearchRequest, _Mapping]]] = ...) -> None: ...
+
+class SearchResult(_message.Message):
+    __slots__ = ("response", "error")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    response: SearchResponse
+    error: _status_pb2.Status
+    def __init__(self, response: _Optional[_Union[SearchResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class SearchBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SearchResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ...) -> None: ...
 
 class JudgeDocument(_message.Message):
     __slots__ = ("inline", "id")

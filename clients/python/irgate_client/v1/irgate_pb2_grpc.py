@@ -256,6 +256,11 @@ class CollectionsStub:
                 request_serializer=irgate__client_dot_v1_dot_irgate__pb2.DeleteDocumentsRequest.SerializeToString,
                 response_deserializer=irgate__client_dot_v1_dot_irgate__pb2.DeleteDocumentsResponse.FromString,
                 _registered_method=True)
+        self.ListDocuments = channel.unary_unary(
+                '/irgate.v1.Collections/ListDocuments',
+                request_serializer=irgate__client_dot_v1_dot_irgate__pb2.ListDocumentsRequest.SerializeToString,
+                response_deserializer=irgate__client_dot_v1_dot_irgate__pb2.ListDocumentsResponse.FromString,
+                _registered_method=True)
 
 
 class CollectionsServicer:
@@ -276,7 +281,8 @@ class CollectionsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListCollections(self, request, context):
-        """Lists all collections, sorted by name, damaged ones too (CollectionInfo.state DAMAGED).
+        """Lists the collections, sorted by name, damaged ones too (CollectionInfo.state DAMAGED), a page
+        at a time when the request sets page_size.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -322,6 +328,16 @@ class CollectionsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDocuments(self, request, context):
+        """Pages through a collection's documents in id order (by Unicode code point), optionally only
+        those that match a filter: to back a collection up, move it to another server or engine, or
+        check what it holds. The order is stable while writes happen: a page starts after the last id
+        of the one before, so a document present during the whole walk is returned exactly once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CollectionsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -359,6 +375,11 @@ def add_CollectionsServicer_to_server(servicer, server):
                     servicer.DeleteDocuments,
                     request_deserializer=irgate__client_dot_v1_dot_irgate__pb2.DeleteDocumentsRequest.FromString,
                     response_serializer=irgate__client_dot_v1_dot_irgate__pb2.DeleteDocumentsResponse.SerializeToString,
+            ),
+            'ListDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDocuments,
+                    request_deserializer=irgate__client_dot_v1_dot_irgate__pb2.ListDocumentsRequest.FromString,
+                    response_serializer=irgate__client_dot_v1_dot_irgate__pb2.ListDocumentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -567,6 +588,33 @@ class Collections:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def ListDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/irgate.v1.Collections/ListDocuments',
+            irgate__client_dot_v1_dot_irgate__pb2.ListDocumentsRequest.SerializeToString,
+            irgate__client_dot_v1_dot_irgate__pb2.ListDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class SearchStub:
     """---------------------------------------------------------------------------------------------
@@ -588,6 +636,11 @@ class SearchStub:
                 request_serializer=irgate__client_dot_v1_dot_irgate__pb2.SearchRequest.SerializeToString,
                 response_deserializer=irgate__client_dot_v1_dot_irgate__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchBatch = channel.unary_unary(
+                '/irgate.v1.Search/SearchBatch',
+                request_serializer=irgate__client_dot_v1_dot_irgate__pb2.SearchBatchRequest.SerializeToString,
+                response_deserializer=irgate__client_dot_v1_dot_irgate__pb2.SearchBatchResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServicer:
@@ -605,6 +658,16 @@ class SearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchBatch(self, request, context):
+        """Many queries in one call: all their embeddings are computed in one model batch. Answers in
+        query order; a query that fails (a bad filter, a missing collection) gets its own status in its
+        result while the others are answered. The call itself fails only for what concerns it whole
+        (no queries, more than Limits.max_batch_size, an answer over the message limit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -612,6 +675,11 @@ def add_SearchServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=irgate__client_dot_v1_dot_irgate__pb2.SearchRequest.FromString,
                     response_serializer=irgate__client_dot_v1_dot_irgate__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchBatch,
+                    request_deserializer=irgate__client_dot_v1_dot_irgate__pb2.SearchBatchRequest.FromString,
+                    response_serializer=irgate__client_dot_v1_dot_irgate__pb2.SearchBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -647,6 +715,33 @@ class Search:
             '/irgate.v1.Search/Search',
             irgate__client_dot_v1_dot_irgate__pb2.SearchRequest.SerializeToString,
             irgate__client_dot_v1_dot_irgate__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/irgate.v1.Search/SearchBatch',
+            irgate__client_dot_v1_dot_irgate__pb2.SearchBatchRequest.SerializeToString,
+            irgate__client_dot_v1_dot_irgate__pb2.SearchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
