@@ -44,7 +44,7 @@ class IndexedCollection(Protocol):
         (irgate.filters: parsed, or the JSON object to parse)."""
         ...
 
-    def lexical_search(self, text: str, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
+    def lexical_search(self, text: str, k: int, filter: Filter | Mapping[str, Any] | None = None) -> list[ScoredKey]:
         """Up to k documents by BM25 over title and text, best first (index.lexical says how a query is
         read); filter: as in search. An engine without lexical search raises FailedPrecondition."""
         ...

@@ -80,6 +80,8 @@ _REBUILD_BATCH = 10_000
 _FILTER_OVERFETCH = 8
 # A filter that leaves at most this many documents is searched by brute force among them instead.
 _FILTER_CANDIDATES = 10_000
+# ... once the candidates to check would pass this share (1/8) of the index.
+_SCAN_SHARE = 8
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -360,16 +362,16 @@ class Collection:
     def search(self, vector: np.ndarray, k: int, filter: Filter | Mapping[str, Any] | None = None) -> list[ScoredKey]:
         """Returns up to k documents by cosine similarity, best first; filter: see irgate.filters.
 
-        A filter that SQLite finds at most _FILTER_CANDIDATES documents for is searched exactly among
-        those, so a selective filter still finds k hits when k documents match."""
+        A filtered search widens its candidates until k match; before they pass 1/_SCAN_SHARE of
+        the index, a filter that SQLite finds at most _FILTER_CANDIDATES documents for is searched
+        exactly among those. Either way a selective filter finds k hits when k documents match."""
         self._check_model()
         query, wanted = check_query(vector, k, filter, self.dimension)
         with self._lock:
             self._check_open()
-            if wanted is not None and (keys := self._filtered_keys(wanted, _FILTER_CANDIDATES)) is not None:
-                return self._nearest_among(query, keys, k)
             size = len(self._index)
             fetch = min(size, k * _FILTER_OVERFETCH if wanted else k)
+            scanned = False
             while fetch > 0:
                 # Small collections are searched exactly: brute force is sub-millisecond there and has
                 # perfect recall. Once every document is asked for, a rare filter value is never missed.
@@ -379,12 +381,18 @@ class Collection:
                 if len(hits) >= k or covers_all:
                     return hits
                 fetch = min(size, fetch * _FILTER_OVERFETCH)
+                # Checking candidates one by one past a share of the index costs more than SQLite takes
+                # to find every match (a scan); when few enough match, they are searched exactly instead.
+                if wanted is not None and not scanned and fetch * _SCAN_SHARE > size:
+                    scanned = True
+                    if (keys := self._filtered_keys(wanted, _FILTER_CANDIDATES)) is not None:
+                        return self._nearest_among(query, keys, k)
         return []
 
     @_reporting_damage
-    def lexical_search(self, text: str, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
+    def lexical_search(self, text: str, k: int, filter: Filter | Mapping[str, Any] | None = None) -> list[ScoredKey]:
         """Returns up to k documents by BM25 over title and text (higher is better), best first; a
-        query without a word to look for finds nothing. filter: as in search."""
+        query without a word to look for finds nothing. filter: as in search, checked on each match."""
         wanted = check_text_query(k, filter)
         expression = fts5_query(text)
         if expression is None:
@@ -396,12 +404,12 @@ class Collection:
             cursor = self._db.execute(
                 "SELECT lexical.rowid, -lexical.rank, documents.id, documents.metadata FROM lexical "
                 "JOIN documents ON documents.key = lexical.rowid WHERE lexical MATCH ? ORDER BY lexical.rank"
-                + ("" if wanted else " LIMIT ?"),
-                (expression,) if wanted else (expression, k),
+                + ("" if wanted is not None else " LIMIT ?"),
+                (expression,) if wanted is not None else (expression, k),
             )
             while len(hits) < k and (rows := cursor.fetchmany(_LEXICAL_BATCH)):
                 hits.extend(ScoredKey(id=document_id, score=float(score)) for _, score, document_id, metadata in rows
-                            if not wanted or matches_filter(json.loads(metadata), wanted))
+                            if wanted is None or matches_filter(json.loads(metadata), wanted))
             cursor.close()
         return hits[:k]
 

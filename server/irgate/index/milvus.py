@@ -452,7 +452,7 @@ class MilvusCollection:
             ))[0])
         return sorted(hits, key=lambda hit: -hit.score)[:k]
 
-    def lexical_search(self, text: str, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
+    def lexical_search(self, text: str, k: int, filter: Filter | Mapping[str, Any] | None = None) -> list[ScoredKey]:
         raise FailedPrecondition(
             f"collection '{self.name}' is in Milvus (the milvus engine), which irgate does not search lexically yet; "
             "use mode dense, or serve the collection from the local index (docs/scale-out.md)"

@@ -360,7 +360,7 @@ class StoredCollection:
         with self._store._using(self) as collection:
             return collection.search(vector, k, filter)
 
-    def lexical_search(self, text: str, k: int, filter: Mapping[str, Any] | None = None) -> list[ScoredKey]:
+    def lexical_search(self, text: str, k: int, filter: Filter | Mapping[str, Any] | None = None) -> list[ScoredKey]:
         with self._store._using(self) as collection:
             return collection.lexical_search(text, k, filter)
 
