@@ -167,6 +167,23 @@ def milvus(tmp_path_factory: pytest.TempPathFactory):
         yield running
 
 
+@pytest.fixture(scope="module")
+def milvus_server(milvus, minilm_folder: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The `server` fixture's twin on the Milvus engine (the session's milvus-lite server)."""
+    with LocalServer(tmp_path_factory.mktemp("milvus-gateway"),
+                     ["--embedder", f"onnx:{minilm_folder}", "--index", milvus.index_setting, "--judge", "none",
+                      "--max-batch-size", "8", "--max-k", "100"]) as running:
+        yield running
+
+
+@pytest.fixture(params=["local", "milvus"])
+def engine_client(request: pytest.FixtureRequest):
+    """A client of `server` or `milvus_server`: a test taking it runs once on each index engine."""
+    running = request.getfixturevalue("server" if request.param == "local" else "milvus_server")
+    with Client(running.address, timeout=120) as connected:
+        yield connected
+
+
 @pytest.fixture
 def client(server: LocalServer):
     with Client(server.address, timeout=60) as connected:

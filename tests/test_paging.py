@@ -37,21 +37,6 @@ CORPUS = [
 QUERIES = ["passage about topic 1", "title 7", "topic 3"]
 
 
-@pytest.fixture(scope="module")
-def milvus_server(milvus, minilm_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    with LocalServer(tmp_path_factory.mktemp("milvus-gateway"),
-                     ["--embedder", f"onnx:{minilm_folder}", "--index", milvus.index_setting, *SERVER_ARGS]) as running:
-        yield running
-
-
-@pytest.fixture(params=["local", "milvus"])
-def engine_client(request: pytest.FixtureRequest) -> Iterator[Client]:
-    """A client of a server on the engine the test is parametrised with."""
-    running = request.getfixturevalue("server" if request.param == "local" else "milvus_server")
-    with Client(running.address, timeout=120) as connected:
-        yield connected
-
-
 @pytest.fixture
 def corpus(engine_client: Client) -> Iterator[str]:
     name = f"paging-{uuid.uuid4().hex[:10]}"

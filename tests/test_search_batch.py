@@ -1,0 +1,126 @@
+"""SearchBatch: many queries in one call, each with its own collection, instruction, k, filter and
+mode, answered in query order as Search answers each one, with a failing query failing alone. Run
+against a real server on both index engines."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from test_server import PAPERS
+
+from irgate.local_server import LocalServer
+from irgate_client import Client, IrgateError, SearchQuery
+from irgate_client.v1 import irgate_pb2 as pb
+from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
+
+MAX_BATCH = 8  # the test servers' --max-batch-size
+
+
+@pytest.fixture
+def papers(engine_client: Client) -> Iterator[str]:
+    name = f"batch-{uuid.uuid4().hex[:10]}"
+    engine_client.create_collection(name)
+    engine_client.upsert(name, PAPERS)
+    yield name
+    engine_client.delete_collection(name)
+
+
+def as_pairs(hits) -> list[tuple[str, float]]:
+    return [(hit.id, round(hit.score, 4)) for hit in hits]
+
+
+def test_each_query_is_answered_as_search_answers_it(engine_client: Client, papers: str) -> None:
+    queries = [
+        SearchQuery(papers, "why does it rain", k=2),
+        SearchQuery(papers, "animals", instruction="find biology papers", k=4, include_documents=True),
+        SearchQuery(papers, "molten rock", filter={"year": 2001}),
+        SearchQuery(papers, "blood sugar", filter={"field": {"$in": ["biology"]}, "year": {"$gt": 2011}}, k=1),
+    ]
+    results = engine_client.search_batch(queries)
+    assert len(results) == len(queries)
+    for query, hits in zip(queries, results, strict=True):
+        alone = engine_client.search(query.collection, query.query, instruction=query.instruction, k=query.k,
+                                     filter=query.filter, include_documents=query.include_documents)
+        assert not isinstance(hits, IrgateError)
+        assert as_pairs(hits) == as_pairs(alone)
+        assert [hit.document for hit in hits] == [hit.document for hit in alone]
+    assert results[0][0].id == "rain" and len(results[0]) == 2
+    assert [hit.id for hit in results[3]] == ["insulin"]
+
+
+def test_a_failing_query_fails_alone_with_its_own_status(engine_client: Client, papers: str) -> None:
+    results = engine_client.search_batch([
+        SearchQuery(papers, "why does it rain", k=1),
+        SearchQuery("no-such-collection", "rain"),
+        SearchQuery(papers, "rain", filter={"year": {"$gt": [2000]}}),
+        SearchQuery(papers, "rain", k=101),
+        SearchQuery(papers, "volcano lava", k=1),
+    ])
+    assert [hit.id for hit in results[0]] == ["rain"] and [hit.id for hit in results[4]] == ["volcano"]
+    missing, bad_filter, too_many = results[1:4]
+    assert isinstance(missing, IrgateError) and missing.code == grpc.StatusCode.NOT_FOUND
+    assert "no-such-collection" in missing.message and missing.reason == "NOT_FOUND"
+    assert isinstance(bad_filter, IrgateError) and bad_filter.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [violation.field for violation in bad_filter.field_violations] == ["filter.year.$gt"]
+    assert isinstance(too_many, IrgateError) and too_many.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [violation.field for violation in too_many.field_violations] == ["k"]
+    assert "between 1 and 100" in too_many.message
+
+
+def test_each_query_keeps_its_mode(engine_client: Client, papers: str) -> None:
+    """The mode passes through to the pipeline: lexical runs where the engine has it and is refused
+    alone (FAILED_PRECONDITION) where it does not, as Search does."""
+    dense, lexical = engine_client.search_batch([
+        SearchQuery(papers, "magma crust", k=2),
+        SearchQuery(papers, "magma crust", k=2, mode="lexical"),
+    ])
+    assert dense[0].id == "volcano" and dense[0].dense_score is not None
+    if engine_client.info().index_engine == "milvus":
+        assert isinstance(lexical, IrgateError) and lexical.code == grpc.StatusCode.FAILED_PRECONDITION
+    else:
+        alone = engine_client.search(papers, "magma crust", k=2, mode="lexical")
+        assert as_pairs(lexical) == as_pairs(alone) and lexical[0].lexical_score is not None
+        assert lexical[0].dense_score is None
+
+
+def test_queries_of_several_collections_in_one_call(engine_client: Client, papers: str) -> None:
+    other = f"batch-other-{uuid.uuid4().hex[:8]}"
+    engine_client.create_collection(other)
+    engine_client.upsert(other, PAPERS[:1])
+    try:
+        here, there = engine_client.search_batch([SearchQuery(papers, "cats", k=4), SearchQuery(other, "cats", k=4)])
+        assert len(here) == 4 and [hit.id for hit in there] == ["rain"]
+    finally:
+        engine_client.delete_collection(other)
+
+
+def test_the_call_itself_fails_only_for_what_concerns_it_whole(server: LocalServer, client: Client) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.SearchStub(channel)
+        for count, words in [(0, "queries has 0 entries; send 1 to 8"), (MAX_BATCH + 1, "queries has 9 entries")]:
+            request = pb.SearchBatchRequest(queries=[pb.SearchRequest(collection="x", query="q")] * count)
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.SearchBatch(request, timeout=30)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in raised.value.details()
+    with pytest.raises(IrgateError) as refused:
+        client.search_batch([])
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(IrgateError) as refused:
+        client.search_batch([SearchQuery("x", "q"), SearchQuery("x", "q", k=0)])
+    assert "queries[1]: k is 0" in refused.value.message
+
+
+def test_over_long_queries_fail_alone_when_truncation_is_refused(engine_client: Client, papers: str) -> None:
+    """Queries that refuse truncation are embedded together; one too long for the model fails by itself."""
+    long_query = "rain " * 600
+    short, too_long, truncated = engine_client.search_batch([
+        SearchQuery(papers, "why does it rain", k=1, truncate=False),
+        SearchQuery(papers, long_query, k=1, truncate=False),
+        SearchQuery(papers, long_query, k=1),
+    ])
+    assert [hit.id for hit in short] == ["rain"] and [hit.id for hit in truncated] == ["rain"]
+    assert isinstance(too_long, IrgateError) and too_long.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "tokens" in too_long.message
