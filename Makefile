@@ -93,6 +93,7 @@ bench: prepare $(TRITON)
 	$(VENV)/bin/irgate bench embed --triton --data $(SHARED)/data/scifact --documents 512 --json | tee benchmarks/results/embed-triton.json
 	$(VENV)/bin/irgate bench embed --http --data $(SHARED)/data/scifact --documents 512 --json | tee benchmarks/results/embed-http.json
 	$(PY) benchmarks/index_engines.py --documents 20000 --queries 300 --fresh-queries 20 --json | tee benchmarks/results/index.json
+	$(PY) benchmarks/lexical.py --data $(SHARED)/data/scifact --json | tee benchmarks/results/lexical.json
 
 eval: prepare
 	$(VENV)/bin/irgate eval beir --data $(SHARED)/data/scifact --json
