@@ -161,7 +161,7 @@ def test_collections_come_in_pages_by_name(server: LocalServer, client: Client) 
             client.delete_collection(name)
 
 
-def test_creation_time_is_a_timestamp_and_the_float_stays(client: Client) -> None:
+def test_creation_time_is_a_timestamp_and_the_float_stays(server: LocalServer, client: Client) -> None:
     name = f"timed-{uuid.uuid4().hex[:8]}"
     before = datetime.now(timezone.utc)
     info = client.create_collection(name)
@@ -171,6 +171,8 @@ def test_creation_time_is_a_timestamp_and_the_float_stays(client: Client) -> Non
         assert abs((described.create_time - before).total_seconds()) < 60
         assert abs(described.create_time.timestamp() - described.created_at) < 1e-5
         assert info.create_time == described.create_time
+        shown = json.loads(irgate("collection", "describe", name, "--json", "--server", server.address).stdout)
+        assert datetime.fromisoformat(shown["create_time"]) == described.create_time
     finally:
         client.delete_collection(name)
 

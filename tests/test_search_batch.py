@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
+import httpx
 import pytest
+from conftest import free_port
 from test_server import PAPERS
 
 from irgate.local_server import LocalServer
@@ -124,3 +127,24 @@ def test_over_long_queries_fail_alone_when_truncation_is_refused(engine_client: 
     assert [hit.id for hit in short] == ["rain"] and [hit.id for hit in truncated] == ["rain"]
     assert isinstance(too_long, IrgateError) and too_long.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "tokens" in too_long.message
+
+
+def test_the_http_front_answers_a_batch_with_each_query_s_status(minilm_folder: Path, tmp_path: Path) -> None:
+    port = free_port()
+    with LocalServer(tmp_path, ["--embedder", f"onnx:{minilm_folder}", "--judge", "none", "--http-port", str(port)]) as running:
+        with Client(running.address, timeout=120) as client:
+            client.create_collection("http-batch")
+            client.upsert("http-batch", PAPERS)
+        body = {"queries": [{"collection": "http-batch", "query": "why does it rain", "k": 1},
+                            {"collection": "http-batch", "query": "rain", "filter": {"year": {"$gt": [1]}}}]}
+        answer = httpx.post(f"http://127.0.0.1:{port}/irgate.v1.Search/SearchBatch", json=body, timeout=120)
+        pages = httpx.post(f"http://127.0.0.1:{port}/irgate.v1.Collections/ListDocuments",
+                           json={"collection": "http-batch", "pageSize": 3}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    found, refused = answer.json()["results"]
+    assert [hit["id"] for hit in found["response"]["hits"]] == ["rain"]
+    assert refused["error"]["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "$gt" in refused["error"]["message"]
+    violations = next(detail for detail in refused["error"]["details"] if detail["@type"].endswith("BadRequest"))
+    assert violations["fieldViolations"][0]["field"] == "filter.year.$gt"
+    assert pages.status_code == 200 and [d["id"] for d in pages.json()["documents"]] == ["cats", "insulin", "rain"]
+    assert pages.json()["nextPageToken"]

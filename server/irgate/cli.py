@@ -467,7 +467,8 @@ def _collection(args: argparse.Namespace) -> None:
         _say("no collections yet: create one with `irgate collection create NAME`")
     if args.json:
         for info in infos:
-            print(json.dumps(dataclasses.asdict(info)))
+            created = info.create_time.isoformat() if info.create_time else None  # RFC 3339, as JSON has no time type
+            print(json.dumps({**dataclasses.asdict(info), "create_time": created}))
         return
     table = Table("name", "documents", "dimension", "precision", "model")
     for info in infos:
