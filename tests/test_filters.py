@@ -4,15 +4,16 @@ k hits, the SQL and Milvus translations against the exact matcher, and precise e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-import uuid
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from test_index import DIM, collection, engine, store, unit_vectors  # noqa: F401 - the engine-parametrised fixtures
+from conftest import free_port
+from test_index import collection, engine, store, unit_vectors  # noqa: F401 - the engine-parametrised fixtures
 
 from irgate.core.index import IndexedCollection
 from irgate.errors import InvalidArgument
@@ -66,17 +67,21 @@ CASES = [
 
 @pytest.fixture(scope="module", params=["local", "milvus"])
 def served(request: pytest.FixtureRequest, minilm_folder: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A real server on either index engine, holding one collection with METADATA's documents."""
+    """A real server on either index engine, holding one collection with METADATA's documents. Its
+    milvus-lite server is its own: the index tests here empty the shared one after each test."""
     args = ["--embedder", f"onnx:{minilm_folder}", "--judge", "none", "--max-batch-size", "8", "--max-k", "100"]
-    if request.param == "milvus":
-        args += ["--index", request.getfixturevalue("milvus").index_setting]
-    with LocalServer(tmp_path_factory.mktemp(f"filters-{request.param}"), args) as running, \
-            Client(running.address, timeout=60) as client:
-        name = f"filters-{uuid.uuid4().hex[:8]}"
-        client.create_collection(name)
-        client.upsert(name, [Document(id=key, text=f"paper {key}", metadata=value) for key, value in METADATA.items()])
-        yield client, name
-        client.delete_collection(name)
+    with contextlib.ExitStack() as stack:
+        if request.param == "milvus":
+            pytest.importorskip("pymilvus", reason="the [milvus] extra is not installed (make test installs it)")
+            from irgate.index.milvus_lite import MilvusLiteServer
+
+            milvus = stack.enter_context(MilvusLiteServer(tmp_path_factory.mktemp("filters-milvus"), free_port()))
+            args += ["--index", milvus.index_setting]
+        running = stack.enter_context(LocalServer(tmp_path_factory.mktemp(f"filters-{request.param}"), args))
+        client = stack.enter_context(Client(running.address, timeout=60))
+        client.create_collection("filtered")
+        client.upsert("filtered", [Document(id=key, text=f"paper {key}", metadata=value) for key, value in METADATA.items()])
+        yield client, "filtered"
 
 
 @pytest.mark.parametrize(("wanted", "expected"), CASES, ids=[json.dumps(case) for case, _ in CASES])
