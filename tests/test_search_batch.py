@@ -13,6 +13,7 @@ import httpx
 import pytest
 from conftest import free_port
 from test_server import PAPERS
+from test_tracing import Receiver, _traceparent, receiver  # noqa: F401 - the real OTLP receiver fixture
 
 from irgate.local_server import LocalServer
 from irgate_client import Client, IrgateError, SearchQuery
@@ -148,3 +149,26 @@ def test_the_http_front_answers_a_batch_with_each_query_s_status(minilm_folder: 
     assert violations["fieldViolations"][0]["field"] == "filter.year.$gt"
     assert pages.status_code == 200 and [d["id"] for d in pages.json()["documents"]] == ["cats", "insulin", "rain"]
     assert pages.json()["nextPageToken"]
+
+
+def test_the_queries_of_a_batch_share_one_embedding_call(
+    minilm_folder: Path, tmp_path: Path, receiver: Receiver  # noqa: F811 - the fixture imported above
+) -> None:
+    """Seen in the server's own trace of the call: one tokenize and one embedding batch span for all
+    the queries, and an index search per query."""
+    with LocalServer(tmp_path, ["--embedder", f"onnx:{minilm_folder}", "--judge", "none",
+                                "--otlp-endpoint", receiver.address],  # type: ignore[attr-defined]
+                     env={"OTEL_BSP_SCHEDULE_DELAY": "200"}) as running:
+        with Client(running.address, timeout=120) as client:
+            client.create_collection("shared-batch")
+            client.upsert("shared-batch", PAPERS)
+            trace_id, _, traceparent = _traceparent()
+            queries = [pb.SearchRequest(collection="shared-batch", query=text, k=2)
+                       for text in ("rain", "cats", "lava", "insulin", "glucose")]
+            with grpc.insecure_channel(running.address) as channel:
+                answer = pb_grpc.SearchStub(channel).SearchBatch(
+                    pb.SearchBatchRequest(queries=queries), metadata=(("traceparent", traceparent),), timeout=120)
+            spans = receiver.of_trace(trace_id, {"SearchBatch"})
+    assert "SearchBatch" in spans, f"spans of the trace: {sorted(spans)}"
+    assert all(result.HasField("response") for result in answer.results)
+    assert (len(spans["tokenize"]), len(spans["embedding batch"]), len(spans["index search"])) == (1, 1, 5)
