@@ -201,11 +201,9 @@ def milvus_expression(expression: Filter, column: str = "metadata") -> str | Non
     if isinstance(expression, Not):
         return None
     parts = [milvus_expression(term, column) for term in expression.terms]
-    if isinstance(expression, AnyOf):
-        if not parts or any(part is None for part in parts):
-            return None
-        return "(" + " or ".join(parts) + ")"  # type: ignore[arg-type]
     kept = [part for part in parts if part is not None]
+    if isinstance(expression, AnyOf):
+        return "(" + " or ".join(kept) + ")" if kept and len(kept) == len(parts) else None
     return "(" + " and ".join(kept) + ")" if kept else None
 
 
