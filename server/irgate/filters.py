@@ -40,7 +40,7 @@ from irgate.identifiers import check_key, shown
 
 _RANGES = ("$gt", "$gte", "$lt", "$lte")
 FIELD_OPERATORS = ("$eq", "$ne", "$in", "$nin", *_RANGES, "$exists", "$not")
-LOGICAL_OPERATORS = ("$and", "$or", "$not")
+LOGICAL_OPERATORS = ("$and", "$or", "$not")  # at the top of a filter, or of one of $and's and $or's
 _SQL_OPERATORS = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<=", "$eq": "="}
 _MILVUS_OPERATORS = {**_SQL_OPERATORS, "$eq": "=="}
 # Integers the engines are given as such; a Struct's numbers (doubles) are exact within it anyway.
@@ -230,10 +230,10 @@ def _parse_object(value: object, field: str) -> AllOf:
 def _parse_logical(operator: str, value: object, field: str) -> Filter:
     if operator == "$not":
         return Not(_parse_object(value, field))
-    if operator not in ("$and", "$or"):
+    if operator not in LOGICAL_OPERATORS:
         raise InvalidArgument(
-            f"{field}: unknown operator '{shown(operator)}'; outside a path's condition use $and, $or or $not "
-            "(a metadata key cannot start with '$')",
+            f"{field}: unknown operator '{shown(operator)}'; outside a path's condition use "
+            f"{', '.join(LOGICAL_OPERATORS)} (a metadata key cannot start with '$')",
             field=field,
         )
     if not isinstance(value, Sequence) or isinstance(value, (str, bytes)) or not value:
