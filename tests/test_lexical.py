@@ -257,19 +257,19 @@ def test_rerank_judges_the_first_lexical_candidates(minilm_folder: Path, judge_f
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["lexical", "hybrid"])
-def test_scifact_lexical_reproduces_bm25_and_hybrid_beats_dense(minilm_folder: Path, mode: str) -> None:
+def test_scifact_lexical_reproduces_bm25_and_hybrid_beats_both(minilm_folder: Path) -> None:
     """BEIR publishes BM25 (Elasticsearch) nDCG@10 = 0.665 on SciFact; MTEB all-MiniLM-L6-v2 = 0.64508."""
     data = SHARED / "data" / "scifact"
     if not data.exists():
         pytest.skip(f"{data} is not here (shared/ lies beside the checkout)")
-    result = subprocess.run([sys.executable, "-m", "irgate", "eval", "beir", "--data", str(data), "--mode", mode, "--json",
-                             "--embedder", f"onnx:{minilm_folder}", "--judge", "none"],
-                            capture_output=True, text=True, timeout=7200)
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout)
-    assert (report["queries"], report["docs"], report["mode"]) == (300, 5183, mode)
-    if mode == "lexical":
-        assert abs(report["ndcg@10"] - 0.665) <= 0.02, report
-    else:
-        assert report["ndcg@10"] >= 0.64508, report
+    scores = {}
+    for mode in ("lexical", "hybrid"):
+        result = subprocess.run([sys.executable, "-m", "irgate", "eval", "beir", "--data", str(data), "--mode", mode,
+                                 "--json", "--no-cache", "--embedder", f"onnx:{minilm_folder}", "--judge", "none"],
+                                capture_output=True, text=True, timeout=7200)
+        assert result.returncode == 0, result.stderr[-2000:]
+        report = json.loads(result.stdout)
+        assert (report["queries"], report["docs"], report["mode"]) == (300, 5183, mode)
+        scores[mode] = report["ndcg@10"]
+    assert abs(scores["lexical"] - 0.665) <= 0.02, scores
+    assert scores["hybrid"] >= max(scores["lexical"], 0.64508), scores
