@@ -66,8 +66,9 @@ class CollectionsServicer(pb_grpc.CollectionsServicer):
         if request.HasField("filter"):
             given = convert.struct_to_dict(request.filter, "filter")
             expression = filters.parse(given)
-            # A token walks one listing: the same collection with the same filter.
-            scope += " " + hashlib.sha256(json.dumps(given, sort_keys=True).encode()).hexdigest()[:16]
+            if expression is not None:  # an empty filter lists every document, as none does
+                # A token walks one listing: the same collection with the same filter.
+                scope += " " + hashlib.sha256(json.dumps(given, sort_keys=True).encode()).hexdigest()[:16]
         after = _position(request.page_token, scope)
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         # One more than the page: whether another page follows is known without an empty last page.
