@@ -227,6 +227,18 @@ def test_the_cli_searches_lexically(server: LocalServer, examples: str) -> None:
     assert [hit["id"] for hit in hits] == ["order-QZ7731"] and hits[0]["dense_score"] is None
 
 
+def test_eval_beir_scores_each_mode_on_the_sample_corpus(server: LocalServer) -> None:
+    scores = {}
+    for mode in ("dense", "lexical", "hybrid"):
+        result = subprocess.run([sys.executable, "-m", "irgate", "eval", "beir", "--data", str(EXAMPLES), "--mode", mode,
+                                 "--json", "--no-cache", "--server", server.address], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        report = json.loads(result.stdout)
+        assert report["mode"] == mode and report["queries"] == 12
+        scores[mode] = report["ndcg@10"]
+    assert scores["lexical"] >= 0.8 and scores["hybrid"] >= max(scores["lexical"], 0.9), scores
+
+
 def test_an_acknowledged_write_is_found_lexically_after_a_kill(minilm_folder: Path, tmp_path: Path) -> None:
     args = ["--embedder", f"onnx:{minilm_folder}", "--judge", "none"]
     server = LocalServer(tmp_path, args).start()
