@@ -5,6 +5,7 @@ and the same search results."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from irgate.local_server import LocalServer
-from irgate_client import Client, Document, IrgateError
+from irgate_client import AsyncClient, Client, Document, IrgateError, SearchQuery
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 
@@ -267,3 +268,26 @@ def test_a_raw_filter_struct_with_a_token_of_the_same_filter_continues(server: L
         assert [d.id for d in [*first.documents, *rest.documents]] == matching
     finally:
         client.delete_collection(name)
+
+
+def test_the_async_client_pages_the_same_way(server: LocalServer, client: Client) -> None:
+    name = f"async-{uuid.uuid4().hex[:8]}"
+    client.create_collection(name)
+    client.upsert(name, CORPUS, batch_size=BATCH)
+
+    async def walk() -> tuple[list[list[str]], list[str], list]:
+        async with AsyncClient(server.address, timeout=120) as connected:
+            pages = [[document.id for document in page.documents]
+                     async for page in connected.list_documents(name, page_size=10)]
+            collections = [info.name for info in await connected.list_collections(page_size=1)]
+            results = await connected.search_batch([SearchQuery(name, "title 7", k=1), SearchQuery("nowhere", "x")])
+            return pages, collections, results
+
+    try:
+        pages, collections, (found, missing) = asyncio.run(walk())
+    finally:
+        client.delete_collection(name)
+    assert pages == [sorted(IDS)[:10], sorted(IDS)[10:20], sorted(IDS)[20:]]
+    assert name in collections
+    assert [hit.id for hit in found] == [CORPUS[7].id]
+    assert isinstance(missing, IrgateError) and missing.code == grpc.StatusCode.NOT_FOUND
