@@ -46,6 +46,8 @@ CASES = [
     ({"year": {"$gt": "2020"}}, "d"),  # strings compare with strings only
     ({"year": {"$gte": 2020, "$lt": 2023}}, "bc"),
     ({"price": {"$lt": 10}}, "ac"),
+    ({"price": {"$gte": 9.5}}, "ab"),
+    ({"price": 9.5}, "a"),
     ({"year": True}, "f"),
     ({"year": {"$eq": 1}}, ""),  # true is not 1
     ({"draft": {"$exists": True}}, "ace"),  # a key holding null exists
