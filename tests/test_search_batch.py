@@ -16,7 +16,7 @@ from test_server import PAPERS
 from test_tracing import Receiver, _traceparent, receiver  # noqa: F401 - the real OTLP receiver fixture
 
 from irgate.local_server import LocalServer
-from irgate_client import Client, IrgateError, SearchQuery
+from irgate_client import Client, Document, IrgateError, SearchQuery
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 
@@ -172,3 +172,22 @@ def test_the_queries_of_a_batch_share_one_embedding_call(
     assert "SearchBatch" in spans, f"spans of the trace: {sorted(spans)}"
     assert all(result.HasField("response") for result in answer.results)
     assert (len(spans["tokenize"]), len(spans["embedding batch"]), len(spans["index search"])) == (1, 1, 5)
+
+
+def test_answers_over_the_message_limit_say_what_to_ask_for(minilm_folder: Path, tmp_path: Path) -> None:
+    """A batch (or a page) too big to send is refused whole, naming the smaller request that fits."""
+    args = ["--embedder", f"onnx:{minilm_folder}", "--judge", "none", "--max-message-mb", "1", "--max-batch-size", "8"]
+    with LocalServer(tmp_path, args) as running, Client(running.address, timeout=120) as client:
+        client.create_collection("long")
+        text = "Rain forms when water vapour condenses. " * 3500  # 140 kB each: 8 answer 1.1 MiB
+        vector = [1.0] + [0.0] * (client.info().dimension - 1)  # given: nothing to embed
+        client.upsert("long", [Document(id=f"d{i}", text=text, vector=vector) for i in range(8)], batch_size=4)
+        with pytest.raises(IrgateError) as refused:
+            client.search_batch([SearchQuery("long", "rain", k=8, include_documents=True)] * 2)
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and refused.value.reason == "RESPONSE_TOO_LARGE"
+        assert "the SearchBatch answer is" in refused.value.message and "fewer queries" in refused.value.message
+        assert len(client.search_batch([SearchQuery("long", "rain", k=8)] * 8)) == 8
+        with pytest.raises(IrgateError) as refused:
+            next(iter(client.list_documents("long", page_size=8)))
+        assert refused.value.reason == "RESPONSE_TOO_LARGE" and "smaller page_size" in refused.value.message
+        assert [len(page.documents) for page in client.list_documents("long", page_size=4)] == [4, 4]
