@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import Tokenizer, processors
 
 from irgate.backends.embedder import OnnxEmbedder
 from irgate.core.prompts import format_document, format_query
@@ -31,6 +30,7 @@ from irgate.local_server import LocalServer
 from irgate.models.manifest import EmbedderManifest
 from irgate.models.prepare import export_embedder
 from irgate_client import Client, Document, Query
+from tiny_models import byte_tokenizer, save_model
 
 TOLERANCE = 1e-4
 # The task both model cards use in their example (MS MARCO web search), and one of the user's own.
@@ -51,27 +51,6 @@ MISTRAL_UNK, MISTRAL_BOS, MISTRAL_EOS = 0, 1, 2
 # --- the tiny families ------------------------------------------------------------------------
 
 
-def _byte_tokenizer(first_id: int, specials: dict[str, int], post_processor: processors.PostProcessor) -> Tokenizer:
-    """Byte-level BPE without merges: one token per byte, so a space more or less changes the ids."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocabulary = {character: first_id + i for i, character in enumerate(alphabet)} | specials
-    tokenizer = Tokenizer(models.BPE(vocab=vocabulary, merges=[]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens(list(specials))
-    tokenizer.post_processor = post_processor
-    return tokenizer
-
-
-def _save(folder: Path, tokenizer: Tokenizer, tokenizer_config: dict[str, str], model: torch.nn.Module) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **tokenizer_config}), encoding="utf-8")
-    model.save_pretrained(folder)
-    return folder
-
-
 def build_tiny_qwen3(folder: Path) -> Path:
     """Qwen3 architecture; like Qwen3-Embedding's tokenizer.json, the tokenizer appends <|endoftext|> itself."""
     from transformers import Qwen3Config, Qwen3Model
@@ -83,7 +62,7 @@ def build_tiny_qwen3(folder: Path) -> Path:
     config = Qwen3Config(vocab_size=QWEN3_VOCABULARY, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=32768,
                          eos_token_id=QWEN3_END, pad_token_id=QWEN3_END)
-    return _save(folder, _byte_tokenizer(0, specials, appends_end),
+    return save_model(folder, byte_tokenizer(0, specials, appends_end),
                  {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "padding_side": "left"}, Qwen3Model(config))
 
 
@@ -97,7 +76,7 @@ def build_tiny_mistral(folder: Path) -> Path:
     config = MistralConfig(vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=32768,
                            sliding_window=4096, bos_token_id=MISTRAL_BOS, eos_token_id=MISTRAL_EOS)
-    return _save(folder, _byte_tokenizer(3, specials, adds_bos),
+    return save_model(folder, byte_tokenizer(3, specials, adds_bos),
                  {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>"}, MistralModel(config))
 
 

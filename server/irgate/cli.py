@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from irgate import __version__
+from irgate.backends.judge.families import PRESETS as JUDGE_PRESETS
 from irgate.errors import ConfigError, StartupError
 from irgate.errors import IrgateError as ServerSideError
 from irgate.models.prepare import PRESETS
@@ -208,6 +209,9 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--lora", type=Path, help="LoRA adapter folder merged into --embedder-source")
     prepare.add_argument("--max-tokens", type=int, help="override the model's input limit")
     prepare.add_argument("--judge-source", type=Path, help="a local Hugging Face causal LM (e.g. rank1-7b) instead of SmolLM2")
+    prepare.add_argument("--judge-preset", choices=JUDGE_PRESETS, default="rank1",
+                         help="the judge family --judge-source was trained as: its prompt, truncation and score rule "
+                              "(see docs/models.md)")
     prepare.add_argument("--no-judge", action="store_true", help="prepare the embedder only")
     prepare.add_argument("--triton", action="store_true", help="also fill a Triton model repository")
     prepare.add_argument("--triton-flavour", choices=("gpu", "cpu"), default="gpu",
@@ -375,8 +379,9 @@ def _prepare(args: argparse.Namespace) -> None:
     if not args.no_judge:
         from irgate.models.judge import prepare_judge
 
-        judge = prepare_judge(args.judge_source, args.out / "judge")
-        console.print(f"judge ready: {judge.name}, reasoning cap {judge.max_reasoning_tokens} tokens -> {args.out / 'judge'}")
+        judge = prepare_judge(args.judge_source, args.out / "judge", preset=args.judge_preset)
+        how = f"reasoning cap {judge.max_reasoning_tokens} tokens" if judge.scoring == "reasoning" else "scores in one step"
+        console.print(f"judge ready: {judge.name} ({judge.family}), {how} -> {args.out / 'judge'}")
     if args.triton:
         from irgate.models.triton import prepare_triton_repository
 

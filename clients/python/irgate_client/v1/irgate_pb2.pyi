@@ -50,6 +50,7 @@ class Ended(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENDED_ANSWERED: _ClassVar[Ended]
     ENDED_FORCED: _ClassVar[Ended]
     ENDED_FORCED_EOS: _ClassVar[Ended]
+    ENDED_SCORED: _ClassVar[Ended]
 TEXT_KIND_UNSPECIFIED: TextKind
 TEXT_KIND_QUERY: TextKind
 TEXT_KIND_DOCUMENT: TextKind
@@ -71,6 +72,7 @@ ENDED_UNSPECIFIED: Ended
 ENDED_ANSWERED: Ended
 ENDED_FORCED: Ended
 ENDED_FORCED_EOS: Ended
+ENDED_SCORED: Ended
 
 class GetInfoRequest(_message.Message):
     __slots__ = ()
@@ -121,18 +123,30 @@ class EmbedderInfo(_message.Message):
     def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., pooling: _Optional[str] = ..., supports_instructions: _Optional[bool] = ..., preset: _Optional[str] = ..., instruction_format: _Optional[str] = ..., default_instruction: _Optional[str] = ...) -> None: ...
 
 class JudgeInfo(_message.Message):
-    __slots__ = ("model", "backend", "max_reasoning_tokens", "max_context_tokens", "max_passage_tokens")
+    __slots__ = ("model", "backend", "max_reasoning_tokens", "max_context_tokens", "max_passage_tokens", "family", "scoring", "score_rule", "score_formula", "supports_instructions", "default_instruction")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     MAX_REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_PASSAGE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    SCORING_FIELD_NUMBER: _ClassVar[int]
+    SCORE_RULE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FORMULA_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTS_INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend: str
     max_reasoning_tokens: int
     max_context_tokens: int
     max_passage_tokens: int
-    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., max_reasoning_tokens: _Optional[int] = ..., max_context_tokens: _Optional[int] = ..., max_passage_tokens: _Optional[int] = ...) -> None: ...
+    family: str
+    scoring: str
+    score_rule: str
+    score_formula: str
+    supports_instructions: bool
+    default_instruction: str
+    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., max_reasoning_tokens: _Optional[int] = ..., max_context_tokens: _Optional[int] = ..., max_passage_tokens: _Optional[int] = ..., family: _Optional[str] = ..., scoring: _Optional[str] = ..., score_rule: _Optional[str] = ..., score_formula: _Optional[str] = ..., supports_instructions: _Optional[bool] = ..., default_instruction: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_batch_size", "max_concurrent_requests", "max_k", "max_judge_documents")

@@ -21,7 +21,7 @@ from irgate.identifiers import check_document_id
 from irgate_client.v1 import irgate_pb2 as pb
 
 # How a verdict's reasoning ended, as the rerank results name it.
-ENDED_NAMES = {pb.ENDED_ANSWERED: "answered", pb.ENDED_FORCED: "forced", pb.ENDED_FORCED_EOS: "forced_eos"}
+ENDED_NAMES = {pb.ENDED_ANSWERED: "answered", pb.ENDED_FORCED: "forced", pb.ENDED_FORCED_EOS: "forced_eos", pb.ENDED_SCORED: "scored"}
 DOCUMENTS_ALLOWED = "send an array of strings or of {\"text\": ...} objects (with optional \"id\" and \"title\")"
 
 

@@ -749,15 +749,15 @@ class JudgeEngine:
         return cache
 
     def _cache_prefix(self) -> None:
-        """KV of the judge template's constant beginning, computed once for every job to copy."""
+        """KV of the judge template's constant beginning (the family's), computed once for every job to copy."""
         import torch
         from transformers import DynamicCache
 
-        head = self.manifest.prompt_template.split("{query}")[0]
-        ids = list(self.tokenizer(head)["input_ids"])
-        if len(ids) < 2:
+        from irgate.backends.judge.families import shared_head
+
+        ids = shared_head(self.manifest, self.tokenizer)
+        if not ids:
             return
-        ids = ids[:-1]  # the last token may merge with the query's first characters
         cache = DynamicCache(config=self.model.config)
         with torch.inference_mode():
             self.model(

@@ -1,4 +1,4 @@
-"""The in-process judge: Rank1 sequences on the continuous-batching engine, bridged to asyncio.
+"""The in-process judge: Rank1 or one-step sequences on the continuous-batching engine, bridged to asyncio.
 
 Why transformers with our own scheduler (measured on a 2-core CPU with SmolLM2-135M, 16
 documents, one query, 64-token budget, against a naive per-document generate + scoring forward):
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from irgate import tracing
-from irgate.backends.judge import rank1
+from irgate.backends.judge import families, rank1
 from irgate.backends.judge.contract import JudgeRequest
 from irgate.backends.judge.engine import DONE, Action, EngineLimits, JudgeEngine, Rewrite
 from irgate.backends.judge.rank1 import Ended, FittedPrompt, JudgeEvent, JudgeOutcome, Judgement
@@ -85,6 +85,36 @@ class _Rank1Sequence:
             self._emit(event)
 
 
+class _OneStepSequence:
+    """One document of a one-step judge: its prompt is prefilled and scored, nothing is generated."""
+
+    wants_logits = False
+    max_new_tokens = 0
+
+    def __init__(self, judge: LocalJudge, index: int, prompt: FittedPrompt, emit: Any) -> None:
+        self._judge = judge
+        self._index = index
+        self._truncated = prompt.truncated
+        self._emit = emit
+        self.prompt_ids = prompt.ids
+        self._trace = tracing.current()
+        self._submitted_ns = tracing.now_ns()
+        self._admitted_ns = 0
+
+    def admitted(self) -> None:
+        self._admitted_ns = tracing.now_ns()
+
+    def advance(self, token: int, scores: Sequence[float], logits: Any) -> Action:
+        stages = {"judge queue": (self._submitted_ns, self._admitted_ns), "prefill": (self._admitted_ns, tracing.now_ns())}
+        tracing.record(self._trace, stages, document=self._index)
+        self._emit(JudgeOutcome(self._index, families.score(self._judge.manifest, *scores), "", 0, "scored", self._truncated))
+        return DONE
+
+    def end(self, reason: str) -> None:
+        if reason != "cancelled":
+            self._emit(reason)
+
+
 class LocalJudge:
     """JudgeBackend over a folder made by irgate.models.judge.prepare_judge."""
 
@@ -134,10 +164,14 @@ class LocalJudge:
             except RuntimeError:  # the loop closed: nobody is listening any more
                 pass
 
-        sequences = [
-            _Rank1Sequence(self, index, prompt, request.budget, request.stream_reasoning, emit)
-            for index, prompt in enumerate(prompts)
-        ]
+        sequences: list[_Rank1Sequence] | list[_OneStepSequence]
+        if families.one_step(self.manifest):
+            sequences = [_OneStepSequence(self, index, prompt, emit) for index, prompt in enumerate(prompts)]
+        else:
+            sequences = [
+                _Rank1Sequence(self, index, prompt, request.budget, request.stream_reasoning, emit)
+                for index, prompt in enumerate(prompts)
+            ]
         handle = engine.submit(sequences)
         remaining = len(sequences)
         try:
@@ -153,7 +187,7 @@ class LocalJudge:
 
     def _fit(self, request: JudgeRequest) -> list[FittedPrompt]:
         return [
-            rank1.fit_prompt(
+            families.fit(
                 self.manifest, self._tokenizer, request.query, request.instruction, p.title, p.text, request.budget,
                 request.max_passage_tokens,
             )

@@ -26,8 +26,9 @@ from irgate.errors import InvalidArgument
 from irgate.models.judge import THINK_END, JudgeManifest
 
 # How a verdict came about: "answered": the model said true/false by itself; "forced": the
-# reasoning budget ran out; "forced_eos": the model ended its text (EOS) without an answer.
-Ended = Literal["answered", "forced", "forced_eos"]
+# reasoning budget ran out; "forced_eos": the model ended its text (EOS) without an answer;
+# "scored": a one-step judge read its score at the prompt's last position (backends.judge.families).
+Ended = Literal["answered", "forced", "forced_eos", "scored"]
 # What one generated token did to a document.
 Step = Literal["going", "answered", "budget", "eos"]
 
@@ -83,17 +84,7 @@ def fit_prompt(
     if max_passage_tokens is None:
         max_passage_tokens = manifest.max_passage_tokens
     passage = f"{title} {text}" if title else text
-    # Whatever the passage's size, no more than this many characters are ever tokenised.
-    bounded = passage[: min(limit, max_passage_tokens) * _CHARS_PER_TOKEN_BOUND]
-    passage_ids = _encode(tokenizer, bounded, special=False)
-    truncated = bounded != passage or len(passage_ids) > max_passage_tokens
-    if truncated:
-        passage_ids = passage_ids[:max_passage_tokens]
-        bounded = _decode_cut(tokenizer, passage_ids)
-        # Re-tokenising a cut can merge a boundary token or two differently: tighten to the cap.
-        while len(_encode(tokenizer, bounded, special=False)) > max_passage_tokens:
-            passage_ids = passage_ids[:-1]
-            bounded = _decode_cut(tokenizer, passage_ids)
+    bounded, passage_ids, truncated = cut_passage(tokenizer, passage, max_passage_tokens, min(limit, max_passage_tokens))
     prompt = manifest.prompt_template.format(query=_query(query, instruction), passage=bounded)
     ids = _encode(tokenizer, prompt)
     if len(ids) <= limit:
@@ -112,6 +103,23 @@ def fit_prompt(
         ids = _encode(tokenizer, prompt)
         keep -= max(1, len(ids) - limit)
     return FittedPrompt(prompt, ids, True)
+
+
+def cut_passage(tokenizer: Any, passage: str, cap: int, bound: int | None = None) -> tuple[str, list[int], bool]:
+    """The passage cut at its end to `cap` tokens (no special tokens): its text, its ids, and
+    whether it was cut. No more than `bound` (default `cap`) tokens' worth of characters are
+    ever tokenised, so an oversized passage costs milliseconds, not seconds."""
+    bounded = passage[: (cap if bound is None else bound) * _CHARS_PER_TOKEN_BOUND]
+    passage_ids = _encode(tokenizer, bounded, special=False)
+    truncated = bounded != passage or len(passage_ids) > cap
+    if truncated:
+        passage_ids = passage_ids[:cap]
+        bounded = _decode_cut(tokenizer, passage_ids)
+        # Re-tokenising a cut can merge a boundary token or two differently: tighten to the cap.
+        while len(_encode(tokenizer, bounded, special=False)) > cap:
+            passage_ids = passage_ids[:-1]
+            bounded = _decode_cut(tokenizer, passage_ids)
+    return bounded, passage_ids, truncated
 
 
 def _decode_cut(tokenizer: Any, ids: list[int]) -> str:
