@@ -380,6 +380,15 @@ def test_the_familys_own_truncation_of_an_overlong_query_and_passage(family) -> 
     assert len(fitted.ids) <= manifest.max_context_tokens
 
 
+def test_a_book_length_passage_gets_the_references_ids(family) -> None:
+    """Only what could fit is tokenised, and the ids are still the reference's own cut."""
+    spec, source, folder, _ = family
+    book = "Insulin resistance develops slowly over the years. " * 20_000
+    _, rows = spec.inputs(source, QUERY, [book], None)
+    fitted = families.fit(JudgeManifest.load(folder), _tokenizer(folder), QUERY, "", "", book, 0)
+    assert fitted.truncated and fitted.ids == rows[0]
+
+
 def test_scores_are_the_same_when_calls_are_batched_and_streamed(family) -> None:
     spec, _, folder, running = family
     with Client(running.address) as client:

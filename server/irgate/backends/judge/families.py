@@ -160,12 +160,17 @@ def fit(
     if not one_step(manifest):
         return rank1.fit_prompt(manifest, tokenizer, query, instruction, title, text, budget, max_passage_tokens)
     passage = f"{title} {text}" if title else text
-    truncated = False
+    # No passage piece holds more than the family's cap, so characters far past it are never
+    # tokenised: an oversized passage costs milliseconds, not seconds.
+    bounded = passage[: manifest.max_passage_tokens * rank1.CHARS_PER_TOKEN_BOUND]
+    truncated = bounded != passage
+    passage = bounded
     cap = manifest.max_passage_tokens if max_passage_tokens is None else max_passage_tokens
     if cap < manifest.max_passage_tokens:
         # A cap below the family's own cuts the passage text itself; at the family's cap the
         # reference's own truncation below applies alone, so the ids stay the reference's.
-        passage, _, truncated = rank1.cut_passage(tokenizer, passage, cap)
+        passage, _, cut = rank1.cut_passage(tokenizer, passage, cap)
+        truncated = truncated or cut
     fields = {"query": query, "passage": passage, "instruction": _instruction(manifest, instruction)}
     pieces = [(role, encode(tokenizer, template.format(**fields))) for role, template in manifest.prompt_pieces]
     spanned = sum(len(ids) for role, ids in pieces if role in ("span", "query"))

@@ -40,7 +40,7 @@ FORCED_SLACK_TOKENS = 16
 _DETOKENIZE_CONTEXT = 5
 # A token is rarely longer than this many characters: a passage is cut by characters to
 # this bound before tokenising, so an oversized one costs milliseconds, not seconds.
-_CHARS_PER_TOKEN_BOUND = 24
+CHARS_PER_TOKEN_BOUND = 24
 
 
 def judge_prompt(manifest: JudgeManifest, query: str, instruction: str, title: str, text: str) -> str:
@@ -109,7 +109,7 @@ def cut_passage(tokenizer: Any, passage: str, cap: int, bound: int | None = None
     """The passage cut at its end to `cap` tokens (no special tokens): its text, its ids, and
     whether it was cut. No more than `bound` (default `cap`) tokens' worth of characters are
     ever tokenised, so an oversized passage costs milliseconds, not seconds."""
-    bounded = passage[: (cap if bound is None else bound) * _CHARS_PER_TOKEN_BOUND]
+    bounded = passage[: (cap if bound is None else bound) * CHARS_PER_TOKEN_BOUND]
     passage_ids = _encode(tokenizer, bounded, special=False)
     truncated = bounded != passage or len(passage_ids) > cap
     if truncated:
