@@ -1,4 +1,5 @@
-"""The judge manifest and judge preparation: a causal-LM folder + the Rank1 rules it was trained with.
+"""The judge manifest and judge preparation: a causal-LM folder + the rules of the family it was trained as
+(Rank1 by default; the one-step reranker presets are in backends.judge.families).
 
 A reasoning judge served with another prompt, other answer tokens or other stop strings than
 it was trained with scores silently worse, so those live in the folder's manifest.json and the
@@ -166,9 +167,10 @@ def _manifest_for(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     rules = PRESETS[preset]
     positions = int(getattr(config, "max_position_embeddings", 0) or 4096)
-    family = {}
-    if rules.scoring == "one_step":
-        family = dict(
+    prompt: dict[str, Any] = dict(prompt_template=RANK1_PROMPT_TEMPLATE, max_reasoning_tokens=max_reasoning_tokens,
+                                  max_context_tokens=positions, max_passage_tokens=max_passage_tokens)
+    if rules.scoring == "one_step":  # nothing is generated: no reasoning budget, the family's own limits
+        prompt = dict(
             prompt_template="", max_reasoning_tokens=0, max_passage_tokens=rules.max_passage_tokens,
             max_context_tokens=min(positions, prompt_bound(rules, tokenizer)), default_instruction=rules.default_instruction,
             instruction_template=rules.instruction_template, prompt_pieces=rules.prompt_pieces,
@@ -176,8 +178,7 @@ def _manifest_for(
         )
     return JudgeManifest(
         name=name,
-        **{"prompt_template": RANK1_PROMPT_TEMPLATE, "max_reasoning_tokens": max_reasoning_tokens,
-           "max_context_tokens": positions, "max_passage_tokens": max_passage_tokens, **family},
+        **prompt,
         true_token_id=_answer_token_id(tokenizer, rules.true_word),
         false_token_id=_answer_token_id(tokenizer, rules.false_word),
         eos_token_id=int(eos),
