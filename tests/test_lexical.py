@@ -21,6 +21,7 @@ from conftest import REPO, SHARED
 from irgate.core.search import RRF_K
 from irgate.errors import FailedPrecondition
 from irgate.index.collection import Collection
+from irgate.index.lexical import MAX_QUERY_TERMS
 from irgate.index.records import DocumentRecord
 from irgate.local_server import LocalServer
 from irgate_client import Client, Document, IrgateError
@@ -87,6 +88,12 @@ def test_a_query_is_words_not_fts5_syntax(minerals: Collection) -> None:
     assert [hit.id for hit in minerals.lexical_search('title:"iron" NEAR(rusts*', k=3)] == ["m3", "m5"]
     assert minerals.lexical_search("?? -- ''", k=3) == []  # no word: nothing to find, no error
     assert minerals.lexical_search("", k=3) == []
+
+
+def test_only_the_first_words_of_a_long_query_count(minerals: Collection) -> None:
+    filler = " ".join(f"filler{number}" for number in range(MAX_QUERY_TERMS))
+    assert minerals.lexical_search(f"{filler} copper", k=3) == []
+    assert [hit.id for hit in minerals.lexical_search(f"copper {filler}", k=3)] == ["m2", "m1"]
 
 
 def test_lexical_search_applies_the_filter_and_stops_at_k(minerals: Collection) -> None:
@@ -285,3 +292,4 @@ def test_scifact_lexical_reproduces_bm25_and_hybrid_beats_both(minilm_folder: Pa
         scores[mode] = report["ndcg@10"]
     assert abs(scores["lexical"] - 0.665) <= 0.02, scores
     assert scores["hybrid"] >= max(scores["lexical"], 0.64508), scores
+

@@ -7,7 +7,9 @@ figures come from), so a document needs one of the words to be found and ranks b
 holds and how rare they are. English stop words are left out of the query, as Elasticsearch's
 `english` analyzer leaves them out (the same list, Lucene's): they add almost nothing to BM25
 but match nearly every document, and scoring those made a query several times slower. A query of
-stop words only keeps them. The index keeps every word.
+stop words only keeps them. The index keeps every word. Only the first MAX_QUERY_TERMS words count,
+as an embedder reads only a query's first tokens: scoring grows with the words, and a search holds
+its collection while it runs.
 
 The tokenizer is FTS5's `porter unicode61`: Unicode case folding and diacritics removal, then the
 Porter stemmer (Elasticsearch's `english` analyzer stems with Porter too). Title and text are
@@ -21,6 +23,7 @@ import re
 TOKENIZER = "porter unicode61"
 # unicode61's token characters are letters and digits; everything else (including '_') separates.
 _TERM = re.compile(r"[^\W_]+")
+MAX_QUERY_TERMS = 1024
 STOP_WORDS = frozenset(
     "a an and are as at be but by for if in into is it no not of on or such that the their then there these they "
     "this to was will with".split()
@@ -32,5 +35,5 @@ def fts5_query(text: str) -> str | None:
     terms = _TERM.findall(text)
     if not terms:
         return None
-    kept = [term for term in terms if term.lower() not in STOP_WORDS] or terms
+    kept = ([term for term in terms if term.lower() not in STOP_WORDS] or terms)[:MAX_QUERY_TERMS]
     return " OR ".join(f'"{term}"' for term in kept)
