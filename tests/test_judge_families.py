@@ -232,8 +232,6 @@ FAMILIES = {
                                     lambda source, rows: mxbai_reference_scores(source, rows, 12.0), True),
     "bge-reranker-v2-gemma": Family("bge-reranker-v2-gemma", build_tiny_gemma, bge_reference_inputs, bge_reference_scores, False),
 }
-# Largest score difference per preset against its reference, printed at the end of the module.
-WORST: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
@@ -280,7 +278,6 @@ def test_served_scores_are_the_references(family) -> None:
                 assert (verdict.reasoning_tokens, verdict.reasoning_budget, verdict.reasoning) == (0, 0, "")
                 assert abs(verdict.score - reference) <= TOLERANCE, (spec.preset, instruction, verdict.score, reference)
                 worst = max(worst, abs(verdict.score - reference))
-    WORST[spec.preset] = max(WORST.get(spec.preset, 0.0), worst)
     print(f"{spec.preset}: largest score difference against the reference {worst:.2e}")
 
 
