@@ -61,6 +61,9 @@ class FakeJudge:
         self.scores = scores
         self.judged: list[str] = []
 
+    def passage_cap(self, requested: int | None, field: str = "max_passage_tokens") -> int:
+        return requested or 512
+
     async def judge_all(self, query, instruction, passages, max_reasoning_tokens, **options) -> list[FakeVerdict]:
         self.judged = [passage.id for passage in passages]
         return [FakeVerdict(id=passage.id, score=self.scores[passage.id]) for passage in passages]
