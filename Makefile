@@ -73,13 +73,16 @@ serve-triton: prepare $(TRITON)
 
 test: $(STAMP) $(TRITON)
 	$(VENV)/bin/ruff check server clients/python tests
-	$(PY) -m pytest -q -rs
+	# Two workers, each test file on one of them (a module's server is started once); the 15 slowest tests are listed.
+	$(PY) -m pytest -q -rs -n 2 --dist loadfile --durations=15
 
 # Long runs of the fuzz and crash tests (make test runs short ones): ~15 minutes on 2 cores; then SciFact on Milvus.
 soak: $(STAMP)
 	IRGATE_FUZZ_EXAMPLES=2000 IRGATE_CRASH_TRIALS=60 $(PY) -m pytest -q -s tests/test_fuzz.py tests/test_crash.py
 	# BEIR SciFact through a Milvus-backed gateway (tens of minutes on 2 cores).
 	IRGATE_SOAK_MILVUS=1 $(PY) -m pytest -q -s tests/test_milvus_scifact.py
+	# BEIR SciFact through lexical and hybrid search (two evaluations; 10-20 minutes on 2 cores).
+	IRGATE_SOAK_LEXICAL=1 $(PY) -m pytest -q -s tests/test_lexical.py -k scifact
 
 # Everything but the minutes-long checks (full SciFact evaluation).
 test-fast: $(STAMP) $(TRITON)
