@@ -20,6 +20,7 @@ DIMENSION = 4
 class FakeManifest:
     dimension: int = DIMENSION
     pad_token_id: int = 0
+    padding_side: str = "right"
 
 
 @dataclass

@@ -520,7 +520,8 @@ class Collection:
         ).fetchone()[0]
         if present == len(_LEXICAL_SCHEMA):
             return
-        log.info("collection %s: building its lexical index from %s", self.name, DATABASE_FILE)
+        if self._db.execute("SELECT EXISTS (SELECT 1 FROM documents)").fetchone()[0]:  # a new, empty one says nothing
+            log.info("collection %s: building its lexical index from %s", self.name, DATABASE_FILE)
         with _transaction(self._db):
             for statement in _LEXICAL_SCHEMA:
                 self._db.execute(statement)
