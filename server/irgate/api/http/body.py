@@ -68,5 +68,13 @@ def count(body: dict[str, Any], name: str, default: int | None, allowed: str) ->
     return value
 
 
+def check_dimensions(body: dict[str, Any], dimension: int) -> None:
+    """`dimensions` (OpenAI's and TEI's) may only name the model's own: the served models cannot shorten vectors."""
+    dimensions = optional(body, "dimensions", int, dimension, f"give {dimension} or leave it out")
+    if dimensions != dimension:
+        raise invalid(f"'dimensions' is {dimensions}; this model gives {dimension}-dimensional vectors and cannot "
+                      f"shorten them, so give {dimension} or leave it out", "dimensions")
+
+
 def _types(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)

@@ -15,7 +15,7 @@ import numpy as np
 from aiohttp import web
 
 from irgate.api.http import calls
-from irgate.api.http.body import json_object, kind_of, optional
+from irgate.api.http.body import check_dimensions, json_object, kind_of, optional
 from irgate.api.http.services import HttpServices
 from irgate.api.http.status import invalid
 from irgate_client.v1 import irgate_pb2 as pb
@@ -55,13 +55,7 @@ async def embeddings(request: web.Request, services: HttpServices) -> web.Respon
     encoding = optional(body, "encoding_format", str, "float", "allowed: \"float\" or \"base64\"")
     if encoding not in ENCODINGS:
         raise invalid(f"'encoding_format' is {encoding!r}; allowed: \"float\" or \"base64\"", "encoding_format")
-    dimension = services.embedding.manifest.dimension
-    dimensions = optional(body, "dimensions", int, dimension, f"give {dimension} or leave it out")
-    if dimensions != dimension:
-        raise invalid(
-            f"'dimensions' is {dimensions}; this model gives {dimension}-dimensional vectors and cannot shorten them, "
-            f"so give {dimension} or leave it out", "dimensions",
-        )
+    check_dimensions(body, services.embedding.manifest.dimension)
     input_type = optional(body, "input_type", str, "document", "allowed: \"document\" or \"query\"")
     if input_type not in ("document", "query"):
         raise invalid(f"'input_type' is {input_type!r}; allowed: \"document\" or \"query\"", "input_type")

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from irgate import __version__
 from irgate.api.http import calls
-from irgate.api.http.body import json_object, kind_of, optional
+from irgate.api.http.body import check_dimensions, json_object, kind_of, optional
 from irgate.api.http.rerank import judge_request, ranked
 from irgate.api.http.services import HttpServices
 from irgate.api.http.status import Dialect, error_response, invalid
@@ -45,11 +45,7 @@ async def embed(request: web.Request, services: HttpServices) -> web.Response:
     prompt = optional(body, "prompt_name", str, "document", "allowed: \"query\" or \"document\"")
     if prompt not in PROMPTS:
         raise invalid(f"'prompt_name' is {prompt!r}; allowed: \"query\" or \"document\"", "prompt_name")
-    dimension = services.embedding.manifest.dimension
-    dimensions = optional(body, "dimensions", int, dimension, f"give {dimension} or leave it out")
-    if dimensions != dimension:
-        raise invalid(f"'dimensions' is {dimensions}; this model gives {dimension}-dimensional vectors "
-                      "and cannot shorten them", "dimensions")
+    check_dimensions(body, services.embedding.manifest.dimension)
     message = pb.EmbedRequest(
         inputs=[pb.EmbedInput(kind=PROMPTS[prompt], text=text) for text in texts],
         truncation=_truncation(body),
