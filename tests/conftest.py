@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ import filelock
 import pytest
 
 from irgate.local_server import LocalServer
+from irgate.processes import free_port
 from irgate.models.judge import RANK1_PROMPT_TEMPLATE
 from irgate_client import Client
 
@@ -128,10 +128,6 @@ def outcomes_of(events: list[Any]) -> list[Any]:
 # ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:

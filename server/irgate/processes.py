@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 
 
@@ -17,3 +18,10 @@ def stop_process(process: subprocess.Popen, timeout: float = 30.0, signum: int =
             process.kill()
             process.wait()
     return process.returncode
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on now, for a child process to take."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -192,11 +192,15 @@ def _request_fields(request: Any) -> dict[str, Any]:
     return fields
 
 
-def _request_id(context: grpc.aio.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= _MAX_GIVEN_ID and value.isprintable():
-            return value
+def request_id(given: object) -> str:
+    """The caller's request id when it is short and printable, else a new one (both fronts use this)."""
+    if isinstance(given, str) and 0 < len(given) <= _MAX_GIVEN_ID and given.isprintable():
+        return given
     return uuid.uuid4().hex[:16]
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    return request_id(next((value for key, value in context.invocation_metadata() or () if key == REQUEST_ID_HEADER), None))
 
 
 def _ended_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode:

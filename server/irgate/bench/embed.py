@@ -11,7 +11,6 @@ Vectors are compared first: a speed-up with different vectors would be no speed-
 from __future__ import annotations
 
 import asyncio
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from rich.console import Console
 
 from irgate.core.tokenization import TextEncoder, pad_batch
 from irgate.local_server import LocalServer
+from irgate.processes import free_port
 from irgate.models.manifest import EmbedderManifest
 from irgate.models.sources import minilm_checkpoint
 from irgate.progress import ProgressReport
@@ -139,6 +139,17 @@ async def _embed_rpcs(address: str, texts: list[str], clients: int) -> tuple[flo
     return seconds, np.asarray([vector for part in results for vector in part], dtype=np.float32)
 
 
+def _rates(documents: int, seconds: dict[tuple[str, int], list[float]], base: str, other: str, ratio: str) -> dict[str, float]:
+    """Each side's documents/s (median over rounds) at each client count, and other/base as `ratio`."""
+    report: dict[str, float] = {}
+    for clients in sorted({count for _, count in seconds}):
+        rate = {side: documents / float(np.median(seconds[side, clients])) for side in (base, other)}
+        for side in (base, other):
+            report[f"{side}_docs_per_s_{clients}_clients"] = round(rate[side], 1)
+        report[f"{ratio}_{clients}_clients"] = round(rate[other] / rate[base], 2)
+    return report
+
+
 async def _one_text_latencies(addresses: dict[str, str], texts: list[str]) -> dict[str, list[float]]:
     """Per-call seconds of one-text Embed calls, the sides taking turns call by call."""
     latencies: dict[str, list[float]] = {side: [] for side in addresses}
@@ -197,11 +208,7 @@ def run_triton_embed_benchmark(folder: Path, texts: list[str], console: Console 
             latencies = asyncio.run(_one_text_latencies(addresses, texts[:LATENCY_CALLS]))
             progress.advance()
             progress.describe("bench embed --triton")
-    for clients in TRITON_CLIENTS:
-        rate = {side: len(texts) / float(np.median(seconds[side, clients])) for side in sides}
-        for side in sides:
-            report[f"{side}_docs_per_s_{clients}_clients"] = round(rate[side], 1)
-        report[f"triton_vs_in_process_{clients}_clients"] = round(rate["triton"] / rate["in_process"], 2)
+    report.update(_rates(len(texts), seconds, "in_process", "triton", "triton_vs_in_process"))
     p50 = {side: 1000 * float(np.median(latencies[side])) for side in sides}
     for side in sides:
         report[f"{side}_one_text_p50_ms"] = round(p50[side], 2)
@@ -246,7 +253,7 @@ def run_http_embed_benchmark(folder: Path, texts: list[str], console: Console | 
     with ProgressReport(console or Console(quiet=True), "bench embed --http", steps, "steps") as progress, \
             tempfile.TemporaryDirectory(prefix="irgate-bench-http-") as work:
         progress.describe("bench embed --http: starting a server and warming up")
-        port = _free_port()
+        port = free_port()
         with LocalServer(Path(work), ["--embedder", f"onnx:{folder}", "--judge", "none", "--http-port", str(port)]) as server:
             base_url = f"http://127.0.0.1:{port}/v1"
             run = {"grpc": lambda count, part: asyncio.run(_embed_rpcs(server.address, part, count)),
@@ -264,16 +271,6 @@ def run_http_embed_benchmark(folder: Path, texts: list[str], console: Console | 
                         seconds.setdefault((side, clients), []).append(took)
                         progress.advance()
             progress.describe("bench embed --http")
-    for clients in HTTP_CLIENTS:
-        rate = {side: len(texts) / float(np.median(seconds[side, clients])) for side in sides}
-        for side in sides:
-            report[f"{side}_docs_per_s_{clients}_clients"] = round(rate[side], 1)
-        report[f"http_vs_grpc_{clients}_clients"] = round(rate["openai_http"] / rate["grpc"], 2)
+    report.update(_rates(len(texts), seconds, "grpc", "openai_http", "http_vs_grpc"))
     report["max_abs_diff_http_vs_grpc"] = float(np.abs(vectors["openai_http"] - vectors["grpc"]).max())
     return report
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]

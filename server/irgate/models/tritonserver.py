@@ -20,7 +20,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -30,7 +29,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from irgate.processes import stop_process
+from irgate.processes import free_port, stop_process
 
 WHEEL_REQUIREMENT = "nvidia-pytriton==0.7.0"  # tritonserver 2.51.0
 REPO = Path(__file__).resolve().parents[3]
@@ -78,12 +77,6 @@ def install_dir(install: Path | None = None) -> Path:
     return folder
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class TritonServer:
     """tritonserver on 127.0.0.1 with one model repository; a context manager.
 
@@ -96,9 +89,9 @@ class TritonServer:
                  extra_args: list[str] | None = None) -> None:
         self.repository = Path(repository).resolve()
         self.install = install_dir(install)
-        self.grpc_port = grpc_port or _free_port()
-        self.http_port = http_port or _free_port()
-        self.metrics_port = metrics_port or _free_port()
+        self.grpc_port = grpc_port or free_port()
+        self.http_port = http_port or free_port()
+        self.metrics_port = metrics_port or free_port()
         self.log = Path(log) if log else self.repository.parent / "tritonserver.log"
         self.explicit = explicit
         self.extra_args = list(extra_args or [])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -22,13 +21,12 @@ from irgate.api.http.calls import REQUEST_ID, CallFailed
 from irgate.api.http.services import HttpServices
 from irgate.api.http.status import Dialect, error_response, failure_of
 from irgate.api.auth import refusal
-from irgate.api.rpc import REQUEST_ID_HEADER
+from irgate.api.rpc import REQUEST_ID_HEADER, request_id
 
 log = logging.getLogger("irgate.http")
 access_log = logging.getLogger("irgate.access")
 # Orchestrators probe health without keys, as they do the gRPC health service.
 OPEN_PATHS = frozenset({"/health"})
-_MAX_GIVEN_ID = 64
 Handler = Callable[[web.Request, HttpServices], Awaitable[web.StreamResponse]]
 
 
@@ -110,8 +108,7 @@ class HttpFront:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         start = time.perf_counter()
-        given = request.headers.get(REQUEST_ID_HEADER, "")
-        request[REQUEST_ID] = given if 0 < len(given) <= _MAX_GIVEN_ID and given.isprintable() else uuid.uuid4().hex[:16]
+        request[REQUEST_ID] = request_id(request.headers.get(REQUEST_ID_HEADER))
         try:
             refusal = self._refusal(request)
             response = error_response(refusal, self._dialect(request)) if refusal else await handler(request)
