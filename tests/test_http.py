@@ -240,4 +240,5 @@ def test_bench_embed_http_runs_both_sides_on_equal_vectors(minilm_folder: Path) 
 
     report = run_http_embed_benchmark(minilm_folder, synthetic_texts(8, words=20))
     assert report["max_abs_diff_http_vs_grpc"] < 1e-6
-    assert report["http_vs_grpc_1_clients"] > 0 and report["http_vs_grpc_16_clients"] > 0  # the ratios are the benchmark's
+    # The ratios' values are the benchmark's to report; here each side ran at both client counts.
+    assert {f"{side}_docs_per_s_{clients}_clients" for side in ("grpc", "openai_http") for clients in (1, 16)} <= set(report)

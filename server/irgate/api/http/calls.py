@@ -85,7 +85,10 @@ class HttpCall:
 
     def peer(self) -> str:
         peer = self._request.transport.get_extra_info("peername") if self._request.transport else None
-        return f"ipv4:{peer[0]}:{peer[1]}" if peer else "unknown"
+        if not peer:
+            return "unknown"
+        host, port = peer[0], peer[1]
+        return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"  # as gRPC writes peers
 
     def set_trailing_metadata(self, metadata: Sequence[tuple[str, str]]) -> None:
         """The request id travels as the x-request-id response header, set for every response."""
