@@ -28,15 +28,20 @@ def kind_of(value: object) -> str:
     return "an object"
 
 
-async def json_object(request: web.Request) -> dict[str, Any]:
-    """The body as a JSON object; an empty body is an empty object (for calls whose fields are all optional)."""
+async def json_value(request: web.Request) -> Any:
+    """The body as JSON; an empty body is an empty object (for calls whose fields are all optional)."""
     raw = await request.read()  # over the size limit: web.HTTPRequestEntityTooLarge
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
+        return json.loads(raw)
     except ValueError as error:
         raise invalid(f"the request body is not valid JSON: {error}", "") from None
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object."""
+    body = await json_value(request)
     if not isinstance(body, dict):
         raise invalid(f"the request body is {kind_of(body)}; send a JSON object", "")
     return body

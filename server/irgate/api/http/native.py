@@ -16,7 +16,7 @@ from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
 from irgate.api.http import calls
-from irgate.api.http.body import kind_of
+from irgate.api.http.body import json_value, kind_of
 from irgate.api.http.services import HttpServices
 from irgate.api.http.status import Dialect, error_body, http_status, invalid
 from irgate_client.v1 import irgate_pb2 as pb
@@ -48,11 +48,7 @@ def _parse(value: object, kind: type[Message], where: str) -> Message:
 
 
 async def _messages(request: web.Request, kind: type[Message]) -> list[Message]:
-    raw = await request.read()
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError as error:
-        raise invalid(f"the request body is not valid JSON: {error}", "") from None
+    body = await json_value(request)
     if isinstance(body, list):
         return [_parse(item, kind, f"message {position}") for position, item in enumerate(body)]
     return [_parse(body, kind, "the request body")]
