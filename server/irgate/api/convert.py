@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 from google.protobuf import struct_pb2
 
-from irgate.core.documents import CollectionInfo, Document
 from irgate.core.embedding import Timing, Truncation
 from irgate.core.judge import Verdict
+from irgate.domain.collections import CollectionInfo
+from irgate.domain.documents import Document
 from irgate.errors import InvalidArgument
 from irgate.identifiers import check_collection_name, check_document_id, check_key, shown
 from irgate_client.v1 import irgate_pb2 as pb

@@ -1,44 +1,39 @@
 """Collection operations: documents are embedded here, then stored by the index layer.
 
-Inputs arrive validated by the API layer (names, ids, metadata, vector values); this module maps
-the domain types of core/documents.py to the index layer's rows and back.
+Inputs arrive validated by the API layer (names, ids, metadata, vector values) as the domain types
+(irgate.domain) that the index layer takes and returns as they are.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from irgate.core.documents import CollectionInfo, Document, UpsertCounts
 from irgate.core.embedding import EmbeddingService, TextInput, Truncation
 from irgate.core.index import Index
-from irgate.filters import Filter
-from irgate.index import records as index
+from irgate.domain.collections import CollectionInfo
+from irgate.domain.documents import Document
+from irgate.filters import Filter, json_equal
 
 
-def collection_info(info: index.CollectionInfo) -> CollectionInfo:
-    return CollectionInfo(
-        name=info.name,
-        documents=info.documents,
-        dimension=info.dimension,
-        precision=info.precision,
-        model=info.model,
-        created_at=info.created_at,
-    )
+@dataclass(frozen=True)
+class UpsertCounts:
+    upserted: int  # distinct documents written, replacements included
+    replaced: int  # of those, how many replaced a document with the same id
+    tokens: int  # tokens embedded for documents that came without a vector
+    unchanged: int = 0  # skipped: the same id with the same content is already stored
 
 
-def document_of(record: index.DocumentRecord) -> Document:
-    return Document(id=record.id, text=record.text, title=record.title, metadata=record.metadata, vector=record.vector)
+def document_of(record: Document) -> Document:
+    """The document as the index returned it (core.search still calls this; the index returns domain Documents)."""
+    return record
 
 
-def record_of(document: Document) -> index.DocumentRecord:
-    return index.DocumentRecord(id=document.id, text=document.text, title=document.title, metadata=dict(document.metadata))
-
-
-def same_content(stored: index.DocumentRecord, given: Document) -> bool:
-    return stored.title == given.title and stored.text == given.text and index.json_equal(stored.metadata, given.metadata)
+def same_content(stored: Document, given: Document) -> bool:
+    return stored.title == given.title and stored.text == given.text and json_equal(stored.metadata, given.metadata)
 
 
 class CollectionService:
@@ -49,10 +44,10 @@ class CollectionService:
         self._embedding = embedding
 
     async def create(self, name: str, precision: str = "f16") -> CollectionInfo:
-        return collection_info(await asyncio.to_thread(self.store.create, name, precision))
+        return await asyncio.to_thread(self.store.create, name, precision)
 
     async def list(self) -> list[CollectionInfo]:
-        return [collection_info(info) for info in await asyncio.to_thread(self.store.list)]
+        return await asyncio.to_thread(self.store.list)
 
     def damaged(self) -> dict[str, str]:
         """Collections that exist but cannot be served (list leaves them out), with the reason."""
@@ -60,7 +55,7 @@ class CollectionService:
 
     async def describe(self, name: str) -> CollectionInfo:
         collection = await asyncio.to_thread(self.store.get, name)
-        return collection_info(await asyncio.to_thread(collection.info))
+        return await asyncio.to_thread(collection.info)
 
     async def delete(self, name: str) -> None:
         await asyncio.to_thread(self.store.delete, name)
@@ -101,22 +96,21 @@ class CollectionService:
             )
             vectors[to_embed] = embedded.vectors
             tokens = sum(embedded.tokens)
-        result = await asyncio.to_thread(collection.upsert, [record_of(document) for document in documents], vectors)
+        # The engines write `vectors` (each client vector normalised above), never a document's own.
+        result = await asyncio.to_thread(collection.upsert, documents, vectors)
         return UpsertCounts(upserted=result.upserted, replaced=result.replaced, tokens=tokens, unchanged=len(unchanged))
 
     async def get(self, name: str, ids: Sequence[str], include_vectors: bool = False) -> list[Document]:
         """The documents found, in request order; ids that do not exist are left out."""
         collection = await asyncio.to_thread(self.store.get, name)
-        records = await asyncio.to_thread(collection.get, list(ids), include_vectors, True)
-        return [document_of(record) for record in records]
+        return await asyncio.to_thread(collection.get, list(ids), include_vectors, True)
 
     async def list_documents(
         self, name: str, after: str | None, limit: int, filter: Filter | None = None, include_vectors: bool = False
     ) -> list[Document]:
         """Up to `limit` documents with ids after `after` (None: from the first), in id order."""
         collection = await asyncio.to_thread(self.store.get, name)
-        records = await asyncio.to_thread(collection.list_documents, after, limit, filter, include_vectors)
-        return [document_of(record) for record in records]
+        return await asyncio.to_thread(collection.list_documents, after, limit, filter, include_vectors)
 
     async def delete_documents(self, name: str, ids: Sequence[str]) -> tuple[int, int]:
         collection = await asyncio.to_thread(self.store.get, name)

@@ -15,8 +15,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from irgate.domain.collections import CollectionInfo
+from irgate.domain.documents import Document
 from irgate.filters import Filter
-from irgate.index.records import CollectionInfo, DocumentRecord, ScoredKey, UpsertResult
+from irgate.index.records import ScoredKey, UpsertResult
 
 
 class IndexedCollection(Protocol):
@@ -26,12 +28,12 @@ class IndexedCollection(Protocol):
 
     def count(self) -> int: ...
 
-    def upsert(self, documents: Sequence[DocumentRecord], vectors: np.ndarray) -> UpsertResult:
+    def upsert(self, documents: Sequence[Document], vectors: np.ndarray) -> UpsertResult:
         """Writes documents with their vectors (float32 [n, dim]); an existing id is replaced, and when
         one call repeats an id, the last one wins. Acknowledged means visible to every later search."""
         ...
 
-    def get(self, ids: Sequence[str], include_vectors: bool = False, skip_missing: bool = False) -> list[DocumentRecord]:
+    def get(self, ids: Sequence[str], include_vectors: bool = False, skip_missing: bool = False) -> list[Document]:
         """The documents in request order; NotFound names the first missing id unless skip_missing."""
         ...
 
@@ -51,7 +53,7 @@ class IndexedCollection(Protocol):
 
     def list_documents(
         self, after: str | None, limit: int, filter: Filter | None = None, include_vectors: bool = False
-    ) -> list[DocumentRecord]:
+    ) -> list[Document]:
         """Up to `limit` documents whose ids come after `after` (None: from the first), in id order by
         code point, among those that match the filter. Paging by the last id seen keeps the order
         stable under writes: both engines keep ids in an ordered index."""

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from irgate.domain.collections import CollectionInfo as CollectionInfo
+from irgate.domain.documents import Document
 from irgate.errors import InvalidArgument
 from irgate.filters import Filter, parse
 from irgate.filters import json_equal as json_equal
@@ -20,25 +22,9 @@ from irgate.filters import matches_filter as matches_filter
 from irgate.identifiers import check_document_id
 
 PRECISIONS = ("f16", "f32", "i8")
-
-
-@dataclass(frozen=True)
-class DocumentRecord:
-    id: str
-    text: str = ""
-    title: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-    vector: np.ndarray | None = None  # float32 [dim] when asked for
-
-
-@dataclass(frozen=True)
-class CollectionInfo:
-    name: str
-    documents: int
-    dimension: int
-    precision: str
-    model: str
-    created_at: float
+# The engines' name for the one document type (irgate.domain): index.collection, index.store and
+# index.milvus import it from here.
+DocumentRecord = Document
 
 
 @dataclass(frozen=True)
@@ -57,7 +43,7 @@ class ScoredKey:
 class CheckedDocument:
     """One document of an upsert, checked: its metadata encoded as JSON, its vector float32."""
 
-    record: DocumentRecord
+    record: Document
     metadata_json: str
     vector: np.ndarray
 
@@ -68,7 +54,7 @@ def validate_document_id(document_id: object) -> None:
     check_document_id(document_id)
 
 
-def check_upsert(documents: Sequence[DocumentRecord], vectors: np.ndarray, dimension: int) -> list[CheckedDocument]:
+def check_upsert(documents: Sequence[Document], vectors: np.ndarray, dimension: int) -> list[CheckedDocument]:
     """The documents to write, one per distinct id (when a call repeats an id, the last one wins)."""
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or vectors.shape[0] != len(documents):
