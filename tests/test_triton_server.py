@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -39,9 +40,8 @@ from irgate.local_server import LocalServer
 from irgate.models import triton as triton_models
 from irgate.models.tritonserver import TritonServer
 from irgate_client import Client, Document, IrgateError
+from scifact_slice import SCIFACT, write_slice
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
 FAST_RETRY = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.05)
 TEXTS = [
     "query: what causes diabetes",
@@ -411,16 +411,32 @@ def test_concurrent_search_with_rerank_from_8_clients(gateway: LocalServer, trit
     assert judge_requests >= 8 * 3 and judge_runs < judge_requests  # Triton handed the model requests together
 
 
-@pytest.mark.slow
+def _eval_beir(data: Path, *where: str) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "irgate", "eval", "beir", "--data", str(data), "--json", "--no-cache", *where],
+                          capture_output=True, text=True, timeout=1800, check=True)
+    return json.loads(done.stdout)
+
+
+def test_a_scifact_slice_through_triton_scores_as_in_process(gateway: LocalServer, minilm_folder: Path, tmp_path: Path) -> None:
+    """40 SciFact queries over 404 documents through `irgate eval beir --server` with the embedder on
+    Triton: the nDCG@10 of the same evaluation with the embedder in process."""
+    if not SCIFACT.exists():
+        pytest.skip(f"{SCIFACT} is not here (shared/ lies beside the checkout)")
+    data = write_slice(tmp_path / "slice")
+    through_triton = _eval_beir(data, "--server", gateway.address)
+    in_process = _eval_beir(data, "--embedder", f"onnx:{minilm_folder}", "--judge", "none")
+    assert (through_triton["queries"], through_triton["docs"]) == (40, 404)
+    assert abs(through_triton["ndcg@10"] - in_process["ndcg@10"]) <= 1e-4, (through_triton, in_process)
+    assert abs(through_triton["recall@100"] - in_process["recall@100"]) <= 1e-4, (through_triton, in_process)
+
+
+@pytest.mark.skipif(os.environ.get("IRGATE_SOAK_SCIFACT") != "1", reason="5,183 documents, minutes: make soak runs it")
 def test_scifact_through_triton_matches_in_process(gateway: LocalServer) -> None:
     """SciFact through `irgate eval beir --server` with the embedder on Triton: the in-process
     nDCG@10 (all-MiniLM-L6-v2: 0.6451; MTEB publishes 0.64508)."""
-    data = SHARED / "data" / "scifact"
-    if not data.exists():
-        pytest.skip(f"{data} is not here (shared/ lies beside the checkout)")
-    done = subprocess.run([sys.executable, "-m", "irgate", "eval", "beir", "--data", str(data), "--json",
-                           "--server", gateway.address], capture_output=True, text=True, timeout=1800, check=True)
-    report = json.loads(done.stdout)
+    if not SCIFACT.exists():
+        pytest.skip(f"{SCIFACT} is not here (shared/ lies beside the checkout)")
+    report = _eval_beir(SCIFACT, "--server", gateway.address)
     print(f"SciFact through Triton: {report}")
     assert (report["queries"], report["docs"]) == (300, 5183)
     assert abs(report["ndcg@10"] - 0.6451) <= 1e-4, report
