@@ -2,8 +2,8 @@
 
 Files in a collection's folder:
   documents.sqlite  documents with their float32 vectors, the `meta` row set, the `changes` log, and
-                    `lexical`, the FTS5 (BM25) index of titles and texts that triggers keep in step
-                    with the documents table, inside each write's own transaction
+                    `lexical`, the FTS5 (BM25) index of titles and texts, which each write keeps in
+                    step with the documents table inside its own transaction
   index.usearch     the last usearch snapshot
   index.json        {"seq": N, "sha256": ...}: the `changes` sequence number that snapshot covers,
                     and the checksum of index.usearch, verified before the snapshot is loaded
@@ -100,15 +100,16 @@ CREATE TABLE changes (
 );
 """
 # External content: the FTS5 table indexes documents.title and documents.text without a second copy.
-# Documents are only ever inserted and deleted (an upsert deletes the old row), so two triggers suffice.
-_LEXICAL_SCHEMA = (
-    f"CREATE VIRTUAL TABLE IF NOT EXISTS lexical USING fts5(title, text, content='documents', content_rowid='key', "
-    f"tokenize='{TOKENIZER}')",
-    "CREATE TRIGGER IF NOT EXISTS documents_lexical_add AFTER INSERT ON documents BEGIN "
-    "INSERT INTO lexical (rowid, title, text) VALUES (new.key, new.title, new.text); END",
-    "CREATE TRIGGER IF NOT EXISTS documents_lexical_remove AFTER DELETE ON documents BEGIN "
-    "INSERT INTO lexical (lexical, rowid, title, text) VALUES ('delete', old.key, old.title, old.text); END",
+# Documents are only ever inserted and deleted (an upsert deletes the old row). The writes add and
+# remove lexical rows themselves, not through triggers on documents: a trigger makes each document
+# INSERT a statement with its own savepoint, and FTS5 writes its pending terms to disk at every
+# savepoint, so each document became a segment of its own to merge (benchmarks/lexical.py measures the cost).
+_LEXICAL_TABLE = (
+    f"CREATE VIRTUAL TABLE lexical USING fts5(title, text, content='documents', content_rowid='key', "
+    f"tokenize='{TOKENIZER}')"
 )
+# Triggers that collections written by an earlier irgate carry; opening one drops them.
+_LEXICAL_TRIGGERS = ("documents_lexical_add", "documents_lexical_remove")
 # Lexical matches read per batch while a filter drops some of them.
 _LEXICAL_BATCH = 256
 
@@ -289,6 +290,7 @@ class Collection:
                     "SELECT key FROM documents WHERE id IN (SELECT value FROM json_each(?))",
                     (json.dumps([item.record.id for item in checked]),),
                 )]
+                self._unindex_lexically(old_keys)
                 self._db.execute(
                     "DELETE FROM documents WHERE key IN (SELECT value FROM json_each(?))", (json.dumps(old_keys),)
                 )
@@ -300,6 +302,7 @@ class Collection:
                 ]
                 self._log_changes("remove", old_keys)
                 self._log_changes("add", new_keys)
+                self._index_lexically(new_keys, rows)
             # Committed: from here on a crash is repaired by replaying the changes log.
             self._index.remove(old_keys)
             self._index.add(np.asarray(new_keys, dtype=np.uint64), np.stack([item.vector for item in checked]))
@@ -349,6 +352,7 @@ class Collection:
                     "SELECT key FROM documents WHERE id IN (SELECT value FROM json_each(?))",
                     (json.dumps(distinct),),
                 )]
+                self._unindex_lexically(keys)
                 self._db.execute(
                     "DELETE FROM documents WHERE key IN (SELECT value FROM json_each(?))", (json.dumps(keys),)
                 )
@@ -514,18 +518,39 @@ class Collection:
         check_model(self.name, self.model, self._serving_model)
 
     def _ensure_lexical_index(self) -> None:
-        """Builds the lexical index of a collection made before there was one (lock-free: called at open)."""
-        present = self._db.execute(
-            "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('lexical', 'documents_lexical_add', 'documents_lexical_remove')"
-        ).fetchone()[0]
-        if present == len(_LEXICAL_SCHEMA):
+        """Builds the lexical index of a collection made before there was one, and drops the triggers
+        an earlier irgate kept it with, which would now index each document twice (lock-free: called at open)."""
+        present = {name for (name,) in self._db.execute(
+            "SELECT name FROM sqlite_master WHERE name IN (SELECT value FROM json_each(?))",
+            (json.dumps(["lexical", *_LEXICAL_TRIGGERS]),),
+        )}
+        if present == {"lexical"}:
             return
-        if self._db.execute("SELECT EXISTS (SELECT 1 FROM documents)").fetchone()[0]:  # a new, empty one says nothing
-            log.info("collection %s: building its lexical index from %s", self.name, DATABASE_FILE)
         with _transaction(self._db):
-            for statement in _LEXICAL_SCHEMA:
-                self._db.execute(statement)
-            self._db.execute("INSERT INTO lexical (lexical) VALUES ('rebuild')")
+            for trigger in sorted(present - {"lexical"}):
+                self._db.execute(f"DROP TRIGGER {trigger}")
+            if "lexical" not in present:
+                if self._db.execute("SELECT EXISTS (SELECT 1 FROM documents)").fetchone()[0]:  # a new, empty one says nothing
+                    log.info("collection %s: building its lexical index from %s", self.name, DATABASE_FILE)
+                self._db.execute(_LEXICAL_TABLE)
+                self._db.execute("INSERT INTO lexical (lexical) VALUES ('rebuild')")
+
+    def _unindex_lexically(self, keys: list[int]) -> None:
+        """Removes the lexical rows of documents about to be deleted: FTS5 finds the terms it indexed
+        from the title and text, so this runs while the documents rows still hold them."""
+        self._db.execute(
+            "INSERT INTO lexical (lexical, rowid, title, text) SELECT 'delete', key, title, text FROM documents "
+            "WHERE key IN (SELECT value FROM json_each(?))",
+            (json.dumps(keys),),
+        )
+
+    def _index_lexically(self, keys: list[int], rows: list[tuple[str, str, str, str, bytes]]) -> None:
+        """Adds the lexical rows of newly inserted documents (rows as upsert inserts them: id, title,
+        text, metadata, vector); FTS5 tokenizes them into memory and writes them out at the commit."""
+        self._db.executemany(
+            "INSERT INTO lexical (rowid, title, text) VALUES (?, ?, ?)",
+            [(key, title, text) for key, (_, title, text, _, _) in zip(keys, rows)],
+        )
 
     def _verify_lexical_index(self) -> list[str]:
         """The lexical index's disagreement with the documents table, which it is rebuilt from when found."""
