@@ -8,21 +8,19 @@ plain models is MTEB's `title + " " + text`); metrics come from ir-measures.
 from __future__ import annotations
 
 import gzip
-import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from irgate.eval import scoring
 from irgate.eval.runner import Evaluation, QueryResult
+from irgate.jsonl import CORPUS_FIELDS, CORPUS_LINE, read_jsonl
 from irgate_client import Query
 
 MEASURES = {"ndcg@10": "nDCG@10", "recall@100": "R@100"}
-# The fields every line must hold (a corpus line's title and text may be missing: embedded as ""),
-# and a line as it should be, for the error that names a line without them.
-CORPUS_FIELDS, CORPUS_LINE = ("_id",), '{"_id": "d1", "title": "...", "text": "..."}'
+# The fields every query line must hold, and a line as it should be (irgate.jsonl has the corpus's).
 QUERY_FIELDS, QUERY_LINE = ("_id", "text"), '{"_id": "q1", "text": "..."}'
 
 
@@ -43,40 +41,6 @@ def find_data_file(folder: Path, name: str) -> Path:
         if candidate.exists():
             return candidate
     raise FileNotFoundError(f"{folder} has neither {name} nor {name}.gz (BEIR layout expected)")
-
-
-def read_jsonl(path: Path, required: Sequence[str] = (), example: str = "") -> Iterator[dict[str, Any]]:
-    """The JSON objects of a JSONL file, one a line (blank lines skipped), each holding the `required`
-    fields. A line that is not such an object raises ValueError naming the file, the line and what
-    was expected (`example`, a line as it should be), since the decoder's own message counts lines
-    and columns within the one line it was given."""
-    expected = f"one JSON object per line, like {example or json.dumps({name: '...' for name in required or ('_id',)})}"
-    with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            try:
-                # A byte order mark, which some editors write, can only start the file.
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as error:
-                raise ValueError(f"{path}:{number}: not UTF-8 text (byte {error.start + 1} of the line); "
-                                 f"expected {expected}") from None
-            if line.strip():
-                yield _record(path, number, line, required, expected)
-
-
-def _record(path: Path, number: int, line: str, required: Sequence[str], expected: str) -> dict[str, Any]:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{number}: not JSON ({error.msg.removesuffix(' at')} at column {error.colno} of "
-                         f"{line.rstrip()[:60]!r}); expected {expected}") from None
-    if not isinstance(row, dict):
-        raise ValueError(f"{path}:{number}: a JSON {type(row).__name__}, not an object; expected {expected}")
-    missing = [name for name in required if name not in row]
-    if missing:
-        renamed = ' (it has "id": BEIR names that field "_id")' if "_id" in missing and "id" in row else ""
-        raise ValueError(f"{path}:{number}: the record has no {' or '.join(json.dumps(name) for name in missing)}{renamed}; "
-                         f"its fields are {', '.join(json.dumps(name) for name in row) or 'none'}; expected {expected}")
-    return row
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:

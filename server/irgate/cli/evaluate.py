@@ -19,16 +19,16 @@ from typing import Any, TypeVar
 
 from rich.table import Table
 
-from irgate.cli import (
+from irgate.cli.shared import (
     DEFAULT_MODELS,
     REASONING_HELP,
-    _client_options,
-    _command,
-    _print_table,
-    _root_certificates,
-    _say,
-    _timeout,
+    add_client_options,
+    add_command,
+    call_timeout,
     console,
+    print_table,
+    root_certificates,
+    say,
 )
 from irgate.eval.runner import Evaluation, digest_files
 from irgate_client import AsyncClient
@@ -63,7 +63,7 @@ def _server_options(parser: argparse.ArgumentParser, judge: bool) -> None:
                              "(env IRGATE_EVAL_CACHE)")
     parser.add_argument("--no-cache", action="store_true", help="run every query again and keep nothing")
     _output_options(parser)
-    _client_options(parser, server_default="",
+    add_client_options(parser, server_default="",
                     server_help="HOST:PORT of a running irgate; without it a temporary server is started (env IRGATE_SERVER)")
 
 
@@ -75,10 +75,10 @@ def _output_options(parser: argparse.ArgumentParser) -> None:
 
 def add_eval_commands(commands: Any) -> None:
     """The `eval` command and its suites, under the top-level `commands` subparsers."""
-    evaluate = _command(commands, "eval", "evaluate retrieval quality through the gRPC API")
+    evaluate = add_command(commands, "eval", "evaluate retrieval quality through the gRPC API")
     suites = evaluate.add_subparsers(dest="suite", required=True, metavar="SUITE")
 
-    beir = _command(suites, "beir", "a BEIR data set folder (corpus, queries, qrels/); with --rerank, what judging changes")
+    beir = add_command(suites, "beir", "a BEIR data set folder (corpus, queries, qrels/); with --rerank, what judging changes")
     beir.add_argument("--data", type=Path, required=True, help="the BEIR folder")
     beir.add_argument("--split", default="test", help="qrels/SPLIT.tsv to score against")
     beir.add_argument("--instruction", default="", help="instruction given with every query")
@@ -90,13 +90,13 @@ def add_eval_commands(commands: Any) -> None:
                       help=f"{REASONING_HELP}; several, comma-separated, rerank once each (nDCG@10 against the budget)")
     _server_options(beir, judge=True)
 
-    prompts = _command(suites, "prompts", "prompt sensitivity (Promptriever): nDCG@10 with no prompt and with each "
+    prompts = add_command(suites, "prompts", "prompt sensitivity (Promptriever): nDCG@10 with no prompt and with each "
                                           "of 10 generic prompts appended as the instruction")
     prompts.add_argument("--data", type=Path, required=True, help="the BEIR folder")
     prompts.add_argument("--split", default="test", help="qrels/SPLIT.tsv to score against")
     _server_options(prompts, judge=False)
 
-    followir = _command(suites, "followir", "instruction following on FollowIR-format data: the standard score under "
+    followir = add_command(suites, "followir", "instruction following on FollowIR-format data: the standard score under "
                                             "the original and the changed instructions, and p-MRR")
     followir.add_argument("--data", type=Path, required=True,
                           help="the folder: corpus, queries with instruction_og and instruction_changed, qrels_og/, "
@@ -111,7 +111,7 @@ def add_eval_commands(commands: Any) -> None:
     followir.add_argument("--max-reasoning-tokens", type=int, default=None, help=REASONING_HELP)
     _server_options(followir, judge=True)
 
-    pmrr = _command(suites, "pmrr", "FollowIR's p-MRR of two TREC runs (original and changed instruction)")
+    pmrr = add_command(suites, "pmrr", "FollowIR's p-MRR of two TREC runs (original and changed instruction)")
     pmrr.add_argument("--run-og", type=Path, required=True, help="TREC run under the original instructions "
                       "(qid Q0 docid rank score tag; ranks come from the scores, ties by doc id)")
     pmrr.add_argument("--run-changed", type=Path, required=True, help="TREC run under the changed instructions")
@@ -120,7 +120,7 @@ def add_eval_commands(commands: Any) -> None:
                            "changed one (rows with score 0 are ignored)")
     _output_options(pmrr)
 
-    derive = _command(suites, "derive-followir", "build a FollowIR-format set from a BEIR folder: the changed "
+    derive = add_command(suites, "derive-followir", "build a FollowIR-format set from a BEIR folder: the changed "
                                                  "instruction excludes documents that mention a term (see docs/evaluation.md)")
     derive.add_argument("--data", type=Path, required=True, help="the BEIR folder")
     derive.add_argument("--split", default="test", help="qrels/SPLIT.tsv whose queries are used")
@@ -139,8 +139,8 @@ def _with_server(args: argparse.Namespace, judge: bool, work: Callable[[AsyncCli
 
     async def connect(address: str, remote: bool) -> T:
         async with AsyncClient(address, api_key=args.api_key or None, tls=remote and args.tls,
-                               root_certificates=_root_certificates(args) if remote else None,
-                               timeout=_timeout(args)) as client:
+                               root_certificates=root_certificates(args) if remote else None,
+                               timeout=call_timeout(args)) as client:
             return await work(client)
 
     if args.server:
@@ -167,7 +167,7 @@ def _finish(args: argparse.Namespace, result: dict[str, Any], runs: Any = None) 
 
         command = "irgate " + shlex.join(sys.argv[1:])
         written = write_report(args.report, result, command=command, runs=runs)
-        _say(f"report: {written[0]} ({len(written)} files in {args.report})")
+        say(f"report: {written[0]} ({len(written)} files in {args.report})")
 
 
 def _print_summary(result: dict[str, Any]) -> None:
@@ -179,18 +179,18 @@ def _print_summary(result: dict[str, Any]) -> None:
     for key in ("prompts", "model", "server"):
         if isinstance(result.get(key), dict):
             table.add_row(key, ", ".join(f"{name} {value}" for name, value in result[key].items()))
-    _print_table(table)
+    print_table(table)
     if result["suite"] == "prompts":
         runs = Table("run", "nDCG@10", "prompt")
         for run in result["runs"]:
             runs.add_row(run["name"], f"{run['ndcg@10']:.4f}", run["prompt"][:60] or "(none)")
-        _print_table(runs)
+        print_table(runs)
     for row in result.get("reranking", []):
         judged = Table("reranking", "value")
         for key, value in row.items():
             if key not in ("per_query", "latency_samples_ms"):
                 judged.add_row(key, str(value))
-        _print_table(judged)
+        print_table(judged)
 
 
 def _beir(args: argparse.Namespace) -> None:
@@ -257,7 +257,7 @@ def _pmrr(args: argparse.Namespace) -> None:
     changed = {qid: [doc for doc, score in docs.items() if score > 0] for qid, docs in read_qrels(args.changed_qrels).items()}
     result = p_mrr(read_run(args.run_og), read_run(args.run_changed), changed)
     for query_id in result.skipped_queries:
-        _say(f"query {query_id} of the changed qrels is missing from a run: left out, as FollowIR does")
+        say(f"query {query_id} of the changed qrels is missing from a run: left out, as FollowIR does")
     _finish(args, {"suite": "pmrr", **result.as_dict()})
 
 
@@ -269,7 +269,7 @@ def _derive(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(summary))
     else:
-        _say(f"{summary['queries']} queries written to {args.out} ({summary['skipped_queries']} without a term); "
+        say(f"{summary['queries']} queries written to {args.out} ({summary['skipped_queries']} without a term); "
              f"{summary['made_non_relevant']} of {summary['relevant_before']} relevant documents are not relevant "
              "under the changed instructions")
 

@@ -1,4 +1,5 @@
-"""The `irgate` command: serve, prepare models, manage collections and documents, index, embed, search, judge, evaluate."""
+"""The `irgate` commands but `eval`: serve, prepare models, manage collections and documents, index,
+embed, search, judge, bench. `add_commands` declares their flags, `COMMANDS` runs each."""
 
 from __future__ import annotations
 
@@ -10,114 +11,34 @@ import gzip
 import itertools
 import json
 import os
-import re
 import sys
-import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-# gRPC's C core would print its own lines (a failed TLS handshake, ...) among the CLI's messages, which
-# report every failure themselves. The core reads this once, when grpc is imported; GRPC_VERBOSITY set
-# by the user still wins.
-os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-
-import grpc  # noqa: E402
+import grpc
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from irgate import __version__
 from irgate.backends.judge.families import PRESETS as JUDGE_PRESETS
-from irgate.errors import ConfigError, StartupError
-from irgate.errors import IrgateError as ServerSideError
+from irgate.cli.shared import (
+    DEFAULT_MODELS,
+    EXIT_NO,
+    EXIT_NO_ANSWER,
+    REASONING_HELP,
+    add_client_options,
+    add_command,
+    call_timeout,
+    console,
+    print_table,
+    root_certificates,
+    say,
+)
+from irgate.jsonl import CORPUS_FIELDS, CORPUS_LINE, read_jsonl
 from irgate.models.prepare import PRESETS
 from irgate.progress import ProgressReport
 from irgate_client import Client, Document, IrgateError, Query, UpsertResult, Verdict
-
-console = Console(stderr=True)
-
-DEFAULT_MODELS = Path("models")
-DEFAULT_SERVER = "127.0.0.1:50051"
-DEFAULT_TIMEOUT_S = 120.0
-# One default for the reasoning budget everywhere: unset, so the server applies its cap.
-REASONING_HELP = "reasoning tokens per judged document (default: the server's cap, see `irgate info`)"
-# Never shown as a default in --help: they come from the environment.
-SECRETS = {"api_key"}
-
-# Exit codes: a script tells a "no" from a mistake, a refusal and a server it cannot reach.
-EXIT_NO = 1
-EXIT_USAGE = 2
-EXIT_REFUSED = 3
-EXIT_NO_ANSWER = 4
-EXIT_NOT_STARTED = 5
-EXIT_INTERRUPTED = 130
-EXIT_CODES = {
-    0: "done",
-    EXIT_NO: "the answer is no: `health` is not SERVING, `documents get` found not every id, `collection check` "
-             "found problems",
-    EXIT_USAGE: "a wrong command line, setting or input file",
-    EXIT_REFUSED: "the server refused the call (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, "
-                  "UNAUTHENTICATED, RESOURCE_EXHAUSTED, DATA_LOSS, ...: the message names the code)",
-    EXIT_NO_ANSWER: "no answer: the server cannot be reached or is unavailable (UNAVAILABLE), or the deadline "
-                    "passed (DEADLINE_EXCEEDED); retry, or give more --timeout",
-    EXIT_NOT_STARTED: "`irgate serve` could not start (its port or --data-dir is taken, Milvus cannot be reached)",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
-}
-NO_ANSWER = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Every flag shows its default (secrets excepted); a description or epilog keeps its lines."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        # An indented line ("  3    the server refused ...") wraps under its own text: a table stays a table.
-        lines = []
-        for line in text.splitlines():
-            hanging = re.match(r"\s+\S+\s+", line)
-            lines.append(textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent + " " * (
-                hanging.end() if hanging else 0)) if line.strip() else "")
-        return "\n".join(lines)
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        help = action.help or ""
-        if (action.dest in SECRETS or action.default is argparse.SUPPRESS or not action.option_strings
-                or "%(default)" in help or "default:" in help):
-            return help
-        if action.default in (None, "", []):
-            return f"{help} (default: none)"
-        if action.default is False:  # a switch
-            return f"{help} (default: off)"
-        return f"{help} (default: %(default)s)"
-
-
-def _command(commands: Any, name: str, help: str) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = commands.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
-    return parser
-
-
-def _client_options(parser: argparse.ArgumentParser, server_default: str = DEFAULT_SERVER,
-                    server_help: str = "HOST:PORT of a running irgate (env IRGATE_SERVER)") -> None:
-    """The same connection flags on every command that talks to a server."""
-    parser.add_argument("--server", default=os.environ.get("IRGATE_SERVER", server_default), help=server_help)
-    parser.add_argument("--api-key", default=os.environ.get("IRGATE_API_KEY", ""),
-                        help="API key, sent as 'authorization: Bearer KEY' (env IRGATE_API_KEY; default: none)")
-    parser.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CA roots")
-    parser.add_argument("--ca-cert", type=Path, default=os.environ.get("IRGATE_CA_CERT") or None,
-                        help="PEM CA certificate to trust instead of the system roots; implies --tls (env IRGATE_CA_CERT)")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help=f"deadline of each call in seconds, 0 for none (default: {DEFAULT_TIMEOUT_S:g}; "
-                             "`index` has none unless given one, then it applies to each batch)")
-
-
-def _timeout(args: argparse.Namespace, bulk: bool = False) -> float | None:
-    """--timeout in seconds, None for no deadline: 0 asks for none, and a bulk call has none by default."""
-    if args.timeout is None:
-        return None if bulk else DEFAULT_TIMEOUT_S
-    if args.timeout < 0:
-        raise ValueError(f"--timeout is {args.timeout:g}; give seconds, or 0 for no deadline")
-    return args.timeout or None
-
 
 def _whole_number(minimum: int, allowed: str) -> Callable[[str], int]:
     """An argparse type: checked as the command line is read, before anything is sent or printed."""
@@ -144,13 +65,11 @@ PASSAGE_HELP = ("tokens of each passage the judge reads; longer ones are cut at 
                 "(default: the server's passage cap, see `irgate info`)")
 
 
-def _root_certificates(args: argparse.Namespace) -> bytes | None:
-    return Path(args.ca_cert).read_bytes() if args.ca_cert else None
-
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.server, api_key=args.api_key or None, tls=args.tls, timeout=_timeout(args),
-                  root_certificates=_root_certificates(args))
+    return Client(args.server, api_key=args.api_key or None, tls=args.tls, timeout=call_timeout(args),
+                  root_certificates=root_certificates(args))
+
 
 
 def _filter_value(text: str) -> object:
@@ -184,25 +103,20 @@ def _filters(items: list[str]) -> dict[str, object]:
     return parts[0] if len(parts) == 1 else ({"$and": parts} if parts else {})
 
 
-def _parser() -> argparse.ArgumentParser:
+
+def add_commands(commands: Any) -> None:
+    """Every command but `eval`, under the top-level `commands` subparsers."""
     from irgate.config import add_arguments
     from irgate.logs import FORMATS, LEVELS
 
-    exit_codes = "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items())
-    parser = argparse.ArgumentParser(prog="irgate", description=__doc__, formatter_class=_HelpFormatter,
-                                     epilog=f"exit codes:\n{exit_codes}\n\nIRGATE_SERVER (HOST:PORT) is every client "
-                                            f"command's --server default ({DEFAULT_SERVER} when unset).")
-    parser.add_argument("--version", action="version", version=f"irgate {__version__}", help="print the version and exit")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    serve = _command(commands, "serve", "run the gRPC server")
+    serve = add_command(commands, "serve", "run the gRPC server")
     add_arguments(serve)
     serve.add_argument("--log-level", type=str.upper, choices=LEVELS, default=os.environ.get("IRGATE_LOG_LEVEL", "INFO").upper(),
                        help="least severe log lines written (env IRGATE_LOG_LEVEL)")
     serve.add_argument("--log-format", choices=FORMATS, default=os.environ.get("IRGATE_LOG_FORMAT", "text"),
                        help="log lines as text, or one JSON object per line (env IRGATE_LOG_FORMAT)")
 
-    prepare = _command(commands, "prepare", "build the default models (or your own) for serving")
+    prepare = add_command(commands, "prepare", "build the default models (or your own) for serving")
     prepare.add_argument("--out", type=Path, default=DEFAULT_MODELS, help="models folder")
     prepare.add_argument("--embedder-source", type=Path, help="a local Hugging Face checkpoint instead of all-MiniLM-L6-v2")
     prepare.add_argument("--preset", choices=PRESETS, help="how the source was trained (see docs/models.md)")
@@ -220,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--model-repository", type=Path,
                          help="Triton model repository (default: model_repository for gpu, OUT/triton for cpu)")
 
-    engine = _command(commands, "build-judge-engine",
+    engine = add_command(commands, "build-judge-engine",
                       "on a CUDA machine with TensorRT-LLM: build the judge engine for Triton (trtllm-build)")
     engine.add_argument("checkpoint", type=Path, help="Hugging Face checkpoint of the judge (e.g. rank1-7b)")
     engine.add_argument("--model-repository", type=Path, default=Path("model_repository"), help="Triton model repository")
@@ -228,30 +142,30 @@ def _parser() -> argparse.ArgumentParser:
     engine.add_argument("--max-batch-size", type=int, default=64, help="most sequences the engine runs at once")
     engine.add_argument("--max-seq-len", type=int, help="default: the model's positions, at most Rank1's 16k")
 
-    info = _command(commands, "info", "what the server runs: version, models and their backends, limits")
+    info = add_command(commands, "info", "what the server runs: version, models and their backends, limits")
     info.add_argument("--json", action="store_true", help="one JSON object")
-    _client_options(info)
+    add_client_options(info)
 
-    health = _command(commands, "health", f"ask the server's grpc.health.v1 service; exit 0 when SERVING, {EXIT_NO} when "
+    health = add_command(commands, "health", f"ask the server's grpc.health.v1 service; exit 0 when SERVING, {EXIT_NO} when "
                                           f"not, {EXIT_NO_ANSWER} when the server cannot be reached")
     health.add_argument("--service", default="", help="service name (irgate.v1.Search, ...); empty for the whole server")
-    _client_options(health)
+    add_client_options(health)
 
-    collection = _command(commands, "collection", "create, list, describe, delete, export or check collections")
+    collection = add_command(commands, "collection", "create, list, describe, delete, export or check collections")
     collection_commands = collection.add_subparsers(dest="action", required=True, metavar="ACTION")
-    create = _command(collection_commands, "create", "create an empty collection")
+    create = add_command(collection_commands, "create", "create an empty collection")
     create.add_argument("name", help="collection name: letters, digits, '_' and '-'")
     create.add_argument("--precision", choices=("f16", "f32", "i8"), default="f16", help="index precision")
     create.add_argument("--exist-ok", action="store_true", help="succeed when the collection exists already")
-    _client_options(create)
+    add_client_options(create)
     for action, help in (("describe", "a collection's document count, dimension, precision and model"),
                          ("delete", "delete a collection and all its documents")):
-        sub = _command(collection_commands, action, help)
+        sub = add_command(collection_commands, action, help)
         sub.add_argument("name", help="collection name")
         if action == "describe":
             sub.add_argument("--json", action="store_true", help="one JSON object")
-        _client_options(sub)
-    export = _command(collection_commands, "export",
+        add_client_options(sub)
+    export = add_command(collection_commands, "export",
                       "write a collection's documents as a BEIR corpus file (JSONL, gzipped when FILE ends in .gz) "
                       "with their metadata, in id order; `irgate index` reads it back")
     export.add_argument("name", help="collection name")
@@ -260,46 +174,46 @@ def _parser() -> argparse.ArgumentParser:
                         help="also write each document's stored vector, which `irgate index` then stores as it is "
                              "instead of embedding the text again")
     export.add_argument("--page-size", type=_whole_number(1, "1 to 1000"), default=500, help="documents per call")
-    _client_options(export)
-    listing = _command(collection_commands, "list", "every collection with its document count")
+    add_client_options(export)
+    listing = add_command(collection_commands, "list", "every collection with its document count")
     listing.add_argument("--json", action="store_true", help="one JSON object per collection")
-    _client_options(listing)
-    check = _command(collection_commands, "check",
+    add_client_options(listing)
+    check = add_command(collection_commands, "check",
                      "verify that a collection's store and index agree (reads the files; stop the server first)")
     check.add_argument("name", help="collection name")
     check.add_argument("--data-dir", type=Path, default=Path(os.environ.get("IRGATE_DATA_DIR", "data")),
                        help="the server's --data-dir (env IRGATE_DATA_DIR)")
 
-    documents = _command(commands, "documents", "get or delete documents by id")
+    documents = add_command(commands, "documents", "get or delete documents by id")
     document_commands = documents.add_subparsers(dest="action", required=True, metavar="ACTION")
-    get = _command(document_commands, "get", "print documents as JSON lines; exit 1 if an id does not exist")
+    get = add_command(document_commands, "get", "print documents as JSON lines; exit 1 if an id does not exist")
     get.add_argument("collection", help="collection name")
     get.add_argument("ids", nargs="+", metavar="ID", help="document ids")
     get.add_argument("--vectors", action="store_true", help="include each document's stored vector")
-    _client_options(get)
-    delete = _command(document_commands, "delete", "delete documents; ids that do not exist are counted")
+    add_client_options(get)
+    delete = add_command(document_commands, "delete", "delete documents; ids that do not exist are counted")
     delete.add_argument("collection", help="collection name")
     delete.add_argument("ids", nargs="+", metavar="ID", help="document ids")
-    _client_options(delete)
+    add_client_options(delete)
 
-    index = _command(commands, "index", "upsert a BEIR corpus file (.jsonl or .jsonl.gz) into a collection; "
+    index = add_command(commands, "index", "upsert a BEIR corpus file (.jsonl or .jsonl.gz) into a collection; "
                                         "a rerun skips documents stored unchanged")
     index.add_argument("collection", help="collection name")
     index.add_argument("file", type=Path, help="BEIR corpus: one {\"_id\", \"title\", \"text\"} object per line, optionally "
                                                "with \"metadata\" (an object) and \"vector\" (stored as given, not embedded)")
     index.add_argument("--batch-size", type=BATCH_SIZE, default=128, help="documents per upsert message")
     index.add_argument("--create", action="store_true", help="create the collection if it does not exist")
-    _client_options(index)
+    add_client_options(index)
 
-    embed = _command(commands, "embed", "embed texts with the server's model")
+    embed = add_command(commands, "embed", "embed texts with the server's model")
     embed.add_argument("texts", nargs="+", metavar="TEXT", help="texts to embed")
     embed.add_argument("--query", action="store_true", help="embed the texts as queries (documents otherwise)")
     embed.add_argument("--instruction", default="", help="with --query: the instruction appended as the model was trained")
     embed.add_argument("--raw", action="store_true", help="return the pooled vectors without L2 normalisation")
     embed.add_argument("--json", action="store_true", help="one JSON object per text, with every value")
-    _client_options(embed)
+    add_client_options(embed)
 
-    search = _command(commands, "search", "search a collection, optionally reranked by the judge")
+    search = add_command(commands, "search", "search a collection, optionally reranked by the judge")
     search.add_argument("collection", help="collection name")
     search.add_argument("query", help="the query text")
     search.add_argument("--instruction", default="", help="free-text instruction, formatted as the models were trained")
@@ -314,9 +228,9 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--max-passage-tokens", type=PASSAGE_TOKENS, default=None, help=PASSAGE_HELP)
     search.add_argument("--reasoning", action="store_true", help="also show the judge's reasoning for each judged hit")
     search.add_argument("--json", action="store_true", help="one JSON object per hit, with the verdict of judged hits")
-    _client_options(search)
+    add_client_options(search)
 
-    judge = _command(commands, "judge", "ask the reasoning judge whether documents are relevant to a query")
+    judge = add_command(commands, "judge", "ask the reasoning judge whether documents are relevant to a query")
     judge.add_argument("query", help="the query text")
     judge.add_argument("--doc", action="append", required=True, metavar="TEXT", help="a passage; repeat for more")
     judge.add_argument("--instruction", default="", help="free-text instruction joined to the query")
@@ -325,11 +239,11 @@ def _parser() -> argparse.ArgumentParser:
     judge.add_argument("--reasoning", action="store_true",
                        help="also show each document's whole reasoning (the table shows its end; --json always has it)")
     judge.add_argument("--json", action="store_true", help="one JSON object per document, as each verdict is ready")
-    _client_options(judge)
+    add_client_options(judge)
 
-    bench = _command(commands, "bench", "measure speed against the naive baseline")
+    bench = add_command(commands, "bench", "measure speed against the naive baseline")
     bench_commands = bench.add_subparsers(dest="suite", required=True, metavar="SUITE")
-    bench_judge = _command(bench_commands, "judge", "in-process judge vs one-document-at-a-time generate")
+    bench_judge = add_command(bench_commands, "judge", "in-process judge vs one-document-at-a-time generate")
     bench_judge.add_argument("--model", type=Path, default=DEFAULT_MODELS / "judge", help="prepared judge folder")
     bench_judge.add_argument("--documents", type=int, default=16, help="documents judged per run")
     bench_judge.add_argument("--max-reasoning-tokens", type=int, default=64, help="reasoning budget per document")
@@ -342,7 +256,7 @@ def _parser() -> argparse.ArgumentParser:
                              help="instead: a top-N rerank (--documents) of context-length passages at the judge's default "
                                   "budget, with its passage cap and without, and a 1 MB passage's cost to the event loop")
     bench_judge.add_argument("--json", action="store_true", help="one JSON object")
-    bench_embed = _command(bench_commands, "embed", "irgate over gRPC vs raw ONNX Runtime vs sentence-transformers")
+    bench_embed = add_command(bench_commands, "embed", "irgate over gRPC vs raw ONNX Runtime vs sentence-transformers")
     bench_embed.add_argument("--model", type=Path, default=DEFAULT_MODELS / "embedder", help="prepared embedder folder")
     bench_embed.add_argument("--data", type=Path, help="a BEIR folder whose corpus to embed (default: synthetic passages)")
     bench_embed.add_argument("--documents", type=int, default=512, help="texts embedded per side")
@@ -351,11 +265,6 @@ def _parser() -> argparse.ArgumentParser:
     bench_embed.add_argument("--http", action="store_true",
                              help="instead: the OpenAI embeddings route (openai SDK) vs the gRPC Embed RPC of one server, at 1 and 16 clients")
     bench_embed.add_argument("--json", action="store_true", help="one JSON object")
-
-    from irgate.eval.cli import add_eval_commands
-
-    add_eval_commands(commands)
-    return parser
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -400,19 +309,6 @@ def _build_judge_engine(args: argparse.Namespace) -> None:
     console.print(f"judge engine built: {engine}; serve with tritonserver --model-repository {args.model_repository}")
 
 
-def _print_table(table: Table) -> None:
-    # A pipe or a file has no width of its own: 80 columns would cut the tables short.
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
-
-
-def _say(message: str) -> None:
-    """A status line on stderr, unwrapped and printed as is (it may hold brackets)."""
-    console.print(message, markup=False, highlight=False, soft_wrap=True)
-
-
-def _error(message: str) -> None:
-    """An error on stderr, unwrapped: a log or a grep finds it on one line whatever the terminal."""
-    console.print(Text("error: ", style="red") + Text(message), highlight=False, soft_wrap=True)
 
 
 def _count(number: int, noun: str) -> str:
@@ -429,7 +325,7 @@ def _info(args: argparse.Namespace) -> None:
     for key, value in dataclasses.asdict(info).items():
         # An instruction format holds a newline; shown escaped it stays one readable row.
         table.add_row(key, value.replace("\n", "\\n") if isinstance(value, str) else str(value))
-    _print_table(table)
+    print_table(table)
 
 
 def _health(args: argparse.Namespace) -> None:
@@ -461,15 +357,15 @@ def _collection(args: argparse.Namespace) -> None:
             return
         if args.action == "create":
             info = client.create_collection(args.name, precision=args.precision, exist_ok=args.exist_ok)
-            _say(f"{info.name}: {_count(info.documents, 'document')}, {info.dimension} dims, {info.precision}, model {info.model}")
+            say(f"{info.name}: {_count(info.documents, 'document')}, {info.dimension} dims, {info.precision}, model {info.model}")
             return
         if args.action == "delete":
             client.delete_collection(args.name)
-            _say(f"deleted {args.name}")
+            say(f"deleted {args.name}")
             return
         infos = [client.describe_collection(args.name)] if args.action == "describe" else client.list_collections()
     if not infos:  # on stderr, so that --json's output stays valid (no lines)
-        _say("no collections yet: create one with `irgate collection create NAME`")
+        say("no collections yet: create one with `irgate collection create NAME`")
     if args.json:
         for info in infos:
             created = info.create_time.isoformat() if info.create_time else None  # RFC 3339, as JSON has no time type
@@ -481,10 +377,10 @@ def _collection(args: argparse.Namespace) -> None:
             table.add_row(info.name, "damaged", "", "", "")
         else:
             table.add_row(info.name, str(info.documents), str(info.dimension), info.precision, info.model)
-    _print_table(table)
+    print_table(table)
     for info in infos:
         if info.state == "DAMAGED":
-            _say(info.damage)
+            say(info.damage)
 
 
 def _export(client: Client, args: argparse.Namespace) -> None:
@@ -497,7 +393,7 @@ def _export(client: Client, args: argparse.Namespace) -> None:
         with (gzip.open(partial, "wt", encoding="utf-8") if args.file.suffix == ".gz" else partial.open("w", encoding="utf-8")) as out, \
                 ProgressReport(console, f"exporting {args.name}", total, "docs") as progress:
             for page in client.list_documents(args.name, include_vectors=args.vectors, page_size=args.page_size,
-                                              timeout=_timeout(args)):
+                                              timeout=call_timeout(args)):
                 for document in page.documents:
                     row: dict[str, Any] = {"_id": document.id, "title": document.title, "text": document.text,
                                            "metadata": dict(document.metadata)}
@@ -509,7 +405,7 @@ def _export(client: Client, args: argparse.Namespace) -> None:
         partial.replace(args.file)
     finally:
         partial.unlink(missing_ok=True)
-    _say(f"exported {_count(written, 'document')} of {args.name} to {args.file}"
+    say(f"exported {_count(written, 'document')} of {args.name} to {args.file}"
          + (" with their vectors" if args.vectors else ""))
 
 
@@ -517,14 +413,14 @@ def _documents(args: argparse.Namespace) -> None:
     with _client(args) as client:
         if args.action == "delete":
             deleted, not_found = client.delete(args.collection, args.ids)
-            _say(f"deleted {deleted}; {not_found} not found")
+            say(f"deleted {deleted}; {not_found} not found")
             return
         found, missing = client.get(args.collection, args.ids, include_vectors=args.vectors)
     for document in found:
         print(json.dumps({key: value for key, value in dataclasses.asdict(document).items()
                           if key != "vector" or args.vectors}))
     if missing:
-        _say(f"not found in {args.collection}: {', '.join(missing)}")
+        say(f"not found in {args.collection}: {', '.join(missing)}")
         sys.exit(EXIT_NO)
 
 
@@ -536,8 +432,6 @@ class _Corpus:
         self.empty = 0
 
     def __iter__(self) -> Iterator[Document]:
-        from irgate.eval.beir import CORPUS_FIELDS, CORPUS_LINE, read_jsonl
-
         # A bad line raises ValueError naming the file, the line and what was expected.
         for row in read_jsonl(self.path, CORPUS_FIELDS, CORPUS_LINE):
             # A vector (as `irgate collection export --vectors` writes) is stored as it is, not embedded again.
@@ -573,8 +467,6 @@ def _holding(client: Client, collection: str) -> str:
 
 
 def _index(args: argparse.Namespace) -> None:
-    from irgate.eval.beir import CORPUS_FIELDS, CORPUS_LINE, read_jsonl
-
     # A first pass for the total that the ETA needs (reading is cheap next to embedding); it also
     # finds a bad line before anything is sent.
     total = sum(1 for _ in read_jsonl(args.file, CORPUS_FIELDS, CORPUS_LINE))
@@ -591,7 +483,7 @@ def _index(args: argparse.Namespace) -> None:
                 # One upsert per batch, so that the progress counts what the server committed, not what gRPC buffered.
                 for batch in _batches(iter(corpus), args.batch_size):
                     result = client.upsert(args.collection, batch, batch_size=args.batch_size,
-                                           timeout=_timeout(args, bulk=True))
+                                           timeout=call_timeout(args, bulk=True))
                     committed = UpsertResult(
                         upserted=committed.upserted + result.upserted, replaced=committed.replaced + result.replaced,
                         total_tokens=committed.total_tokens + result.total_tokens, documents=result.documents,
@@ -605,10 +497,10 @@ def _index(args: argparse.Namespace) -> None:
                 if isinstance(error, ValueError):
                     raise ValueError(f"{error}{stopped}") from None
                 raise IrgateError(error.code, error.message + stopped) from None
-    _say(f"upserted {committed.upserted} ({committed.replaced} replaced), {committed.unchanged} unchanged and skipped, "
+    say(f"upserted {committed.upserted} ({committed.replaced} replaced), {committed.unchanged} unchanged and skipped, "
          f"{committed.total_tokens} tokens embedded; {args.collection} holds {_count(committed.documents, 'document')}")
     if corpus.empty:
-        _say(f"{_count(corpus.empty, 'document')} without title and text: embedded as empty strings, as BEIR and MTEB do")
+        say(f"{_count(corpus.empty, 'document')} without title and text: embedded as empty strings, as BEIR and MTEB do")
 
 
 def _warn_if_not_instructable(client: Client, instruction: str) -> None:
@@ -617,7 +509,7 @@ def _warn_if_not_instructable(client: Client, instruction: str) -> None:
         return
     info = client.info()
     if not info.supports_instructions:
-        _say(f"warning: the embedder {info.model} was not trained with instructions; the instruction is appended to "
+        say(f"warning: the embedder {info.model} was not trained with instructions; the instruction is appended to "
              "the query as plain text (as MTEB does), which changes its vector and every dense score")
 
 
@@ -637,7 +529,7 @@ def _embed(args: argparse.Namespace) -> None:
     for text, embedding in zip(args.texts, embeddings):
         table.add_row(text[:60], str(embedding.tokens), str(embedding.truncated), str(len(embedding.values)),
                       " ".join(f"{value:+.4f}" for value in embedding.values[:4]) + " ...")
-    _print_table(table)
+    print_table(table)
 
 
 def _verdict_json(verdict: Verdict, reasoning: bool) -> dict[str, Any]:
@@ -653,7 +545,7 @@ def _waiting(message: str) -> Iterator[None]:
         with console.status(message):
             yield
     else:
-        _say(message)
+        say(message)
         yield
 
 
@@ -677,7 +569,7 @@ def _search(args: argparse.Namespace) -> None:
                                  return_reasoning=args.reasoning, max_passage_tokens=args.max_passage_tokens,
                                  mode=args.mode)
     if not hits:  # on stderr, so that --json's output stays valid (no lines)
-        _say(f"no hits: {args.collection} holds no document" + (" that matches every --filter" if filters else ""))
+        say(f"no hits: {args.collection} holds no document" + (" that matches every --filter" if filters else ""))
     if args.json:
         for rank, hit in enumerate(hits, 1):
             document = hit.document or Document(id=hit.id)
@@ -702,15 +594,10 @@ def _search(args: argparse.Namespace) -> None:
         scores = {"dense": hit.dense_score, "lexical": hit.lexical_score, "fused": hit.fused_score}
         table.add_row(str(rank), hit.id, *("-" if scores[stage] is None else f"{scores[stage]:.4f}" for stage in stages),
                       *judgement, snippet)
-    _print_table(table)
+    print_table(table)
     if args.reasoning:
         _print_reasoning([(f"{rank}. {hit.id}", hit.verdict) for rank, hit in enumerate(hits, 1) if hit.verdict])
 
-
-def _eval(args: argparse.Namespace) -> None:
-    from irgate.eval.cli import run_eval
-
-    run_eval(args)
 
 
 def _judge(args: argparse.Namespace) -> None:
@@ -731,7 +618,7 @@ def _judge(args: argparse.Namespace) -> None:
     for verdict in sorted(verdicts, key=lambda item: item.index):
         table.add_row(str(verdict.index), str(verdict.relevant), f"{verdict.score:.4f}", str(verdict.reasoning_tokens),
                       verdict.ended, Text(" ".join(verdict.reasoning.split())[-120:]))
-    _print_table(table)
+    print_table(table)
     if args.reasoning:
         _print_reasoning([(f"doc {verdict.index}", verdict) for verdict in sorted(verdicts, key=lambda item: item.index)])
 
@@ -771,45 +658,12 @@ def _bench(args: argparse.Namespace) -> None:
     table = Table("measure", "value")
     for key, value in result.items():
         table.add_row(key, str(value))
-    _print_table(table)
+    print_table(table)
 
 
-COMMANDS = {"serve": _serve, "prepare": _prepare, "build-judge-engine": _build_judge_engine, "info": _info,
-            "health": _health, "collection": _collection, "documents": _documents, "index": _index, "embed": _embed,
-            "search": _search, "judge": _judge, "bench": _bench, "eval": _eval}
 
 
-def _explained(error: IrgateError, args: argparse.Namespace) -> str:
-    """The server's message, with what a CLI user can do about the common failures."""
-    server = getattr(args, "server", "")
-    if error.code == grpc.StatusCode.DEADLINE_EXCEEDED and error.message.startswith("Deadline Exceeded"):
-        return (f"DEADLINE_EXCEEDED: no answer within --timeout {_timeout(args) or 0:g} s; "
-                "give the call more time with --timeout SECONDS, or --timeout 0 for no deadline")
-    if error.code == grpc.StatusCode.UNAVAILABLE and server and "handshake" in error.message.lower():
-        return (f"UNAVAILABLE: no TLS handshake with {server}: with --tls (or --ca-cert) the server must serve TLS "
-                "(`irgate serve --tls-cert ... --tls-key ...`); drop --tls for a plaintext server, or check the certificate "
-                f"({error.message})")
-    if error.code == grpc.StatusCode.UNAVAILABLE and server:
-        return f"{error}\ncannot reach irgate at {server}: is `irgate serve` running there? (set --server or IRGATE_SERVER)"
-    if error.code == grpc.StatusCode.UNAUTHENTICATED:
-        return f"{error}\nthe server wants an API key: give --api-key or set IRGATE_API_KEY"
-    return str(error)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    try:
-        COMMANDS[args.command](args)
-    # The user's to fix (a status from the server, a bad file or argument, a setting): no traceback.
-    except IrgateError as error:
-        _error(_explained(error, args))
-        sys.exit(EXIT_NO_ANSWER if error.code in NO_ANSWER else EXIT_REFUSED)
-    except (ServerSideError, ConfigError, OSError, ValueError) as error:
-        _error(str(error))
-        sys.exit(EXIT_USAGE)
-    except StartupError as error:
-        _error(str(error))
-        sys.exit(EXIT_NOT_STARTED)
-    except KeyboardInterrupt:
-        _say("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+COMMANDS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "serve": _serve, "prepare": _prepare, "build-judge-engine": _build_judge_engine, "info": _info, "health": _health,
+    "collection": _collection, "documents": _documents, "index": _index, "embed": _embed, "search": _search,
+    "judge": _judge, "bench": _bench}
