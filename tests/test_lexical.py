@@ -176,6 +176,18 @@ def test_collection_check_finds_and_rebuilds_a_lexical_index_out_of_step(mineral
         reopened.close()
 
 
+def test_the_lexical_benchmark_measures_both_ingest_sides_and_every_mode() -> None:
+    # Its side without the index leans on the collection's lexical writes by name: a rename must fail it here.
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lexical.py"), "--data", str(EXAMPLES), "--rounds", "2",
+                             "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["documents"] == 30 and report["queries"] == 12
+    ingest = report["ingest_docs_per_s"]
+    assert all(len(ingest["rounds"][side]) == 2 and min(ingest["rounds"][side]) > 0 for side in ("without", "with"))
+    assert set(report["search"]) == {f"{mode}@{clients}" for mode in ("dense", "lexical", "hybrid") for clients in (1, 16)}
+
+
 def test_milvus_answers_lexical_search_with_failed_precondition(milvus) -> None:
     from irgate.index.milvus import MilvusIndex
 
