@@ -5,24 +5,25 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import filelock
 import pytest
 
 from irgate.local_server import LocalServer
-from irgate.processes import free_port
 from irgate.models.judge import RANK1_PROMPT_TEMPLATE
+from irgate.processes import free_port
 from irgate_client import Client
+from support import REPO
+# test_cli.py, test_judge.py and test_lexical.py still import these from here.
+from support import SHARED as SHARED
+from support import judge_events as judge_events
+from support import outcomes_of as outcomes_of
+from support import wait_for as wait_for
 
-REPO = Path(__file__).resolve().parent.parent
 # Slow, deterministic conversions are cached here (git-ignored) so reruns are fast; exports under
 # test are made fresh per session so a stale cache can never hide an exporter regression.
 TEST_MODEL_CACHE = REPO / ".cache" / "test-models"
-SHARED = REPO.parent / "shared"
 
 
 def cache_lock() -> filelock.FileLock:
@@ -107,37 +108,9 @@ def local_judge(judge_folder: Path):
     asyncio.run(backend.close())
 
 
-def judge_events(backend: Any, request: Any) -> list[Any]:
-    """Every event a judge backend yields for one JudgeRequest (outcomes and reasoning deltas)."""
-
-    async def run() -> list[Any]:
-        return [event async for event in backend.judge(request)]
-
-    return asyncio.run(run())
-
-
-def outcomes_of(events: list[Any]) -> list[Any]:
-    """The outcomes among judge events, in request order."""
-    from irgate.backends.judge.rank1 import JudgeOutcome
-
-    return sorted((e for e in events if isinstance(e, JudgeOutcome)), key=lambda outcome: outcome.index)
-
-
 # ---------------------------------------------------------------------------
 # server fixtures: a real `irgate serve` process on a free loopback port
 # ---------------------------------------------------------------------------
-
-
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Seconds until condition() holds, polled every 50 ms; fails naming `what` after `timeout` seconds."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,10 @@ import pytest
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2
 
-from conftest import REPO
 from irgate.local_server import LocalServer
 from irgate_client import Client, Document
 from irgate_client.v1 import irgate_pb2 as pb
+from support import REPO
 
 
 def irgate(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

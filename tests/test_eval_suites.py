@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
 from irgate.eval.followir import ORIGINAL_INSTRUCTION, standard_measure
 from irgate.eval.pmrr import read_run
 from irgate.eval.prompts import GENERIC_PROMPTS
 from irgate.local_server import LocalServer
+from irgate.processes import free_port
 
 CORPUS = [
     {"_id": "rain", "title": "Precipitation", "text": "Rain forms when water vapour condenses into droplets."},

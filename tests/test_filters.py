@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import free_port
 from test_index import collection, engine, store, unit_vectors  # noqa: F401 - the engine-parametrised fixtures
 
 from irgate.core.index import IndexedCollection
@@ -20,6 +19,7 @@ from irgate.errors import InvalidArgument
 from irgate.filters import matches_filter, milvus_expression, parse, sqlite_where
 from irgate.index.records import DocumentRecord
 from irgate.local_server import LocalServer
+from irgate.processes import free_port
 from irgate_client import Client, Document, IrgateError
 
 # What each filter below is checked against. Dotted paths read nested objects; "v\.w" is the key "v.w".

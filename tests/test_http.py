@@ -14,8 +14,8 @@ import numpy as np
 import openai
 import pytest
 
-from conftest import free_port
 from irgate.local_server import LocalServer
+from irgate.processes import free_port
 from irgate_client import Client, Query
 
 KEY = "http-test-key"

@@ -175,7 +175,7 @@ def test_text_longer_than_a_milvus_column_is_refused(index: MilvusIndex) -> None
 
 
 def test_a_gateway_refuses_to_start_without_its_milvus(minilm_folder: Path, tmp_path: Path) -> None:
-    from conftest import free_port
+    from irgate.processes import free_port
 
     with pytest.raises(RuntimeError, match=r"cannot reach Milvus at 127\.0\.0\.1:\d+"):  # IRGATE_INDEX as --index
         LocalServer(tmp_path, ["--embedder", f"onnx:{minilm_folder}", "--judge", "none"],

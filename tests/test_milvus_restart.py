@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import free_port, wait_for
+from support import wait_for
 from test_server import PAPERS
 
 from irgate.local_server import LocalServer
+from irgate.processes import free_port
 from irgate_client import Client, Document, IrgateError
 
 pytest.importorskip("pymilvus", reason="the [milvus] extra is not installed (make test installs it)")

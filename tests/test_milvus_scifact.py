@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED
 from irgate.local_server import LocalServer
+from support import SHARED
 
 pytestmark = pytest.mark.skipif(os.environ.get("IRGATE_SOAK_MILVUS") != "1", reason="tens of minutes: make soak runs it")
 

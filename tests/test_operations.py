@@ -9,19 +9,20 @@ import os
 import re
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 
-from conftest import REPO, free_port
 from irgate.local_server import READY_PREFIX, LocalServer
 from irgate.logs import ready_address
+from irgate.processes import free_port
 from irgate_client import Client, Document, IrgateError
 from irgate_client.v1 import irgate_pb2 as pb
+from support import REPO, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +45,11 @@ def access_lines(server: LocalServer, request_id: str) -> list[dict]:
     return [entry for entry in json_logs(server) if entry["logger"] == "irgate.access" and entry["request_id"] == request_id]
 
 
-def wait_for(condition, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    return condition()
+def logged(entries: Callable[[], list[dict]], what: str) -> list[dict]:
+    """The log entries `entries` finds, once it finds some: a line is written as its call ends, a moment
+    after the client has its answer."""
+    wait_for(lambda: bool(entries()), 10, what)
+    return entries()
 
 
 # ---------------------------------------------------------------------------
@@ -72,7 +70,7 @@ def test_startup_summary_says_where_it_listens_what_runs_and_what_it_holds(ops_s
 def test_json_logs_are_json_down_to_the_line_that_says_where_it_listens(ops_server: LocalServer) -> None:
     with Client(ops_server.address, timeout=30) as client:
         client.create_collection("json-only")
-    wait_for(lambda: access_lines_of(ops_server, "CreateCollection"))
+    logged(lambda: access_lines_of(ops_server, "CreateCollection"), "the CreateCollection access line")
     plain = [line for line in ops_server.output if line.strip() and not line.startswith("{")]
     assert plain == []
     [ready] = [entry for entry in json_logs(ops_server) if entry["message"].startswith(READY_PREFIX)]
@@ -100,11 +98,11 @@ def test_one_access_line_per_request_with_the_callers_request_id(ops_server: Loc
         with pytest.raises(grpc.RpcError) as missing:
             search(pb.SearchRequest(collection="nowhere", query="rain"), metadata=(("x-request-id", "search-2"),), timeout=30)
         assert ("x-request-id", "search-2") in missing.value.trailing_metadata()
-    [searched] = wait_for(lambda: access_lines(ops_server, "search-1"))
+    [searched] = logged(lambda: access_lines(ops_server, "search-1"), "the access line of search-1")
     assert {key: searched[key] for key in ("method", "collection", "k", "rerank", "status")} == {
         "method": "Search", "collection": "logged", "k": 3, "rerank": 0, "status": "OK"}
     assert searched["ms"] > 0 and searched["peer"].startswith("ipv")
-    [failed] = wait_for(lambda: access_lines(ops_server, "search-2"))
+    [failed] = logged(lambda: access_lines(ops_server, "search-2"), "the access line of search-2")
     assert (failed["status"], failed["collection"]) == ("NOT_FOUND", "nowhere")
     assert len(access_lines(ops_server, "create-1")) == 1
 
@@ -113,9 +111,9 @@ def test_upsert_streams_log_their_collection_and_counts(ops_server: LocalServer)
     with Client(ops_server.address) as client:
         client.create_collection("logged-upsert")
         client.upsert("logged-upsert", [Document(id=str(i), text=f"Note {i}.") for i in range(5)], batch_size=2)
-    entries = wait_for(lambda: [entry for entry in json_logs(ops_server)
-                                if entry["logger"] == "irgate.access" and entry.get("collection") == "logged-upsert"
-                                and entry["method"] == "UpsertDocuments"])
+    entries = logged(lambda: [entry for entry in json_logs(ops_server)
+                              if entry["logger"] == "irgate.access" and entry.get("collection") == "logged-upsert"
+                              and entry["method"] == "UpsertDocuments"], "the UpsertDocuments access line")
     assert [(entry["upserted"], entry["unchanged"], entry["status"]) for entry in entries] == [(5, 0, "OK")]
 
 
@@ -149,7 +147,7 @@ def scrape(url: str) -> str:
 
 def scrape_until(url: str, expected: str) -> str:
     """The metrics once they hold `expected`: a call is counted as it ends, a moment after the client has its answer."""
-    wait_for(lambda: expected in scrape(url))
+    wait_for(lambda: expected in scrape(url), 10, f"{expected!r} in the metrics")
     return scrape(url)
 
 

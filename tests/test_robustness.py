@@ -25,8 +25,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from conftest import free_port
 from irgate.local_server import LocalServer
+from irgate.processes import free_port
 from irgate_client import Client, IrgateError
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc

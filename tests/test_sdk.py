@@ -7,8 +7,8 @@ import asyncio
 import grpc
 import pytest
 
-from conftest import free_port
 from irgate.local_server import LocalServer
+from irgate.processes import free_port
 from irgate_client import AsyncClient, Client, Document, IrgateError, Query
 
 ABSTRACTS = [

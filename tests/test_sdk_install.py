@@ -6,8 +6,8 @@ import subprocess
 import venv
 from pathlib import Path
 
-from conftest import REPO
 from irgate.local_server import LocalServer
+from support import REPO
 
 SCRIPT = """
 import sys, importlib.util

@@ -11,11 +11,11 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from conftest import free_port
 from test_server import PAPERS
 from test_tracing import Receiver, _traceparent, receiver  # noqa: F401 - the real OTLP receiver fixture
 
 from irgate.local_server import LocalServer
+from irgate.processes import free_port
 from irgate_client import Client, Document, IrgateError, SearchQuery
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from conftest import free_port
 from irgate.local_server import LocalServer
+from irgate.processes import free_port
 from irgate_client import Client, Document
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc

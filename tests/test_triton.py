@@ -31,8 +31,8 @@ from irgate.backends.triton_judge import FINAL_PARAMETER, decode_stream_response
 from irgate.core.tokenization import pad_batch
 from irgate.errors import FailedPrecondition, InvalidArgument, Unavailable
 from irgate.models import triton as triton_models
-from conftest import free_port
 from irgate.local_server import LocalServer
+from irgate.processes import free_port
 from irgate_client import Client, IrgateError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,0 +1,39 @@
+"""What tests share besides fixtures (those are conftest.py's): the repository's paths, a bounded
+wait, and the judge backends' events collected for one request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"  # the data sets and models that the slow tests read, beside the checkout
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until condition() holds, polled every 50 ms; fails naming `what` after `timeout` seconds."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def judge_events(backend: Any, request: Any) -> list[Any]:
+    """Every event a judge backend yields for one JudgeRequest (outcomes and reasoning deltas)."""
+
+    async def run() -> list[Any]:
+        return [event async for event in backend.judge(request)]
+
+    return asyncio.run(run())
+
+
+def outcomes_of(events: list[Any]) -> list[Any]:
+    """The outcomes among judge events, in request order."""
+    from irgate.backends.judge.rank1 import JudgeOutcome
+
+    return sorted((e for e in events if isinstance(e, JudgeOutcome)), key=lambda outcome: outcome.index)
