@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from conftest import judge_events, outcomes_of
+from support import judge_events, outcomes_of, wait_for
 
 from irgate.backends.judge.contract import JudgeBackend, JudgeRequest, PassageText
 from irgate.backends.judge.engine import EngineLimits, JudgeEngine
@@ -32,7 +32,7 @@ from irgate.backends.judge.rank1 import (
     prompt_limit,
 )
 from irgate.bench.judge import PAIRS, QUERY, benchmark_request, naive_judge, request_prompts
-from irgate.errors import InvalidArgument, Unavailable
+from irgate.errors import InvalidArgument, IrgateError, Unavailable
 from irgate.models.judge import (
     DEFAULT_JUDGE_NAME,
     RANK1_MAX_PASSAGE_TOKENS,
@@ -161,7 +161,7 @@ def test_budget_zero_is_forced_at_once(local_judge: LocalJudge, reference) -> No
     outcomes = outcomes_of(judge_events(local_judge, call))
     naive = naive_judge(*reference, local_judge.manifest, request_prompts(local_judge.manifest, call), 0)
     assert [o.index for o in outcomes] == [0, 1, 2]
-    for outcome, verdict in zip(outcomes, naive):
+    for outcome, verdict in zip(outcomes, naive, strict=True):
         assert (outcome.ended, outcome.reasoning_tokens, outcome.reasoning) == ("forced", 0, "")
         assert outcome.score == pytest.approx(verdict.score, abs=1e-5)
 
@@ -203,7 +203,7 @@ def test_concurrent_calls_are_batched_and_judge_like_one_at_a_time(local_judge: 
 
     results = asyncio.run(run())
     forwards = engine.stats.forward_passes - before
-    for call, outcomes in zip(calls, results):
+    for call, outcomes in zip(calls, results, strict=True):
         naive = naive_judge(*reference, local_judge.manifest, request_prompts(local_judge.manifest, call), 12)
         _assert_like_naive(outcomes, naive)
     # One at a time, the three stories alone would take 3 x 12 decode steps.
@@ -218,7 +218,8 @@ def test_answered_path_scores_from_answer_step(few_shot_folder: Path, reference)
     ), 48)
     outcomes = outcomes_of(judge_events(backend, call))
     naive = naive_judge(*reference, backend.manifest, request_prompts(backend.manifest, call), 48)
-    for outcome, verdict in zip(outcomes, naive):
+    assert len(outcomes) == 2
+    for outcome, verdict in zip(outcomes, naive, strict=True):
         assert outcome.ended == verdict.ended == "answered"
         assert outcome.reasoning == verdict.reasoning
         assert "</think>" not in outcome.reasoning
@@ -227,7 +228,7 @@ def test_answered_path_scores_from_answer_step(few_shot_folder: Path, reference)
 
     async def close_mid_batch() -> None:
         stream = backend.judge(request([STORY], 2000, query="cats", stream=True))
-        await stream.__anext__()
+        await asyncio.wait_for(stream.__anext__(), 120)
         closing = asyncio.create_task(backend.close())
         with pytest.raises(Unavailable, match="closed while judging"):
             async for _ in stream:
@@ -238,6 +239,30 @@ def test_answered_path_scores_from_answer_step(few_shot_folder: Path, reference)
     assert not asyncio.run(backend.ready())
     with pytest.raises(Unavailable):
         judge_events(backend, call)
+
+
+def test_a_shared_prefix_judges_as_computing_each_prompt_whole(local_judge: LocalJudge, reference) -> None:
+    """A request's query and instruction are computed once and copied into each document's slot:
+    the verdicts are the naive loop's, with fewer prompt tokens computed than without sharing."""
+    instruction = "Only passages about human studies count; ignore mouse and cell studies. " * 4
+    call = JudgeRequest(PAIRS[0][0], instruction, tuple(PassageText("", evidence) for _, evidence in PAIRS[:5]), 6)
+    engine = local_judge.engine
+    assert engine is not None
+    tokens = []
+    results = []
+    try:
+        for share in (True, False):
+            local_judge.share_prefixes = share
+            before = engine.stats.prefill_tokens
+            results.append(outcomes_of(judge_events(local_judge, call)))
+            tokens.append(engine.stats.prefill_tokens - before)
+    finally:
+        local_judge.share_prefixes = True
+    naive = naive_judge(*reference, local_judge.manifest, request_prompts(local_judge.manifest, call), 6)
+    for outcomes in results:
+        _assert_like_naive(outcomes, naive)
+    # The instruction is about 60 tokens: four documents fewer compute it.
+    assert tokens[0] < tokens[1] - 4 * 50
 
 
 def test_streaming_in_completion_order(local_judge: LocalJudge) -> None:
@@ -259,10 +284,7 @@ def test_streaming_in_completion_order(local_judge: LocalJudge) -> None:
 
 
 def _idle(judge: LocalJudge, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while judge.busy and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not judge.busy
+    wait_for(lambda: not judge.busy, timeout, "the judge going idle")
 
 
 def test_cancel_during_decoding_stops_the_engine(local_judge: LocalJudge) -> None:
@@ -295,12 +317,12 @@ def small_engine(judge_folder: Path):
 
 
 def _generation(engine: JudgeEngine, prompt: list[int], tokens: int, group: object, end_id: int = -1) -> tuple:
-    """engine.generate with its tokens and ending collected; returns (handle, tokens, finished event, reasons)."""
+    """engine.generate with its tokens and ending collected; returns (handle, tokens, finished event, endings)."""
     produced: list[int] = []
-    reasons: list[str] = []
+    reasons: list[str | IrgateError] = []
     done = threading.Event()
 
-    def finish(reason: str) -> None:
+    def finish(reason: str | IrgateError) -> None:
         reasons.append(reason)
         done.set()
 
@@ -313,8 +335,7 @@ def test_a_small_request_is_served_while_a_big_one_runs(small_engine: JudgeEngin
     tokenizer = small_engine.tokenizer
     prompt = list(tokenizer(judge_prompt(small_engine.manifest, "cats", "", "", STORY))["input_ids"])
     big = [_generation(small_engine, prompt, 200, "big") for _ in range(12)]  # 3x the row limit
-    while small_engine.stats.running_rows < 4:
-        time.sleep(0.01)
+    wait_for(lambda: small_engine.stats.running_rows >= 4, 60, "the big request filling the rows")
     _, small_tokens, small_done, small_reasons = _generation(small_engine, prompt, 3, "small")
     assert small_done.wait(120)
     assert small_reasons == ["length"] and len(small_tokens) == 3
@@ -331,8 +352,7 @@ def test_cancel_during_prefill_frees_capacity_within_a_chunk(small_engine: Judge
     long_prompt = list(tokenizer(judge_prompt(small_engine.manifest, "cats", "", "", STORY * 60))["input_ids"])
     assert len(long_prompt) > 800  # with 64-token chunks: many prefill forwards
     handles = [_generation(small_engine, long_prompt, 8, "long") for _ in range(3)]
-    while small_engine.stats.prefill_tokens == 0:
-        time.sleep(0.005)
+    wait_for(lambda: small_engine.stats.prefill_tokens > 0, 60, "the prefill starting")
     forwards = small_engine.stats.forward_passes
     for handle, *_ in handles:
         handle.cancel()
@@ -423,35 +443,6 @@ def test_a_megabyte_passage_is_cut_by_characters_before_tokenising(local_judge: 
     assert fitted.truncated and passage_tokens(recording.tokenizer, fitted.text) <= 100
     # What was tokenised is bounded by the cap (a few kilobytes), not by the passage.
     assert recording.longest < 4096
-
-
-def test_growing_kv_cache_holds_what_transformers_dynamic_cache_holds() -> None:
-    """The engine's cache appends into spare columns instead of copying the whole cache each
-    step; attention must still see exactly DynamicLayer's keys and values."""
-    import torch
-    from transformers.cache_utils import DynamicLayer
-
-    from irgate.backends.judge.kv_cache import GrowingLayer
-
-    grown, plain = GrowingLayer(), DynamicLayer()
-
-    def append(width: int) -> None:
-        keys, values = torch.randn(3, 2, width, 4), torch.randn(3, 2, width, 4)
-        for got, want in zip(grown.update(keys, values), plain.update(keys, values)):
-            assert torch.equal(got, want)
-
-    for width in (5, 1, 30, 1):
-        append(width)
-    storage = grown.keys.untyped_storage().data_ptr()
-    append(1)
-    assert grown.keys.untyped_storage().data_ptr() == storage  # written in place, not copied
-    # The engine assigns keys and values when rows leave; the layer takes them as its content.
-    for layer in (grown, plain):
-        layer.keys, layer.values = layer.keys[[0, 2]], layer.values[[0, 2]]
-    keys, values = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
-    for got, want in zip(grown.update(keys, values), plain.update(keys, values)):
-        assert torch.equal(got, want)
-    assert grown.get_seq_length() == plain.get_seq_length() == 39
 
 
 def test_loading_the_judge_draws_no_progress_bar(judge_folder: Path, capfd: pytest.CaptureFixture[str]) -> None:

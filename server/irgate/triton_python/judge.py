@@ -30,6 +30,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from irgate.backends.judge.engine import JudgeEngine
+from irgate.backends.judge.errors import EngineClosed
 from irgate.backends.triton_judge import (
     END_ID,
     EXCLUDE_INPUT_IN_OUTPUT,
@@ -223,17 +224,18 @@ class Model:
         if logits is not None:
             flight.logits.append(logits)
 
-    def _on_finish(self, flight: _InFlight, reason: str) -> None:
+    def _on_finish(self, flight: _InFlight, outcome: str | IrgateError) -> None:
+        """`outcome`: "length", "end_id", "cancelled", or the engine's typed error."""
         with self._lock:
             group = self._in_flight.get(flight.request_id, [])
             if flight in group:
                 group.remove(flight)
             if not group:
                 self._in_flight.pop(flight.request_id, None)
-        ended = flight.stopped_by or reason.split(":", 1)[0]
+        ended = flight.stopped_by or (outcome if isinstance(outcome, str) else "failed")
         self._ended.get(ended, self._ended["failed"]).increment(1)
-        if ended == "failed" or ended == "closed":
-            message = "the judge model is unloading" if reason == "closed" else f"the judge model {reason}"
+        if isinstance(outcome, IrgateError) and not flight.stopped_by:
+            message = "the judge model is unloading" if isinstance(outcome, EngineClosed) else f"the judge model failed: {outcome}"
             self._send(flight, error_response(message), final=True)
         elif flight.streaming and ended == "end_id" and flight.logits:
             # The last step's logits go with the final response (sequence_length 0).

@@ -1,88 +1,89 @@
 """The in-process judge: Rank1 or one-step sequences on the continuous-batching engine, bridged to asyncio.
 
-Why transformers with our own scheduler (measured on a 2-core CPU with SmolLM2-135M, 16
-documents, one query, 64-token budget, against a naive per-document generate + scoring forward):
-- transformers with a shared-prefix KV cache, batched decoding and scoring from the kept cache:
-  4-5x naive with p(true) within 1.5e-6;
-- onnxruntime-genai fp32: 3.0-3.3x (its batching mishandles left padding); int4: 6x but p(true)
-  off by 0.32, i.e. not the model any more;
-- llama.cpp Q4_1: about 4x, p(true) off by 0.02-0.14, and no wheel (source build only).
-Transformers keeps the weights exact and hands over the KV cache as tensors, so one scheduler
-can batch documents of every request, drop finished ones, score an answer from logits it already
-has, stop cancelled work between forwards and score forced answers from the kept cache.
+Transformers with irgate's own engine (not onnxruntime-genai or llama.cpp, see docs/judge-engine.md
+for what was measured): the weights stay exact and the KV cache is plain tensors, so one engine can
+batch the documents of every request, share a request's prompt prefix, drop finished rows, score
+an answer from logits it already has, stop cancelled work between forwards and score forced
+answers from the kept cache.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from irgate import tracing
 from irgate.backends.judge import families, rank1
 from irgate.backends.judge.contract import JudgeRequest
-from irgate.backends.judge.engine import DONE, Action, EngineLimits, JudgeEngine, Rewrite
-from irgate.backends.judge.rank1 import Ended, FittedPrompt, JudgeEvent, JudgeOutcome, Judgement
-from irgate.errors import ResourceExhausted, Unavailable
-
+from irgate.backends.judge.engine import EngineLimits, JudgeEngine
+from irgate.backends.judge.errors import EngineClosed
+from irgate.backends.judge.rank1 import FittedPrompt, JudgeEvent, JudgeOutcome, Phase, Rank1Document
+from irgate.backends.judge.sequence import DONE, Action, FinishReason, Rewrite
+from irgate.errors import IrgateError
 
 _INLINE_FIT_CHARACTERS = 16_384
 
+Emit = Callable[[JudgeEvent | IrgateError], None]
+
+
+class _Timeline:
+    """When a document reached each stage, for its trace spans once it is judged."""
+
+    def __init__(self) -> None:
+        self.trace = tracing.current()
+        self.submitted_ns = tracing.now_ns()
+        self.admitted_ns = self.prefilled_ns = 0
+
+    def record(self, index: int) -> None:
+        now = tracing.now_ns()
+        stages = {"judge queue": (self.submitted_ns, self.admitted_ns), "prefill": (self.admitted_ns, self.prefilled_ns or now)}
+        if self.prefilled_ns:
+            stages["decode"] = (self.prefilled_ns, now)
+        tracing.record(self.trace, stages, document=index)
+
 
 class _Rank1Sequence:
-    """One document on the engine: reasoning under Rank1's stops, then the answer or a forced one."""
+    """One document on the engine under Rank1's policy: reasoning, then the answer or a forced one."""
 
     wants_logits = False
+    rewrite_slack = rank1.FORCED_SLACK_TOKENS
 
-    def __init__(self, judge: LocalJudge, index: int, prompt: FittedPrompt, budget: int, stream: bool, emit: Any) -> None:
+    def __init__(self, judge: LocalJudge, index: int, prompt: FittedPrompt, budget: int, stream: bool, emit: Emit) -> None:
         self._judge = judge
-        self._judgement = Judgement(index, prompt)
-        self._budget = budget
-        self._stream = stream
+        self._document = Rank1Document(index, prompt, budget, judge.manifest, judge._decode_ids, stream)
         self._emit = emit
+        self._timeline = _Timeline()
         self.max_new_tokens = budget
-        self._ended: Ended | None = None
-        # The call's trace and when this document reached each stage, for its spans once it is judged.
-        self._trace = tracing.current()
-        self._submitted_ns = tracing.now_ns()
-        self._admitted_ns = self._prefilled_ns = 0
-        if budget == 0:  # nothing to reason: the prompt is the forced one, its next token the answer
-            self._ended = "forced"
-            self.prompt_ids = judge._encode(self._judgement.forced_text(judge.manifest))
-        else:
-            self.prompt_ids = prompt.ids
+        # A budget of 0 starts forced: the prompt is the forced text, its next token the answer.
+        self._forcing = self._document.phase is Phase.FORCING
+        self.prompt_ids = judge._encode(self._document.forced_text()) if self._forcing else prompt.ids
 
     def admitted(self) -> None:
-        self._admitted_ns = tracing.now_ns()
+        self._timeline.admitted_ns = tracing.now_ns()
 
     def advance(self, token: int, scores: Sequence[float], logits: Any) -> Action:
-        manifest = self._judge.manifest
-        self._prefilled_ns = self._prefilled_ns or tracing.now_ns()
-        if self._ended is not None:  # this step read the forced answer
-            self._finish(rank1.p_true(*scores), self._ended)
-            return DONE
-        step = self._judgement.feed(token, manifest, self._budget, self._judge._decode_ids)
-        if step == "answered":  # the logits that chose the answer token score it
-            self._finish(rank1.p_true(*scores), "answered")
-            return DONE
-        if step == "going":
-            if self._stream and (delta := self._judgement.delta(manifest)):
-                self._emit(delta)
-            return None
-        self._ended = rank1.ended_by(step)
-        return Rewrite(self._judge._encode(self._judgement.forced_text(manifest)))
+        self._timeline.prefilled_ns = self._timeline.prefilled_ns or tracing.now_ns()
+        if self._forcing:  # this step read the forced answer
+            return self._send(self._document.forced_answer(scores))
+        events = self._document.generated(token, scores)
+        if self._document.phase is Phase.FORCING:
+            self._forcing = True
+            return Rewrite(self._judge._encode(self._document.forced_text()))
+        return self._send(events)
 
-    def end(self, reason: str) -> None:
-        if reason != "cancelled":  # a cancelled call has nobody listening
-            self._emit(reason)
+    def end(self, reason: FinishReason, error: IrgateError | None) -> None:
+        if error is not None:  # a cancelled call has nobody listening
+            self._emit(error)
 
-    def _finish(self, score: float, ended: Ended) -> None:
-        stages = {"judge queue": (self._submitted_ns, self._admitted_ns), "prefill": (self._admitted_ns, self._prefilled_ns),
-                  "decode": (self._prefilled_ns, tracing.now_ns())}
-        tracing.record(self._trace, stages, document=self._judgement.index)
-        for event in self._judgement.finish(score, ended, self._stream):
+    def _send(self, events: list[JudgeEvent]) -> Action:
+        for event in events:
             self._emit(event)
+        if self._document.phase is Phase.DONE:
+            self._timeline.record(self._document.judgement.index)
+            return DONE
+        return None
 
 
 class _OneStepSequence:
@@ -90,29 +91,27 @@ class _OneStepSequence:
 
     wants_logits = False
     max_new_tokens = 0
+    rewrite_slack = 0
 
-    def __init__(self, judge: LocalJudge, index: int, prompt: FittedPrompt, emit: Any) -> None:
+    def __init__(self, judge: LocalJudge, index: int, prompt: FittedPrompt, emit: Emit) -> None:
         self._judge = judge
         self._index = index
-        self._truncated = prompt.truncated
+        self._prompt = prompt
         self._emit = emit
+        self._timeline = _Timeline()
         self.prompt_ids = prompt.ids
-        self._trace = tracing.current()
-        self._submitted_ns = tracing.now_ns()
-        self._admitted_ns = 0
 
     def admitted(self) -> None:
-        self._admitted_ns = tracing.now_ns()
+        self._timeline.admitted_ns = tracing.now_ns()
 
     def advance(self, token: int, scores: Sequence[float], logits: Any) -> Action:
-        stages = {"judge queue": (self._submitted_ns, self._admitted_ns), "prefill": (self._admitted_ns, tracing.now_ns())}
-        tracing.record(self._trace, stages, document=self._index)
-        self._emit(JudgeOutcome(self._index, families.score(self._judge.manifest, *scores), "", 0, "scored", self._truncated))
+        self._timeline.record(self._index)
+        self._emit(families.one_step_verdict(self._judge.manifest, self._index, self._prompt, scores))
         return DONE
 
-    def end(self, reason: str) -> None:
-        if reason != "cancelled":
-            self._emit(reason)
+    def end(self, reason: FinishReason, error: IrgateError | None) -> None:
+        if error is not None:
+            self._emit(error)
 
 
 class LocalJudge:
@@ -128,6 +127,9 @@ class LocalJudge:
         self.device = str(self.engine.device)
         self._tokenizer = self.engine.tokenizer
         self._decode_ids = rank1.decoder(self._tokenizer)
+        # Compute a request's common prompt prefix (template, query, instruction) once for all
+        # its documents; the benchmark turns it off to measure what it saves.
+        self.share_prefixes = True
 
     @property
     def busy(self) -> bool:
@@ -136,7 +138,8 @@ class LocalJudge:
         return engine is not None and (engine.stats.running_rows > 0 or engine.stats.waiting_sequences > 0)
 
     async def ready(self) -> bool:
-        return self.engine is not None
+        """False once closed, or once the engine stopped serving after repeated failed steps."""
+        return self.engine is not None and self.engine.ready
 
     async def close(self) -> None:
         engine, self.engine = self.engine, None
@@ -146,7 +149,7 @@ class LocalJudge:
     async def judge(self, request: JudgeRequest) -> AsyncIterator[JudgeEvent]:
         engine = self.engine
         if engine is None:
-            raise Unavailable(f"judge {self.manifest.name} is closed")
+            raise EngineClosed(f"judge {self.manifest.name} is closed")
         if not request.passages:
             return
         # Long passages are tokenised off the event loop; short ones (a millisecond or two) on it,
@@ -156,9 +159,9 @@ class LocalJudge:
         else:
             prompts = await asyncio.to_thread(self._fit, request)
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[JudgeEvent | str] = asyncio.Queue()
+        events: asyncio.Queue[JudgeEvent | IrgateError] = asyncio.Queue()
 
-        def emit(event: JudgeEvent | str) -> None:
+        def emit(event: JudgeEvent | IrgateError) -> None:
             try:
                 loop.call_soon_threadsafe(events.put_nowait, event)
             except RuntimeError:  # the loop closed: nobody is listening any more
@@ -172,13 +175,13 @@ class LocalJudge:
                 _Rank1Sequence(self, index, prompt, request.budget, request.stream_reasoning, emit)
                 for index, prompt in enumerate(prompts)
             ]
-        handle = engine.submit(sequences)
+        handle = engine.submit(sequences, share_prefix=self.share_prefixes)
         remaining = len(sequences)
         try:
             while remaining:
                 event = await events.get()
-                if isinstance(event, str):
-                    raise _failure(self.manifest.name, event)
+                if isinstance(event, IrgateError):
+                    raise event
                 if isinstance(event, JudgeOutcome):
                     remaining -= 1
                 yield event
@@ -197,10 +200,3 @@ class LocalJudge:
     def _encode(self, text: str) -> list[int]:
         return list(self._tokenizer(text)["input_ids"])
 
-
-def _failure(name: str, reason: str) -> Exception:
-    if reason == "closed":
-        return Unavailable(f"judge {name} was closed while judging")
-    if "out of memory" in reason:
-        return ResourceExhausted(f"judge {name}: {reason.removeprefix('failed: ')}")
-    return Unavailable(f"judge {name} failed: {reason.removeprefix('failed: ')}")
