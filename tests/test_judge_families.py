@@ -28,12 +28,11 @@ import torch
 from tokenizers import processors
 
 from irgate.backends.judge import families
-from irgate.backends.judge.contract import JudgeRequest, PassageText
+from irgate.backends.judge.manifest import JudgeManifest
 from irgate.backends.judge.engine import EngineLimits
 from irgate.backends.judge.local import LocalJudge
-from irgate.backends.judge.rank1 import JudgeOutcome
+from irgate.domain.judging import JudgeRequest, PassageText, Verdict
 from irgate.local_server import LocalServer
-from irgate.models.judge import JudgeManifest
 from irgate_client import Client, Document, IrgateError
 from tiny_models import byte_tokenizer, save_model
 
@@ -403,7 +402,7 @@ def test_the_engine_runs_one_forward_for_many_documents(family) -> None:
         before = judge.engine.stats.forward_passes
         request = JudgeRequest(QUERY, "", tuple(PassageText("", passage) for passage in PASSAGES), 0)
 
-        async def run() -> list[JudgeOutcome]:
+        async def run() -> list[Verdict]:
             return [event async for event in judge.judge(request)]
 
         outcomes = asyncio.run(run())
@@ -460,7 +459,7 @@ def test_triton_cpu_flavour_gives_the_in_process_scores(triton_judges, stream: b
         address = f"triton://{triton.address}/judge_{preset}" + ("" if stream else "_unary?stream=0")
         remote, local = TritonJudge(address, folder), LocalJudge(folder, threads=1)
 
-        async def run(backend) -> list[JudgeOutcome]:
+        async def run(backend) -> list[Verdict]:
             return sorted([event async for event in backend.judge(request)], key=lambda outcome: outcome.index)
 
         try:

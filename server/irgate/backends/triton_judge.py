@@ -35,13 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from irgate.backends.judge import families, rank1
-from irgate.backends.judge.contract import JudgeRequest
-from irgate.backends.judge.rank1 import Ended, FittedPrompt, JudgeEvent, JudgeOutcome, Judgement, decoder, p_true
+from irgate.backends.judge import families
+from irgate.backends.judge.manifest import JudgeManifest
+from irgate.backends.judge.rank1 import FittedPrompt, Phase, Rank1Document, decoder
 from irgate.backends.triton import RetryPolicy, TritonClient, parse_address
 from irgate.backends.triton_embedder import TensorSpec
+from irgate.domain.judging import JudgeEvent, JudgeRequest, Verdict
 from irgate.errors import FailedPrecondition, IrgateError, Unavailable
-from irgate.models.judge import JudgeManifest
 
 # The tensor contract of model_repository/judge/config.pbtxt: the names, types and request
 # shapes (batch first) of TensorRT-LLM's `tensorrt_llm` model (NVIDIA/TensorRT-LLM
@@ -120,15 +120,19 @@ def decode_stream_response(message: Any) -> StreamStep:
     return decode_infer_response(message.infer_response, final_default=False)
 
 
-@dataclass
-class _Doc(Judgement):
-    """A document's Rank1 state plus where its Triton requests stand."""
+@dataclass(eq=False)
+class _Doc:
+    """One document's Triton requests: under its Rank1 policy, or (a one-step judge: `rank1` None)
+    one scored step of its prompt."""
 
-    # None while generating; "answered" with its score; "force" when a forced step is needed.
-    state: str | None = None
-    score: float = 0.5
+    index: int
+    prompt: FittedPrompt
+    rank1: Rank1Document | None
     done: bool = False
-    ended: Ended = "forced"  # how a forced document ended: budget or EOS
+
+    @property
+    def reasoning(self) -> bool:
+        return self.rank1 is not None and self.rank1.phase is Phase.REASONING
 
 
 class TritonJudge:
@@ -178,34 +182,31 @@ class TritonJudge:
     async def judge(self, request: JudgeRequest) -> AsyncIterator[JudgeEvent]:
         if not request.passages:
             return
-        max_reasoning_tokens, stream_reasoning = request.budget, request.stream_reasoning
         self._client.client()  # raises Unavailable when closed
         prompts = await asyncio.to_thread(self._fit, request)
-        docs = [_Doc(index, prompt) for index, prompt in enumerate(prompts)]
-        if families.one_step(self.manifest):
-            # One step: no reasoning; each prompt runs for one output token whose generation
-            # logits are the last prompt position's, scored by the family's rule.
-            max_reasoning_tokens, stream_reasoning = 0, False
-            for doc in docs:
-                doc.ended = families.SCORED
+        # A one-step judge reasons nothing: each prompt runs for one output token, whose generation
+        # logits are the last prompt position's, scored by the family's rule.
+        one_step = families.one_step(self.manifest)
+        budget = 0 if one_step else request.budget
+        docs = [
+            _Doc(index, prompt, None if one_step else Rank1Document(
+                index, prompt, budget, self.manifest, self._decode_ids, request.stream_reasoning))
+            for index, prompt in enumerate(prompts)
+        ]
         self._running += 1
         self._calls += 1
         try:
             if self.streaming:
-                call = f"{self._gateway}.{self._calls}"
-                events = self._judge_streaming(docs, max_reasoning_tokens, stream_reasoning, call)
+                events = self._judge_streaming(docs, budget, f"{self._gateway}.{self._calls}")
             else:
-                events = self._judge_unary(docs, max_reasoning_tokens, stream_reasoning)
+                events = self._judge_unary(docs, budget)
             async with _closing(events):
                 async for event in events:
                     yield event
         finally:
             self._running -= 1
 
-    # ---- Rank1's rules, token by token -------------------------------------------------
-
-    def _encode(self, texts: list[str]) -> list[list[int]]:
-        return [list(row) for row in self._tokenizer(texts)["input_ids"]]
+    # ---- each document's policy, step by step ---------------------------------------------
 
     def _fit(self, request: JudgeRequest) -> list[FittedPrompt]:
         return [
@@ -216,48 +217,49 @@ class TritonJudge:
             for p in request.passages
         ]
 
-    def _feed(self, doc: _Doc, token: int, logits: np.ndarray | None, budget: int, stream: bool) -> list[JudgeEvent]:
-        """Apply one generated token; returns deltas to emit. Sets doc.state when the document ends."""
-        step = doc.feed(token, self.manifest, budget, self._decode_ids)
-        if step == "answered":
-            if logits is None:
-                raise FailedPrecondition(
-                    f"{self.address} returned no generation logits: build the engine with --gather_generation_logits"
-                )
-            doc.state = "answered"
-            doc.score = p_true(logits[self.manifest.true_token_id], logits[self.manifest.false_token_id])
-            return []
-        if step in ("budget", "eos"):
-            doc.state = "force"
-            doc.ended = rank1.ended_by(step)
-            return []
-        delta = doc.delta(self.manifest) if stream else None
-        return [delta] if delta else []
+    def _scores(self, row: np.ndarray) -> tuple[float, float]:
+        return float(row[self.manifest.true_token_id]), float(row[self.manifest.false_token_id])
 
-    def _ended_early(self, doc: _Doc) -> None:
-        """The server finished the request before the budget without an answer: it stopped at
-        end_id and did not return it. Count the EOS as the local judge does, then force."""
-        doc.generated.append(self.manifest.eos_token_id)
-        doc.state = "force"
-        doc.ended = "forced_eos"
+    def _generated(self, doc: _Doc, step: StreamStep) -> list[JudgeEvent]:
+        """A response's generated tokens through the document's policy, until it stops reasoning;
+        a final response that leaves it reasoning stopped at EOS."""
+        assert doc.rank1 is not None
+        if step.tokens and (step.logits is None or len(step.logits) < len(step.tokens)):
+            raise FailedPrecondition(
+                f"{self.address} returned no generation logits: build the engine with --gather_generation_logits"
+            )
+        events: list[JudgeEvent] = []
+        for k, token in enumerate(step.tokens):
+            assert step.logits is not None
+            events.extend(doc.rank1.generated(token, self._scores(step.logits[k])))
+            if doc.rank1.phase is not Phase.REASONING:
+                break
+        if doc.rank1.phase is Phase.REASONING and step.final:
+            doc.rank1.stopped()
+        doc.done = doc.rank1.phase is Phase.DONE
+        return events
 
     async def _forced_ids(self, doc: _Doc) -> list[int]:
-        if families.one_step(self.manifest):  # the prompt's last position is the scored one
+        if doc.rank1 is None:  # one step: the prompt's last position is the scored one
             return doc.prompt.ids
         # A prompt can hold thousands of tokens: tokenise off the event loop.
-        return (await asyncio.to_thread(self._encode, [doc.forced_text(self.manifest)]))[0]
+        return await asyncio.to_thread(self._encode, doc.rank1.forced_text())
 
-    def _finish(self, doc: _Doc, score: float, ended: Ended, stream: bool) -> list[JudgeEvent]:
-        doc.done = True
-        return doc.finish(score, ended, stream)
+    def _encode(self, text: str) -> list[int]:
+        return list(self._tokenizer(text)["input_ids"])
 
-    def _forced_score(self, step: StreamStep) -> float:
+    def _forced(self, doc: _Doc, step: StreamStep) -> list[JudgeEvent]:
+        """The verdict from the step after the forced text (one step: after the prompt)."""
         if step.logits is None or len(step.logits) == 0:
             raise FailedPrecondition(
                 f"{self.address} returned no generation logits for the forced answer: build the engine with "
                 "--gather_generation_logits and keep return_generation_logits in the model config"
             )
-        return families.score(self.manifest, step.logits[0][self.manifest.true_token_id], step.logits[0][self.manifest.false_token_id])
+        scores = self._scores(step.logits[0])
+        doc.done = True
+        if doc.rank1 is None:
+            return [families.one_step_verdict(self.manifest, doc.index, doc.prompt, scores)]
+        return doc.rank1.forced_answer(scores)
 
     # ---- requests ------------------------------------------------------------------------
 
@@ -297,25 +299,18 @@ class TritonJudge:
         )
         return decode_infer_response(result.get_response())
 
-    async def _judge_one(self, doc: _Doc, budget: int, stream: bool, limit: asyncio.Semaphore) -> list[JudgeEvent]:
+    async def _judge_one(self, doc: _Doc, budget: int, limit: asyncio.Semaphore) -> list[JudgeEvent]:
         async with limit:
-            if budget > 0:
-                step = await self._generate(doc.prompt.ids, budget, "generate")
-                for k, token in enumerate(step.tokens):
-                    row = step.logits[k] if step.logits is not None and k < len(step.logits) else None
-                    self._feed(doc, token, row, budget, stream=False)
-                    if doc.state is not None:
-                        break
-                if doc.state is None:
-                    self._ended_early(doc)
-            if doc.state == "answered":
-                return self._finish(doc, doc.score, "answered", stream)
-            forced = await self._generate(await self._forced_ids(doc), 1, "forced answer")
-            return self._finish(doc, self._forced_score(forced), doc.ended, stream)
+            events: list[JudgeEvent] = []
+            if doc.reasoning:
+                events = self._generated(doc, await self._generate(doc.prompt.ids, budget, "generate"))
+            if not doc.done:
+                events.extend(self._forced(doc, await self._generate(await self._forced_ids(doc), 1, "forced answer")))
+            return events
 
-    async def _judge_unary(self, docs: list[_Doc], budget: int, stream: bool) -> AsyncIterator[JudgeEvent]:
+    async def _judge_unary(self, docs: list[_Doc], budget: int) -> AsyncIterator[JudgeEvent]:
         limit = asyncio.Semaphore(_MAX_CONCURRENT_DOCUMENTS)
-        tasks = [asyncio.ensure_future(self._judge_one(doc, budget, stream, limit)) for doc in docs]
+        tasks = [asyncio.ensure_future(self._judge_one(doc, budget, limit)) for doc in docs]
         try:
             for next_done in asyncio.as_completed(tasks):
                 for event in await next_done:
@@ -341,9 +336,7 @@ class TritonJudge:
         request.parameters["triton_enable_empty_final_response"].bool_param = True
         return request
 
-    async def _judge_streaming(
-        self, docs: list[_Doc], budget: int, stream: bool, call: str
-    ) -> AsyncIterator[JudgeEvent]:
+    async def _judge_streaming(self, docs: list[_Doc], budget: int, call: str) -> AsyncIterator[JudgeEvent]:
         outgoing: asyncio.Queue[Any] = asyncio.Queue()
 
         async def requests() -> AsyncIterator[Any]:
@@ -353,7 +346,7 @@ class TritonJudge:
         def send(request_id: str, token_ids: list[int], output_len: int, stop: bool = False) -> None:
             outgoing.put_nowait(self._request(request_id, token_ids, output_len, stop))
 
-        # Request ids: "<call>:<doc>:g" generates, "<call>:<doc>:f" is the forced step.
+        # Request ids: "<call>:<doc>:g" generates, "<call>:<doc>:f" is the forced (or one) step.
         def rid(doc: _Doc, kind: str) -> str:
             return f"{call}:{doc.index}:{kind}"
 
@@ -371,10 +364,9 @@ class TritonJudge:
             send(rid(doc, "g"), [self.manifest.eos_token_id], 1, stop=True)
 
         for doc in docs:
-            if budget > 0:
+            if doc.reasoning:
                 send(rid(doc, "g"), doc.prompt.ids, budget)
             else:
-                doc.state = "force"
                 await force(doc)
         try:
             responses = self._client.stream(requests())
@@ -401,31 +393,24 @@ class TritonJudge:
                 if entry is None:
                     continue
                 doc, kind = entry
+                events: list[JudgeEvent] = []
                 if doc.done:
                     continue  # the answer to a stop request, or a final marker
-                events: list[JudgeEvent] = []
                 if kind == "f":
                     if step.logits is None or len(step.logits) == 0:
-                        continue
-                    events = self._finish(doc, self._forced_score(step), doc.ended, stream)
-                elif doc.state is None:
-                    for k, token in enumerate(step.tokens):
-                        row = step.logits[k] if step.logits is not None and k < len(step.logits) else None
-                        events.extend(self._feed(doc, token, row, budget, stream))
-                        if doc.state is not None:
-                            break
-                    if doc.state is None and step.final:
-                        self._ended_early(doc)
-                    if doc.state == "answered":
-                        if not step.final:  # the engine would go on generating: stop it now
+                        continue  # a final marker without outputs
+                    events = self._forced(doc, step)
+                elif doc.reasoning:
+                    assert doc.rank1 is not None
+                    events = self._generated(doc, step)
+                    if not doc.reasoning:  # answered, or to be forced
+                        # Past an answer, or short of the budget, the engine would go on generating: stop it now.
+                        if not step.final and (doc.done or doc.rank1.generated_tokens < budget):
                             stop(doc)
-                        events.extend(self._finish(doc, doc.score, "answered", stream))
-                    elif doc.state == "force":
-                        if not step.final and len(doc.generated) < budget:
-                            stop(doc)
-                        await force(doc)
+                        if not doc.done:
+                            await force(doc)
                 for event in events:
-                    if isinstance(event, JudgeOutcome):
+                    if isinstance(event, Verdict):
                         remaining -= 1
                     yield event
         finally:

@@ -1,38 +1,20 @@
-"""What every judge backend takes and gives: a typed request in, Rank1 events out.
+"""What every judge backend takes and gives, and what the server reads of it: a typed request in
+(irgate.domain.judging.JudgeRequest), verdicts and reasoning deltas out.
 
 The request is checked and resolved once (core.judge.JudgeService): backends trust its budget
-and build each prompt with rank1.fit_prompt, so the in-process and the Triton judge see the
-same text.
+and build each prompt with families.fit, so the in-process and the Triton judge see the same text.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from irgate.backends.judge.rank1 import JudgeEvent
-from irgate.models.judge import JudgeManifest
+from irgate.backends.judge.manifest import JudgeManifest
+from irgate.domain.judging import JudgeEvent, JudgeRequest, PassageText
 
-
-@dataclass(frozen=True)
-class PassageText:
-    title: str
-    text: str
-
-
-@dataclass(frozen=True)
-class JudgeRequest:
-    """One judge call: a query (with its instruction) against passages, under one reasoning budget."""
-
-    query: str
-    instruction: str
-    passages: tuple[PassageText, ...]
-    # Reasoning tokens per document, already within the backend's cap; 0 answers at once.
-    budget: int
-    stream_reasoning: bool = False
-    # Most tokens of each passage (title included) the judge reads; None: the manifest's cap.
-    max_passage_tokens: int | None = None
+# The request types, as backends and their tests import them.
+__all__ = ["JudgeBackend", "JudgeRequest", "PassageText"]
 
 
 @runtime_checkable
@@ -43,8 +25,13 @@ class JudgeBackend(Protocol):
     # Where the model lives, for Info and logs: "local:/abs/path" or "triton://host:port/model".
     address: str
 
+    @property
+    def busy(self) -> bool:
+        """True while the judge holds work of a call (the irgate_judge_busy metric)."""
+        ...
+
     def judge(self, request: JudgeRequest) -> AsyncIterator[JudgeEvent]:
-        """Outcomes in completion order (reasoning deltas before them when streaming).
+        """Verdicts in completion order (reasoning deltas before them when streaming).
 
         Closing the iterator early (client cancel, deadline) stops the model work within one
         prefill chunk or decode step and frees its capacity.

@@ -24,18 +24,15 @@ mixedbread-ai/mxbai-rerank (mxbai_rerank_v2.py), FlagOpen/FlagEmbedding
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from irgate.backends.judge import rank1
 from irgate.backends.judge.rank1 import FittedPrompt
+from irgate.backends.judge.manifest import JudgeManifest
+from irgate.domain.judging import Ended, Verdict
 from irgate.errors import InvalidArgument
-from irgate.models.judge import JudgeManifest
-
-# How a one-step verdict reports its (absent) reasoning.
-SCORED = "scored"
 
 QWEN3_RERANKER_DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 _QWEN3_PREFIX = (
@@ -83,7 +80,7 @@ class Preset:
 
 RANK1 = "rank1"
 PRESETS: dict[str, Preset] = {
-    RANK1: Preset(RANK1, "reasoning", "p_true", " true", " false", "orionw/rank1"),
+    RANK1: Preset(RANK1, "reasoning", "p_true", rank1.TRUE_WORD, rank1.FALSE_WORD, "orionw/rank1"),
     "qwen3-reranker": Preset(
         "qwen3-reranker", "one_step", "p_true", "yes", "no", "QwenLM/Qwen3-Embedding (Qwen/Qwen3-Reranker-0.6B, -4B, -8B)",
         default_instruction=QWEN3_RERANKER_DEFAULT_INSTRUCTION,
@@ -136,14 +133,8 @@ def score(manifest: JudgeManifest, true_logit: float, false_logit: float) -> flo
     if manifest.score_rule == "p_true":
         return rank1.p_true(true_logit, false_logit)
     if manifest.score_rule == "margin_sigmoid":
-        return _sigmoid(float(true_logit) - float(false_logit) - manifest.score_offset)
-    return _sigmoid(float(true_logit))
-
-
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    return math.exp(x) / (1.0 + math.exp(x))
+        return rank1.sigmoid(float(true_logit) - float(false_logit) - manifest.score_offset)
+    return rank1.sigmoid(float(true_logit))
 
 
 def fit(
@@ -156,7 +147,9 @@ def fit(
     budget: int,
     max_passage_tokens: int | None = None,
 ) -> FittedPrompt:
-    """The prompt of one query/passage pair under the judge's family rules."""
+    """The prompt of one query/passage pair under the judge's family rules (an instruction refused
+    where the family has no place for one)."""
+    check_instruction(manifest, instruction)
     if not one_step(manifest):
         return rank1.fit_prompt(manifest, tokenizer, query, instruction, title, text, budget, max_passage_tokens)
     passage = f"{title} {text}" if title else text
@@ -191,6 +184,12 @@ def fit(
         ids.extend(piece)
     text_form = "".join(template.format(**fields) for _, template in manifest.prompt_pieces)
     return FittedPrompt(text_form, ids, truncated)
+
+
+def one_step_verdict(manifest: JudgeManifest, index: int, prompt: FittedPrompt, scores: Sequence[float]) -> Verdict:
+    """A one-step judge's verdict from the (true, false) logits at its prompt's last position:
+    nothing was generated, nothing reasoned."""
+    return Verdict(index, score(manifest, *scores), "", 0, Ended.SCORED, prompt.truncated)
 
 
 def _span_limit(manifest: JudgeManifest, pieces: Sequence[tuple[str, list[int]]]) -> int:

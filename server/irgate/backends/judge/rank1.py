@@ -1,9 +1,10 @@
 """Rank1's rules in one place: the prompt, fitting it to the context, the answer stops, the forced
-ending, p(true), and the per-document state machine that applies them token by token.
+ending, the answer tokens, p(true), and the one per-document policy (generate, force, score) that
+applies them token by token.
 
-Every judge backend (the in-process engine and the Triton gateway) imports this module, so they
-build, stop, force and score exactly alike; a backend only chooses tokens and reads logits.
-The rules are orionw/rank1's (rank1.py, prompts.py):
+Every judge backend (the in-process engine and the Triton gateway, unary and streaming) drives
+`Rank1Document`, so they build, stop, force and score exactly alike; a backend only chooses tokens
+and reads logits. The rules are orionw/rank1's (rank1.py, prompts.py):
 - prompt: raw text, no chat template; an instruction is joined to the query with one space, a
   title to its passage with one space;
 - greedy generation that stops once the generated TEXT contains "</think> true" or
@@ -17,20 +18,37 @@ The rules are orionw/rank1's (rank1.py, prompts.py):
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from irgate.domain.judging import Ended, JudgeEvent, ReasoningDelta, Verdict
 from irgate.errors import InvalidArgument
-from irgate.models.judge import THINK_END, JudgeManifest
 
-# How a verdict came about: "answered": the model said true/false by itself; "forced": the
-# reasoning budget ran out; "forced_eos": the model ended its text (EOS) without an answer;
-# "scored": a one-step judge read its score at the prompt's last position (backends.judge.families).
-Ended = Literal["answered", "forced", "forced_eos", "scored"]
-# What one generated token did to a document.
-Step = Literal["going", "answered", "budget", "eos"]
+if TYPE_CHECKING:
+    from irgate.backends.judge.manifest import JudgeManifest
+
+# The backends' name for a verdict (index, score, reasoning, tokens, ending, truncation): the
+# domain's Verdict, whose id and budget the judge service fills in.
+JudgeOutcome = Verdict
+
+# orionw/rank1 prompts.py: raw text, no chat template; the model thinks after "<think>".
+PROMPT_TEMPLATE = (
+    "Determine if the following passage is relevant to the query. Answer only with 'true' or 'false'.\n"
+    "Query: {query}\nPassage: {passage}\n<think>"
+)
+THINK_END = "</think>"
+ANSWER_STOPS = (f"{THINK_END} true", f"{THINK_END} false")
+# p(true) is read from the logits of the first ids of these (leading space, no special tokens).
+TRUE_WORD, FALSE_WORD = " true", " false"
+# Rank1 allows 8192 reasoning tokens.
+MAX_REASONING_TOKENS = 8192
+# The passage cap, in tokens (title included), below which a passage is judged whole. Rank1 was
+# trained on MS MARCO passages (a few hundred tokens) and BEIR's passages mostly fit in 2048, so
+# this cap changes almost no Rank1 score while a context-length document cannot hold a GPU for one call.
+MAX_PASSAGE_TOKENS = 2048
 
 _SENTENCE_ENDS = (".", "!", "?")
 # Forced answers re-tokenise prompt + cut reasoning + "\n</think>": room for those few tokens.
@@ -41,6 +59,17 @@ _DETOKENIZE_CONTEXT = 5
 # A token is rarely longer than this many characters: a passage is cut by characters to
 # this bound before tokenising, so an oversized one costs milliseconds, not seconds.
 CHARS_PER_TOKEN_BOUND = 24
+
+# What one generated token did to a document's reasoning.
+Step = Literal["going", "answered", "budget", "eos"]
+
+
+def answer_token_id(tokenizer: Any, word: str) -> int:
+    """The first id of an answer word (no special tokens): the logit its score is read from."""
+    ids = tokenizer.encode(word, add_special_tokens=False)
+    if not ids:
+        raise InvalidArgument(f"the tokenizer encodes {word!r} to no tokens")
+    return int(ids[0])
 
 
 def judge_prompt(manifest: JudgeManifest, query: str, instruction: str, title: str, text: str) -> str:
@@ -162,11 +191,15 @@ def forced_continuation(reasoning_text: str, think_end: str = THINK_END) -> str:
 
 def p_true(true_logit: float, false_logit: float) -> float:
     """Rank1's score from the " true" and " false" logits of one step: p(true) restricted to
-    {true, false}, exp(l_t) / (exp(l_t) + exp(l_f)) = sigmoid(l_t - l_f), without overflow."""
-    margin = float(true_logit) - float(false_logit)
-    if margin >= 0:
-        return 1.0 / (1.0 + math.exp(-margin))
-    return math.exp(margin) / (1.0 + math.exp(margin))
+    {true, false}, exp(l_t) / (exp(l_t) + exp(l_f)) = sigmoid(l_t - l_f)."""
+    return sigmoid(float(true_logit) - float(false_logit))
+
+
+def sigmoid(x: float) -> float:
+    """1 / (1 + exp(-x)), without overflow for any finite x."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    return math.exp(x) / (1.0 + math.exp(x))
 
 
 def decoder(tokenizer: Any) -> Callable[[list[int]], str]:
@@ -174,39 +207,17 @@ def decoder(tokenizer: Any) -> Callable[[list[int]], str]:
     make a longer decode disagree with a shorter one.
 
     A fast tokenizer decodes through its Rust backend directly: the judge decodes twice per
-    token of every document, and the Python wrapper's overhead per call was half a GPU judge's time."""
+    token of every document, so the Python wrapper's per-call overhead would be paid on every token."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         return lambda ids: backend.decode(ids, skip_special_tokens=False)
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-@dataclass(frozen=True)
-class JudgeOutcome:
-    """The verdict on one document."""
-
-    index: int  # position of the document in the request
-    score: float  # p(true) from the " true"/" false" logits at the answer step, in [0, 1]
-    reasoning: str  # generated text before the answer (special tokens kept, stop string and EOS dropped)
-    reasoning_tokens: int  # tokens generated for this document (the answer token and an EOS included)
-    ended: Ended
-    truncated: bool = False  # the passage was cut to fit the judge's context
-
-
-@dataclass(frozen=True)
-class ReasoningDelta:
-    """New reasoning text of one document; the deltas of a document concatenate to its reasoning."""
-
-    index: int
-    text: str
-
-
-JudgeEvent = JudgeOutcome | ReasoningDelta
-
-
 @dataclass
 class Judgement:
-    """One document under Rank1's rules while its reasoning is generated, token by token."""
+    """One document's reasoning text under Rank1's stops, token by token: detokenised, the answer
+    stop found, the part that cannot become a stop streamed (Rank1Document drives it)."""
 
     index: int
     prompt: FittedPrompt
@@ -270,4 +281,74 @@ class Judgement:
 
 def ended_by(step: Step) -> Ended:
     """The ending a forced document reports."""
-    return "forced_eos" if step == "eos" else "forced"
+    return Ended.FORCED_EOS if step == "eos" else Ended.FORCED
+
+
+class Phase(enum.Enum):
+    """Where one document stands under Rank1's policy; its backend acts on it after every step."""
+
+    REASONING = "reasoning"  # generate: each greedy token goes to Rank1Document.generated
+    FORCING = "forcing"  # run Rank1Document.forced_text; the step after it goes to forced_answer
+    DONE = "done"  # the verdict was given
+
+
+class Rank1Document:
+    """The one per-document policy: reason under the budget until an answer stop, else force the
+    answer; score p(true) at the step that gave the answer.
+
+    A backend feeds each generated token with the true/false logits of the step that chose it,
+    runs the forced text when the phase turns FORCING (a budget of 0 starts there), and hands the
+    step after it to `forced_answer`. Each call returns the events to send (reasoning deltas when
+    streaming, then the verdict)."""
+
+    def __init__(
+        self, index: int, prompt: FittedPrompt, budget: int, manifest: JudgeManifest,
+        decode: Callable[[list[int]], str], stream: bool,
+    ) -> None:
+        self.judgement = Judgement(index, prompt)
+        self._budget = budget
+        self._manifest = manifest
+        self._decode = decode
+        self._stream = stream
+        self.phase = Phase.REASONING if budget > 0 else Phase.FORCING
+        self.ended = Ended.FORCED  # how a forced answer came about; a budget of 0 is forced from the start
+
+    @property
+    def generated_tokens(self) -> int:
+        return len(self.judgement.generated)
+
+    def generated(self, token: int, scores: Sequence[float]) -> list[JudgeEvent]:
+        """One generated token and the (true, false) logits of the step that chose it."""
+        if self.phase is not Phase.REASONING:
+            raise RuntimeError(f"document {self.judgement.index} is {self.phase.value}, not reasoning")
+        step = self.judgement.feed(token, self._manifest, self._budget, self._decode)
+        if step == "answered":  # the logits that chose the answer token score it
+            return self._finish(p_true(*scores), Ended.ANSWERED)
+        if step == "going":
+            delta = self.judgement.delta(self._manifest) if self._stream else None
+            return [delta] if delta is not None else []
+        self.phase, self.ended = Phase.FORCING, ended_by(step)
+        return []
+
+    def stopped(self) -> None:
+        """The backend ended the generation before the budget without returning a token for it:
+        it stopped at EOS (Triton leaves end_id out). Counted as the EOS it was, then forced."""
+        if self.phase is not Phase.REASONING:
+            raise RuntimeError(f"document {self.judgement.index} is {self.phase.value}, not reasoning")
+        self.judgement.generated.append(self._manifest.eos_token_id)
+        self.phase, self.ended = Phase.FORCING, Ended.FORCED_EOS
+
+    def forced_text(self) -> str:
+        """What the backend runs to force the answer: the prompt, the reasoning cut to its last
+        sentence and the end of the thought."""
+        return self.judgement.forced_text(self._manifest)
+
+    def forced_answer(self, scores: Sequence[float]) -> list[JudgeEvent]:
+        """The (true, false) logits of the step after the forced text."""
+        if self.phase is not Phase.FORCING:
+            raise RuntimeError(f"document {self.judgement.index} is {self.phase.value}, not forcing")
+        return self._finish(p_true(*scores), self.ended)
+
+    def _finish(self, score: float, ended: Ended) -> list[JudgeEvent]:
+        self.phase = Phase.DONE
+        return self.judgement.finish(score, ended, self._stream)
