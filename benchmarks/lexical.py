@@ -7,7 +7,7 @@ queries are the data set's own. Reports:
   - ingest documents/s with the lexical index and without it (the FTS5 table dropped and the
     collection's lexical writes skipped), upserts of 256 documents as the gateway sends them; the
     two alternate for --rounds rounds and each reports its median, so load from other processes
-    falls on both;
+    falls on both; with the process's CPU time per document, which that load changes less;
   - searches/s and latency p50/p99 in ms per mode (dense, lexical, hybrid with depths 100 + 100 as
     the gateway fuses them) at 1 and 16 concurrent clients (threads).
 
@@ -37,15 +37,19 @@ DIMENSION = 384
 K = 10
 
 
-def ingest(folder: Path, documents: list[DocumentRecord], vectors: np.ndarray, lexical: bool) -> tuple[Collection, float]:
+def ingest(
+    folder: Path, documents: list[DocumentRecord], vectors: np.ndarray, lexical: bool
+) -> tuple[Collection, float, float]:
+    """The collection, documents/s and CPU microseconds per document."""
     collection = Collection.create(folder, DIMENSION, "bench-embedder")
     if not lexical:
         collection._db.execute("DROP TABLE lexical")
         collection._index_lexically = collection._unindex_lexically = lambda *_: None  # type: ignore[method-assign]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for first in range(0, len(documents), BATCH):
         collection.upsert(documents[first : first + BATCH], vectors[first : first + BATCH])
-    return collection, len(documents) / (time.perf_counter() - started)
+    return (collection, len(documents) / (time.perf_counter() - started),
+            (time.process_time() - cpu) * 1e6 / len(documents))
 
 
 def run(clients: int, queries: list[int], call: Callable[[int], object]) -> dict[str, float]:
@@ -76,18 +80,24 @@ def main() -> None:
     report: dict[str, object] = {"documents": len(documents), "queries": len(texts), "k": K}
     with tempfile.TemporaryDirectory() as scratch:
         rates: dict[bool, list[float]] = {False: [], True: []}
+        cpu: dict[bool, list[float]] = {False: [], True: []}
         for round_ in range(args.rounds):
             for lexical in (False, True):
-                collection, rate = ingest(Path(scratch) / f"{lexical}-{round_}", documents, vectors, lexical)
+                collection, rate, cpu_per_document = ingest(Path(scratch) / f"{lexical}-{round_}", documents, vectors, lexical)
                 rates[lexical].append(rate)
+                cpu[lexical].append(cpu_per_document)
                 if not (lexical and round_ == args.rounds - 1):
                     collection.close(snapshot=False)
         rate_without, rate_with = (float(np.median(rates[lexical])) for lexical in (False, True))
+        cpu_without, cpu_with = (float(np.median(cpu[lexical])) for lexical in (False, True))
         report["ingest_docs_per_s"] = {"without_lexical_index": round(rate_without, 1),
                                        "with_lexical_index": round(rate_with, 1),
                                        "slowdown_percent": round(100 * (1 - rate_with / rate_without), 1),
                                        "rounds": {"without": [round(rate, 1) for rate in rates[False]],
                                                   "with": [round(rate, 1) for rate in rates[True]]}}
+        report["ingest_cpu_us_per_doc"] = {"without_lexical_index": round(cpu_without, 1),
+                                           "with_lexical_index": round(cpu_with, 1),
+                                           "more_cpu_percent": round(100 * (cpu_with / cpu_without - 1), 1)}
         modes: dict[str, Callable[[int], object]] = {
             "dense": lambda q: collection.search(query_vectors[q], K),
             "lexical": lambda q: collection.lexical_search(texts[q], K),

@@ -185,6 +185,7 @@ def test_the_lexical_benchmark_measures_both_ingest_sides_and_every_mode() -> No
     assert report["documents"] == 30 and report["queries"] == 12
     ingest = report["ingest_docs_per_s"]
     assert all(len(ingest["rounds"][side]) == 2 and min(ingest["rounds"][side]) > 0 for side in ("without", "with"))
+    assert min(report["ingest_cpu_us_per_doc"][f"{side}_lexical_index"] for side in ("without", "with")) > 0
     assert set(report["search"]) == {f"{mode}@{clients}" for mode in ("dense", "lexical", "hybrid") for clients in (1, 16)}
 
 
