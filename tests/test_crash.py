@@ -141,7 +141,12 @@ def test_sigkill_during_streaming_upserts_and_deletes_loses_no_acknowledged_writ
             killer.start()
 
             async def write() -> None:
-                await asyncio.gather(*(write_until_killed(server.address, ledger, w, rng) for w in range(WRITERS)))
+                # The kill comes within 2 s and ends every call; a writer still waiting long after it hangs.
+                try:
+                    async with asyncio.timeout(120):
+                        await asyncio.gather(*(write_until_killed(server.address, ledger, w, rng) for w in range(WRITERS)))
+                except TimeoutError:
+                    raise AssertionError(f"trial {trial}: writers still waiting 120 s after a kill due within 2 s") from None
 
             asyncio.run(write())
             killer.join()

@@ -170,8 +170,8 @@ def reference_vectors(source: Path, batch: dict[str, torch.Tensor]) -> np.ndarra
 
 def real_ids(batch: dict[str, torch.Tensor]) -> list[list[int]]:
     """Each row's ids without its padding."""
-    return [[token for token, real in zip(row, mask) if real]
-            for row, mask in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())]
+    return [[token for token, real in zip(row, mask, strict=True) if real]
+            for row, mask in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), strict=True)]
 
 
 def served_inputs() -> list[Query | Document]:
@@ -314,7 +314,7 @@ def test_last_token_pooling_holds_for_any_padding(family: str, request: pytest.F
     left = pad_batch(ids, manifest.pad_token_id, "left")
     right = pad_batch(ids, manifest.pad_token_id, "right")
     bucket = tuple(np.pad(array, ((0, 0), (0, 5)), constant_values=value)
-                   for array, value in zip(left, (manifest.pad_token_id, 0)))
+                   for array, value in zip(left, (manifest.pad_token_id, 0), strict=True))
     for padded in (left, right, bucket):
         assert np.abs(pooled(*padded) - alone).max() <= TOLERANCE
     asyncio.run(embedder.close())

@@ -251,7 +251,7 @@ def test_beir_rerank_reports_what_judging_changed_per_budget(judging_server: Loc
         assert row["ndcg@10_change"] == pytest.approx(row["ndcg@10_after"] - row["ndcg@10_before"], abs=1e-5)
         assert row["verdicts"] == 4 and sum(row["ended"].values()) == 4  # 2 queries x top 2
         assert set(row["ended"]) >= {"answered", "forced", "forced_eos"}
-        assert row["judge_seconds_per_query"] >= 0 and len(row["latency_samples_ms"]) == 2
+        assert row["judge_seconds_per_query"] > 0 and len(row["latency_samples_ms"]) == 2  # each query judged 2 hits
     assert rows[0]["reasoning_tokens_mean"] == 0 and rows[1]["reasoning_tokens_mean"] <= 2
     for plot in ("per_query_deltas.png", "budget.png", "latency.png"):
         assert _is_png(report_dir / plot)

@@ -92,7 +92,7 @@ def test_cohere_sdk_rerank_returns_the_judges_order_and_scores(http_server: Loca
     sdk = cohere.ClientV2(KEY, base_url=http_server.http)  # type: ignore[attr-defined]
     answer = sdk.rerank(model="rank1", query="what causes rain", documents=PASSAGES, top_n=2)
     assert [result.index for result in answer.results] == [verdict.index for verdict in best_first[:2]]
-    for result, verdict in zip(answer.results, best_first, strict=False):
+    for result, verdict in zip(answer.results, best_first[:2], strict=True):
         assert result.relevance_score == pytest.approx(verdict.score, abs=1e-5)
     v1 = cohere.Client(KEY, base_url=http_server.http).rerank(  # type: ignore[attr-defined]
         model="rank1", query="what causes rain", documents=PASSAGES, return_documents=True)

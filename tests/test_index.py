@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,10 +76,11 @@ def local_store(tmp_path: Path):
 
 
 def test_create_list_describe_delete(store: Index):
+    before = time.time()
     info = store.create("zeta", precision="f32")
     store.create("alpha")
     assert (info.name, info.documents, info.dimension, info.precision, info.model) == ("zeta", 0, DIM, "f32", MODEL)
-    assert info.created_at > 0
+    assert before <= info.created_at <= time.time()
     assert [c.name for c in store.list()] == ["alpha", "zeta"]
     assert store.get("alpha").info().precision == "f16"
     with pytest.raises(AlreadyExists, match="'alpha' already exists"):
@@ -118,7 +120,7 @@ def test_upsert_then_search_finds_the_exact_vector_first(collection: IndexedColl
     assert len(hits) == 5
     assert hits[0].id == "doc7"
     assert hits[0].score == pytest.approx(1.0, abs=1e-3)
-    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    assert [hit.score for hit in hits] == sorted((hit.score for hit in hits), reverse=True)
 
 
 def test_search_returns_fewer_than_k_when_the_collection_is_small(collection: IndexedCollection):
@@ -396,7 +398,7 @@ def test_f16_recall_at_10_against_exact_search(local_store: CollectionStore, mon
 
     exact = np.argsort(-(queries @ corpus.T), axis=1)[:, :10]
     found = 0
-    for query, truth in zip(queries, exact):
+    for query, truth in zip(queries, exact, strict=True):
         got = {hit.id for hit in big.search(query, k=10)}
         found += len(got & {f"doc{i}" for i in truth})
     recall = found / (10 * len(queries))

@@ -84,15 +84,15 @@ def test_raw_embeddings_are_not_normalised(client: Client) -> None:
     unit = client.embed(["Rain forms when vapour condenses."])[0].values
     norm = math.sqrt(math.fsum(v * v for v in raw))
     assert abs(norm - 1.0) > 1e-3
-    assert max(abs(r / norm - u) for r, u in zip(raw, unit)) < 1e-5
+    assert max(abs(r / norm - u) for r, u in zip(raw, unit, strict=True)) < 1e-5
 
 
 def test_plain_models_take_the_instruction_after_the_query(client: Client) -> None:
     with_instruction = client.embed([Query("what causes rain", instruction="prefer physics papers")])[0].values
     joined = client.embed([Query("what causes rain prefer physics papers")])[0].values
     plain = client.embed([Query("what causes rain")])[0].values
-    assert max(abs(a - b) for a, b in zip(with_instruction, joined)) < 1e-6
-    assert max(abs(a - b) for a, b in zip(with_instruction, plain)) > 1e-3
+    assert max(abs(a - b) for a, b in zip(with_instruction, joined, strict=True)) < 1e-6
+    assert max(abs(a - b) for a, b in zip(with_instruction, plain, strict=True)) > 1e-3
 
 
 def test_long_text_is_truncated_by_default_and_rejected_on_request(client: Client) -> None:
@@ -113,8 +113,8 @@ def test_concurrent_requests_are_batched_without_mixing_results(server: LocalSer
             results = await asyncio.gather(*(concurrent.embed([text]) for text in texts))
         return [result[0].values for result in results]
 
-    for expected, got in zip(alone, asyncio.run(together())):
-        assert max(abs(a - b) for a, b in zip(expected, got)) < 1e-5
+    for expected, got in zip(alone, asyncio.run(together()), strict=True):
+        assert max(abs(a - b) for a, b in zip(expected, got, strict=True)) < 1e-5
 
 
 @pytest.mark.parametrize(
@@ -342,7 +342,7 @@ def test_sdk_reports_a_document_it_cannot_encode(client: Client, papers: str) ->
 def test_titles_are_embedded_with_the_text(client: Client) -> None:
     titled = client.embed([Document(id="", title="Precipitation", text="Rain forms when vapour condenses.")])[0]
     joined = client.embed(["Precipitation Rain forms when vapour condenses."])[0]
-    assert max(abs(a - b) for a, b in zip(titled.values, joined.values)) < 1e-6
+    assert max(abs(a - b) for a, b in zip(titled.values, joined.values, strict=True)) < 1e-6
 
 
 def test_info_reports_limits(client: Client) -> None:

@@ -198,7 +198,7 @@ def test_engine_build_commands(smollm2_hf: Path, tmp_path: Path) -> None:
     assert convert[1] == "-c" and "from_hugging_face" in convert[2] and convert[3] == str(smollm2_hf.resolve())
     assert build[0] == "trtllm-build"
     assert "--gather_generation_logits" in build
-    flags = {flag: value for flag, value in zip(build, build[1:] + [""]) if flag.startswith("--")}
+    flags = {flag: value for flag, value in zip(build, build[1:] + [""], strict=True) if flag.startswith("--")}
     assert flags["--logits_dtype"] == "float32"
     assert flags["--paged_kv_cache"] == "enable" and flags["--use_paged_context_fmha"] == "enable"
     assert flags["--remove_input_padding"] == "enable" and flags["--max_batch_size"] == "16"
