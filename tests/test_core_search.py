@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from irgate.core.documents import Document
 from irgate.core.embedding import Embeddings, Timing
 from irgate.core.search import RerankOptions, SearchPipeline, SearchQuery
+from irgate.domain.documents import Document
 from irgate.errors import FailedPrecondition, NotFound
-from irgate.index.collection import DocumentRecord
 from irgate.index.store import CollectionStore
 
 DIMENSION = 8
@@ -85,8 +84,8 @@ def store(tmp_path: Path):
     opened = CollectionStore(tmp_path / "collections", DIMENSION, "fake-model")
     opened.create("papers")
     records = [
-        DocumentRecord(id=name, title=name.upper(), text="" if name == "b" else f"text of {name}",
-                       metadata={"group": "even" if name in "bdf" else "odd"})
+        Document(id=name, title=name.upper(), text="" if name == "b" else f"text of {name}",
+                 metadata={"group": "even" if name in "bdf" else "odd"})
         for name in DOCUMENTS
     ]
     opened.get("papers").upsert(records, np.stack(list(DOCUMENTS.values())))
