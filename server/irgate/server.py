@@ -241,7 +241,6 @@ async def start(settings: Settings) -> App:
             ("grpc.so_reuseport", 0),
         ],
     )
-    max_rerank = judge.max_documents if judge is not None else 0
     statuses: dict[str, str] = {}
     # The HTTP front answers through the same servicers as gRPC.
     services = HttpServices(
@@ -251,7 +250,7 @@ async def start(settings: Settings) -> App:
             CollectionService(store, embedding), admission, settings.max_batch_size, manifest.dimension, settings.stream_idle_s
         ),
         search=SearchServicer(
-            SearchPipeline(embedding, store, judge), admission, settings.max_k, max_rerank, settings.max_batch_size
+            SearchPipeline(embedding, store, judge), admission, settings.max_k, settings.max_batch_size
         ),
         judge=JudgeServicer(judge, admission),
         embedding=embedding,

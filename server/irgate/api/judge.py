@@ -9,14 +9,12 @@ import grpc
 
 from irgate.api import convert
 from irgate.api.rpc import Admission, streaming, unary
-from irgate.core.judge import JudgeService, Passage, Reasoning
-from irgate.errors import FailedPrecondition, InvalidArgument
+from irgate.core.judge import JudgeService, Passage, require_judge
+from irgate.domain.judging import ReasoningDelta
+from irgate.errors import InvalidArgument
 from irgate.identifiers import check_collection_name, check_document_id
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
-
-NO_JUDGE = "this server runs without a judge; start it with --judge local:FOLDER (see `irgate prepare`)"
-
 
 def passages(request: pb.JudgeRequest) -> list[Passage]:
     if request.collection:
@@ -48,9 +46,7 @@ class JudgeServicer(pb_grpc.JudgeServicer):
         self.admission = admission
 
     def _service(self) -> JudgeService:
-        if self.judge is None:
-            raise FailedPrecondition(NO_JUDGE)
-        return self.judge
+        return require_judge(self.judge, "judge", "start it with --judge local:FOLDER (see `irgate prepare`)")
 
     @unary("Judge", smaller="judge fewer documents per call, or leave return_reasoning off")
     async def Judge(self, request: pb.JudgeRequest, context: grpc.aio.ServicerContext) -> pb.JudgeResponse:
@@ -64,9 +60,9 @@ class JudgeServicer(pb_grpc.JudgeServicer):
             collection=request.collection,
             max_passage_tokens=convert.passage_cap(request),
         )
+        elapsed = time.perf_counter_ns() - start  # all of a Judge call is the judge's
         return pb.JudgeResponse(
-            verdicts=[convert.verdict(verdict) for verdict in verdicts],
-            timing=pb.Timing(total_ns=time.perf_counter_ns() - start),
+            verdicts=[convert.verdict(verdict) for verdict in verdicts], timing=pb.Timing(judge_ns=elapsed, total_ns=elapsed)
         )
 
     @streaming("JudgeStream", smaller="leave return_reasoning off, or set a smaller max_reasoning_tokens")
@@ -84,7 +80,7 @@ class JudgeServicer(pb_grpc.JudgeServicer):
             max_passage_tokens=convert.passage_cap(request),
         )
         async for event in events:
-            if isinstance(event, Reasoning):
+            if isinstance(event, ReasoningDelta):
                 yield pb.JudgeStreamResponse(reasoning=pb.ReasoningDelta(index=event.index, text=event.text))
             else:
                 yield pb.JudgeStreamResponse(verdict=convert.verdict(event))

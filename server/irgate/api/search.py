@@ -22,11 +22,10 @@ _MODES = {
 
 
 class SearchServicer(pb_grpc.SearchServicer):
-    def __init__(self, pipeline: SearchPipeline, admission: Admission, max_k: int, max_rerank: int, max_batch_size: int):
+    def __init__(self, pipeline: SearchPipeline, admission: Admission, max_k: int, max_batch_size: int):
         self.pipeline = pipeline
         self.admission = admission
         self.max_k = max_k
-        self.max_rerank = max_rerank  # the judge's document limit; 0 without a judge
         self.max_batch_size = max_batch_size  # most queries of one SearchBatch
 
     @unary("Search", smaller="ask for fewer hits (a smaller k), or leave include_documents off")
@@ -60,9 +59,6 @@ class SearchServicer(pb_grpc.SearchServicer):
         k = request.k or min(DEFAULT_K, self.max_k)
         if k > self.max_k:
             raise InvalidArgument(f"k is {k}; it must be between 1 and {self.max_k}", field="k")
-        top_n = request.rerank.top_n
-        if self.max_rerank and top_n > self.max_rerank:
-            raise InvalidArgument(f"rerank.top_n is {top_n}; it must be between 0 and {self.max_rerank}", field="rerank.top_n")
         mode = _MODES.get(request.mode)
         if mode is None:
             raise InvalidArgument(
@@ -108,4 +104,6 @@ def _response(result: SearchResult) -> pb.SearchResponse:
         if hit.verdict is not None:
             message.verdict.CopyFrom(convert.verdict(hit.verdict))
         hits.append(message)
-    return pb.SearchResponse(hits=hits, timing=convert.timing(result.timing))
+    timing = convert.timing(result.timing)
+    timing.judge_ns = result.judge_ns
+    return pb.SearchResponse(hits=hits, timing=timing)

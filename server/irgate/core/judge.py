@@ -1,19 +1,24 @@
-"""Judge pipeline: resolve documents -> the judge family's prompts -> the judge backend -> verdicts.
+"""Judge pipeline: resolve documents -> the judge backend (which builds each family's prompts) -> verdicts.
 
 Used by the Judge RPCs and by the rerank stage of Search, so both judge exactly the same text.
+The judge's rules that do not depend on its family are checked here, once for both: that the
+server has a judge at all, how many documents one call may judge, the reasoning budget and the
+passage cap a request gets.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
-from irgate.backends.judge import families
-from irgate.backends.judge.contract import JudgeBackend, JudgeRequest, PassageText
-from irgate.backends.judge.rank1 import Ended, JudgeOutcome, ReasoningDelta
-from irgate.errors import InvalidArgument
-from irgate.index.store import CollectionStore
+from irgate.core.index import Index
+from irgate.domain.judging import Ended, JudgeRequest, PassageText, ReasoningDelta, Verdict
+from irgate.errors import FailedPrecondition, InvalidArgument
+
+if TYPE_CHECKING:  # the protocol every judge backend meets; core depends on no backend module
+    from irgate.backends.judge.contract import JudgeBackend
 
 
 @dataclass(frozen=True)
@@ -26,22 +31,6 @@ class Passage:
     from_collection: bool = False
 
 
-@dataclass(frozen=True)
-class Verdict:
-    index: int
-    id: str
-    score: float
-    reasoning: str
-    reasoning_tokens: int
-    ended: Ended
-    truncated: bool  # the passage was cut at its end to fit the judge's context
-    reasoning_budget: int  # the budget this document was judged under (the request's, capped)
-
-    @property
-    def relevant(self) -> bool:
-        return self.score > 0.5
-
-
 @dataclass
 class JudgeCounts:
     """What the judge has done, for metrics."""
@@ -50,17 +39,11 @@ class JudgeCounts:
     reasoning_tokens: int = 0
 
 
-@dataclass(frozen=True)
-class Reasoning:
-    index: int
-    text: str
-
-
 class JudgeService:
     def __init__(
         self,
         backend: JudgeBackend,
-        store: CollectionStore,
+        store: Index,
         max_documents: int,
         max_reasoning_tokens: int,
         max_passage_tokens: int = 0,
@@ -124,13 +107,12 @@ class JudgeService:
         stream_reasoning: bool = False,
         collection: str = "",
         max_passage_tokens: int | None = None,
-    ) -> AsyncIterator[Verdict | Reasoning]:
+    ) -> AsyncIterator[Verdict | ReasoningDelta]:
         """Verdicts in completion order; reasoning deltas before them when `stream_reasoning`.
 
         `max_reasoning_tokens` and `max_passage_tokens` None take the server's caps."""
         if not 1 <= len(passages) <= self.max_documents:
             raise InvalidArgument(f"documents has {len(passages)} entries; send 1 to {self.max_documents}", field="documents")
-        families.check_instruction(self.backend.manifest, instruction)
         passage_cap = self.passage_cap(max_passage_tokens)
         resolved = await self.resolve(passages, collection)
         request = JudgeRequest(
@@ -145,11 +127,15 @@ class JudgeService:
         try:
             async for event in events:
                 if isinstance(event, ReasoningDelta):
-                    yield Reasoning(index=event.index, text=event.text)
-                else:
-                    self.counts.verdicts[event.ended] = self.counts.verdicts.get(event.ended, 0) + 1
-                    self.counts.reasoning_tokens += event.reasoning_tokens
-                    yield _verdict(event, resolved[event.index].id, return_reasoning, request.budget)
+                    yield event
+                    continue
+                ended = Ended(event.ended)
+                self.counts.verdicts[ended.value] = self.counts.verdicts.get(ended.value, 0) + 1
+                self.counts.reasoning_tokens += event.reasoning_tokens
+                yield replace(
+                    event, id=resolved[event.index].id, ended=ended, reasoning=event.reasoning if return_reasoning else "",
+                    reasoning_budget=request.budget,
+                )
         finally:
             await events.aclose()  # a caller that went away stops the model work
 
@@ -178,14 +164,9 @@ class JudgeService:
         return sorted(verdicts, key=lambda verdict: verdict.index)
 
 
-def _verdict(outcome: JudgeOutcome, document_id: str, return_reasoning: bool, budget: int) -> Verdict:
-    return Verdict(
-        index=outcome.index,
-        id=document_id,
-        score=min(max(outcome.score, 0.0), 1.0),
-        reasoning=outcome.reasoning if return_reasoning else "",
-        reasoning_tokens=outcome.reasoning_tokens,
-        ended=outcome.ended,
-        truncated=outcome.truncated,
-        reasoning_budget=budget,
-    )
+def require_judge(judge: JudgeService | None, what: str, remedy: str) -> JudgeService:
+    """The server's judge; FAILED_PRECONDITION, saying what cannot be done and what to do instead,
+    when the server runs without one."""
+    if judge is None:
+        raise FailedPrecondition(f"this server runs without a judge, so it cannot {what}; {remedy}")
+    return judge

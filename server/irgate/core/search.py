@@ -2,8 +2,9 @@
 BM25 over title and text; hybrid: both, fused by reciprocal rank fusion) -> optional documents ->
 optional rerank by the judge.
 
-The query arrives validated by the API layer (collection name, k within the server's limit,
-rerank.top_n within the judge's, a JSON filter)."""
+The query arrives validated by the API layer (collection name, k within the server's limit, a JSON
+filter); the judge's rules (a judge at all, rerank.top_n within its limit, the passage cap) are
+checked here, before any search runs."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from irgate.core.collections import document_of
 from irgate.core.documents import Document
 from irgate.core.embedding import Embeddings, EmbeddingService, TextInput, Timing, Truncation
 from irgate.core.index import Index, IndexedCollection
-from irgate.core.judge import JudgeService, Passage, Verdict
-from irgate.errors import FailedPrecondition, InvalidArgument, IrgateError
+from irgate.core.judge import JudgeService, Passage, Verdict, require_judge
+from irgate.errors import InvalidArgument, IrgateError
 from irgate.filters import Filter
 from irgate.index.records import ScoredKey
 
@@ -82,7 +83,8 @@ class SearchHit:
 @dataclass(frozen=True)
 class SearchResult:
     hits: list[SearchHit]
-    timing: Timing
+    timing: Timing  # the embedder's share and the whole search's
+    judge_ns: int = 0  # the rerank stage's share: judging the top_n hits (0 without a rerank)
 
 
 class SearchPipeline:
@@ -138,10 +140,12 @@ class SearchPipeline:
         """embedded: the query's embedding when the caller computed it (search_batch), else computed here."""
         start = time.perf_counter_ns()
         top_n = query.rerank.top_n
-        if top_n and self._judge is None:
-            raise FailedPrecondition("this server runs without a judge, so it cannot rerank; set rerank.top_n to 0")
-        if top_n and self._judge is not None:  # refused before the dense search, with the field's name
-            self._judge.passage_cap(query.rerank.max_passage_tokens, "rerank.max_passage_tokens")
+        if top_n:  # refused before the first stage runs, with the field's name
+            judge = require_judge(self._judge, "rerank", "set rerank.top_n to 0")
+            if top_n > judge.max_documents:
+                raise InvalidArgument(f"rerank.top_n is {top_n}; it must be between 0 and {judge.max_documents}",
+                                      field="rerank.top_n")
+            judge.passage_cap(query.rerank.max_passage_tokens, "rerank.max_passage_tokens")
         collection = await asyncio.to_thread(self._store.get, query.collection)
         timing = Timing()
         dense: list[ScoredKey] = []
@@ -159,12 +163,15 @@ class SearchPipeline:
                 records = await asyncio.to_thread(collection.get, [hit.id for hit in hits], skip_missing=True)
             documents = {record.id: document_of(record) for record in records}
             hits = [replace(hit, document=documents[hit.id]) for hit in hits if hit.id in documents]
+        judge_ns = 0
         if top_n and hits:
+            judging = time.perf_counter_ns()
             hits = await self._rerank(query, hits)
+            judge_ns = time.perf_counter_ns() - judging
         if not query.include_documents:
             hits = [replace(hit, document=None) for hit in hits]
         timing = replace(timing, total_ns=time.perf_counter_ns() - start)
-        return SearchResult(hits=hits[: query.k], timing=timing)
+        return SearchResult(hits=hits[: query.k], timing=timing, judge_ns=judge_ns)
 
     async def _dense(
         self, collection: IndexedCollection, query: SearchQuery, embedded: Embeddings | None

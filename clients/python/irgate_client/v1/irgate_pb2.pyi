@@ -193,16 +193,18 @@ class Embedding(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ..., tokens: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class Timing(_message.Message):
-    __slots__ = ("queue_ns", "tokenization_ns", "inference_ns", "total_ns")
+    __slots__ = ("queue_ns", "tokenization_ns", "inference_ns", "total_ns", "judge_ns")
     QUEUE_NS_FIELD_NUMBER: _ClassVar[int]
     TOKENIZATION_NS_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_NS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_NS_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_NS_FIELD_NUMBER: _ClassVar[int]
     queue_ns: int
     tokenization_ns: int
     inference_ns: int
     total_ns: int
-    def __init__(self, queue_ns: _Optional[int] = ..., tokenization_ns: _Optional[int] = ..., inference_ns: _Optional[int] = ..., total_ns: _Optional[int] = ...) -> None: ...
+    judge_ns: int
+    def __init__(self, queue_ns: _Optional[int] = ..., tokenization_ns: _Optional[int] = ..., inference_ns: _Optional[int] = ..., total_ns: _Optional[int] = ..., judge_ns: _Optional[int] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
     __slots__ = ("embeddings", "total_tokens", "timing")
