@@ -30,8 +30,12 @@ DEFAULT_JUDGE_NAME = "SmolLM2-135M-Instruct"
 # Rank1's 8192 reasoning tokens. On a CPU SmolLM2's cost grows with the passage (prefill, then
 # every decode step attends to it); at 256 passage tokens a top-10 rerank of context-length
 # passages costs little more than one of short passages, its time then set by the reasoning
-# budget (benchmarks/README.md, "Long passages").
-SMOLLM2_MAX_REASONING_TOKENS = 256
+# budget: every document decodes up to the budget one step at a time (SmolLM2 rarely answers by
+# itself), so a rerank's time grows with it. 64 tokens keeps a top-10 rerank at the default
+# budget within about a minute on a 2-core CPU, and shows reasoning, forcing and scoring as
+# well as a longer budget would with a model whose reasoning carries no signal
+# (benchmarks/README.md, "Long passages").
+SMOLLM2_MAX_REASONING_TOKENS = 64
 SMOLLM2_MAX_PASSAGE_TOKENS = 256
 
 _console = Console(stderr=True)
@@ -132,11 +136,14 @@ def prepare_judge(source: Path | None, out: Path, preset: str = "rank1") -> Judg
         provenance = f"{gguf.resolve()} (GGUF, dequantised)"
         existing = _loaded(out)
         if existing is not None and (out / "config.json").exists():
-            if existing.source == provenance:
+            caps = (existing.max_reasoning_tokens, existing.max_passage_tokens)
+            if existing.source == provenance and caps == (SMOLLM2_MAX_REASONING_TOKENS, SMOLLM2_MAX_PASSAGE_TOKENS):
                 _console.log(f"{out} already holds {existing.name}; skipping preparation")
                 return existing
             # gguf_to_hf keeps any folder with a config.json: it would serve the other weights.
-            raise InvalidArgument(f"{out} holds another judge ({existing.source}); choose an empty folder")
+            if existing.source != provenance:
+                raise InvalidArgument(f"{out} holds another judge ({existing.source}); choose an empty folder")
+            # The same weights under older default caps: the manifest is written again, the weights kept.
         (out / MANIFEST_FILE).unlink(missing_ok=True)
         gguf_to_hf(gguf, out)
         manifest = _manifest_for(out, DEFAULT_JUDGE_NAME, SMOLLM2_MAX_REASONING_TOKENS, SMOLLM2_MAX_PASSAGE_TOKENS, provenance)
