@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import filelock
 import pytest
@@ -14,12 +15,15 @@ from irgate.local_server import LocalServer
 from irgate.models.judge import RANK1_PROMPT_TEMPLATE
 from irgate.processes import free_port
 from irgate_client import Client
-from support import REPO
+from support import DIM, MODEL, REPO
 # test_cli.py, test_judge.py and test_lexical.py still import these from here.
 from support import SHARED as SHARED
 from support import judge_events as judge_events
 from support import outcomes_of as outcomes_of
 from support import wait_for as wait_for
+
+if TYPE_CHECKING:
+    from irgate.core.index import Index, IndexedCollection
 
 # Slow, deterministic conversions are cached here (git-ignored) so reruns are fast; exports under
 # test are made fresh per session so a stale cache can never hide an exporter regression.
@@ -106,6 +110,52 @@ def local_judge(judge_folder: Path):
     backend = LocalJudge(judge_folder, threads=2)
     yield backend
     asyncio.run(backend.close())
+
+
+# ---------------------------------------------------------------------------
+# index fixtures: each engine, the local one under a temporary folder and Milvus in `milvus`
+# ---------------------------------------------------------------------------
+
+
+def open_index(request: pytest.FixtureRequest, root: Path, dimension: int = DIM, model: str = MODEL) -> Index:
+    """The engine the test is parametrised with: `local` under root, or `milvus` (all in one server)."""
+    # Imported here, not with the fixtures: usearch loaded before torch slows torch's ONNX export
+    # (minilm_folder) from seconds to many minutes.
+    from irgate.index.store import CollectionStore
+
+    if request.param == "local":
+        return CollectionStore(root, dimension=dimension, model=model)
+    from irgate.index.milvus import MilvusIndex
+
+    return MilvusIndex(request.getfixturevalue("milvus").address, dimension, model)
+
+
+@pytest.fixture(params=["local", "milvus"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path):
+    """Opens indexes of one engine over one place; the Milvus server is emptied after the test."""
+    opened: list[Index] = []
+
+    def open_one(dimension: int = DIM, model: str = MODEL) -> Index:
+        opened.append(open_index(request, tmp_path / "collections", dimension, model))
+        return opened[-1]
+
+    yield open_one
+    if request.param == "milvus":
+        for info in opened[-1].list():
+            opened[-1].delete(info.name)
+    for index in opened:
+        index.close()
+
+
+@pytest.fixture
+def store(engine) -> Index:
+    return engine()
+
+
+@pytest.fixture
+def collection(store: Index) -> IndexedCollection:
+    store.create("books")
+    return store.get("books")
 
 
 # ---------------------------------------------------------------------------

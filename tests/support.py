@@ -1,5 +1,5 @@
 """What tests share besides fixtures (those are conftest.py's): the repository's paths, a bounded
-wait, and the judge backends' events collected for one request."""
+wait, the index tests' vectors, and the judge backends' events collected for one request."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"  # the data sets and models that the slow tests read, beside the checkout
+# The index tests' collections: small vectors, and a model name that no embedder has.
+DIM = 16
+MODEL = "test-embedder"
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
@@ -21,6 +26,12 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
             raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
         time.sleep(0.05)
     return time.monotonic() - started
+
+
+def unit_vectors(count: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    """`count` random unit vectors (float32 [count, dim]), the same for the same seed."""
+    vectors = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 def judge_events(backend: Any, request: Any) -> list[Any]:

@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from test_index import collection, engine, store, unit_vectors  # noqa: F401 - the engine-parametrised fixtures
 
 from irgate.core.index import IndexedCollection
 from irgate.errors import InvalidArgument
@@ -21,6 +20,7 @@ from irgate.index.records import DocumentRecord
 from irgate.local_server import LocalServer
 from irgate.processes import free_port
 from irgate_client import Client, Document, IrgateError
+from support import unit_vectors
 
 # What each filter below is checked against. Dotted paths read nested objects; "v\.w" is the key "v.w".
 METADATA = {

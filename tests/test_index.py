@@ -17,55 +17,11 @@ from irgate.core.index import Index, IndexedCollection
 from irgate.errors import AlreadyExists, DataDirInUse, InvalidArgument, NotFound
 from irgate.index.collection import Collection, DocumentRecord, ScoredKey
 from irgate.index.store import CollectionStore, validate_collection_name
-
-DIM = 16
-MODEL = "test-embedder"
-
-
-def unit_vectors(count: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
-    vectors = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+from support import DIM, MODEL, unit_vectors
 
 
 def docs(count: int, prefix: str = "doc", **metadata: object) -> list[DocumentRecord]:
     return [DocumentRecord(id=f"{prefix}{i}", text=f"text {i}", metadata=dict(metadata)) for i in range(count)]
-
-
-def open_index(request: pytest.FixtureRequest, root: Path, dimension: int = DIM, model: str = MODEL) -> Index:
-    """The engine the test is parametrised with: `local` under root, or `milvus` (all in one server)."""
-    if request.param == "local":
-        return CollectionStore(root, dimension=dimension, model=model)
-    from irgate.index.milvus import MilvusIndex
-
-    return MilvusIndex(request.getfixturevalue("milvus").address, dimension, model)
-
-
-@pytest.fixture(params=["local", "milvus"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path):
-    """Opens indexes of one engine over one place; the Milvus server is emptied after the test."""
-    opened: list[Index] = []
-
-    def open_one(dimension: int = DIM, model: str = MODEL) -> Index:
-        opened.append(open_index(request, tmp_path / "collections", dimension, model))
-        return opened[-1]
-
-    yield open_one
-    if request.param == "milvus":
-        for info in opened[-1].list():
-            opened[-1].delete(info.name)
-    for index in opened:
-        index.close()
-
-
-@pytest.fixture
-def store(engine) -> Index:
-    return engine()
-
-
-@pytest.fixture
-def collection(store: Index) -> IndexedCollection:
-    store.create("books")
-    return store.get("books")
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import threading
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
 from irgate.errors import DataLoss, NotFound, ResourceExhausted
@@ -19,17 +18,9 @@ from irgate.index.records import DocumentRecord
 from irgate.index.store import CollectionStore
 from irgate.local_server import LocalServer
 from irgate_client import Client, Document, IrgateError
+from support import DIM, MODEL, unit_vectors
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors through /proc")
-
-DIM = 16
-MODEL = "test-embedder"
-
-
-def unit_vectors(count: int, seed: int) -> np.ndarray:
-    vectors = np.random.default_rng(seed).standard_normal((count, DIM)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
 
 def collections_holding_files(root: Path, pid: int | str = "self") -> set[str]:
     """The collections under `root` whose files process `pid` holds open now."""
