@@ -238,6 +238,55 @@ async def _cancel_seconds(judge: LocalJudge, documents: int, budget: int) -> flo
     return max(0.0, served - alone)
 
 
+# A FollowIR-style instruction: what counts as relevant, at paragraph length.
+_INSTRUCTION = (
+    "A relevant passage reports evidence from studies in humans, such as randomised trials, cohorts or "
+    "meta-analyses, that bears directly on the claim; it may support or refute it. Passages about animal "
+    "models, cell cultures or mechanisms alone are not relevant, nor are passages that only restate the "
+    "claim, describe a study design without results, or discuss a related but different exposure or outcome. "
+    "Reviews count when they summarise human evidence on the same question. "
+)
+
+
+def _cut(tokenizer: Any, text: str, tokens: int) -> str:
+    """The first `tokens` tokens of `text` (repeated as needed), as text."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = (ids * (tokens // max(1, len(ids)) + 1))[:tokens]
+    return tokenizer.decode(ids)
+
+
+def prefix_request(tokenizer: Any, documents: int = 50, passage_tokens: int = 120, instruction_tokens: int = 150) -> JudgeRequest:
+    """A rerank whose documents share a long instruction: `documents` passages of about
+    `passage_tokens` tokens under an instruction of about `instruction_tokens`, at budget 0."""
+    passages = tuple(
+        PassageText("", _cut(tokenizer, f"Claim: {claim} Evidence: {evidence} ", passage_tokens))
+        for claim, evidence in (PAIRS[i % len(PAIRS)] for i in range(documents))
+    )
+    return JudgeRequest(QUERY, _cut(tokenizer, _INSTRUCTION, instruction_tokens), passages, budget=0)
+
+
+async def _shared_prefix_speedup(judge: LocalJudge, repeats: int) -> tuple[float, float]:
+    """Documents/s of a long-instruction rerank with the request's prefix shared, over the same
+    engine computing every prompt whole; runs alternate. Returns the ratio of medians and the
+    largest score difference between the two."""
+    assert judge.engine is not None
+    call = prefix_request(judge.engine.tokenizer)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    scores: dict[bool, list[float]] = {}
+    try:
+        for _ in range(repeats):
+            for share in (True, False):
+                judge.share_prefixes = share
+                started = time.perf_counter()
+                outcomes = await _collect(judge, call)
+                times[share].append(time.perf_counter() - started)
+                scores[share] = [outcome.score for outcome in outcomes]
+    finally:
+        judge.share_prefixes = True
+    diff = max(abs(a - b) for a, b in zip(scores[True], scores[False], strict=True))
+    return statistics.median(times[False]) / statistics.median(times[True]), diff
+
+
 async def _until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -259,7 +308,8 @@ def run_judge_benchmark(
 
     With `scheduling`, also the continuous-batching figures (see benchmarks/README.md): 8
     concurrent calls of big/5 documents against one call of them all, a 1-document call behind a
-    `big`-document one, and the cancellation of a `big`-document call of length-limit passages.
+    `big`-document one, the cancellation of a `big`-document call of length-limit passages, and
+    a 50-document rerank under a 150-token instruction with and without sharing its prefix.
     With `console`, each step and the time left are shown on it (minutes to hours on a CPU)."""
     import torch
 
@@ -271,7 +321,7 @@ def run_judge_benchmark(
     prompts = [prompt for call in calls for prompt in request_prompts(judge.manifest, call)]
     judge_times, naive_times = [], []
     figures: dict[str, Any] = {}
-    steps = 1 + 2 * repeats + (3 if scheduling else 0)
+    steps = 1 + 2 * repeats + (4 if scheduling else 0)
     with ProgressReport(console or Console(quiet=True), "bench judge", steps, "steps") as progress:
         # The same device and threads for both sides.
         with _naive_process(folder, judge.device, torch.get_num_threads()) as naive:
@@ -302,6 +352,10 @@ def run_judge_benchmark(
             progress.describe(f"bench judge: cancelling a {big}-document call")
             figures["cancel_seconds"] = round(asyncio.run(_cancel_seconds(judge, big, max_reasoning_tokens)), 3)
             progress.advance()
+            progress.describe("bench judge: 50 documents under a 150-token instruction, its prefix shared or not")
+            speedup, diff = asyncio.run(_shared_prefix_speedup(judge, repeats))
+            figures["shared_prefix_speedup"], figures["shared_prefix_max_score_diff"] = round(speedup, 2), diff
+            progress.advance()
         progress.describe("bench judge")
     asyncio.run(judge.close())
     judge_s, naive_s = statistics.median(judge_times), statistics.median(naive_times)
@@ -317,7 +371,7 @@ def run_judge_benchmark(
         "naive_docs_per_s": round(naive_docs_per_s, 3),
         "naive_tokens_per_s": round(sum(v.reasoning_tokens for v in verdicts) / naive_s, 1),
         "judge_vs_naive": round(docs_per_s / naive_docs_per_s, 2),
-        "max_score_diff": max(abs(o.score - v.score) for o, v in zip(outcomes, verdicts)),
+        "max_score_diff": max(abs(o.score - v.score) for o, v in zip(outcomes, verdicts, strict=True)),
         "answered": sum(o.ended == "answered" for o in outcomes),
         **figures,
         "device": torch.cuda.get_device_name(judge.device) if judge.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads of {os.cpu_count()} cores)",

@@ -205,6 +205,13 @@ class JudgeEngine:
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
+        if target.type == "cpu":
+            # An fp32 checkpoint's tensors are views of the mmapped safetensors file: page cache,
+            # which the kernel may drop under memory pressure and fault back in mid-forward (steps
+            # 3-15x slower on a loaded machine, see benchmarks/README.md). Own copies stay resident.
+            with torch.no_grad():
+                for parameter in model.parameters():
+                    parameter.data = parameter.data.clone()
         if any(getattr(layer, "is_sliding", False) for layer in DynamicCache(config=model.config).layers):
             # A slot holds every column of its row; a sliding window would need another mask.
             raise InvalidArgument(f"{folder}: sliding-window attention is not supported by the judge engine")
