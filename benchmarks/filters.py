@@ -20,7 +20,7 @@ import numpy as np
 from index_engines import embedding_like_unit_vectors
 
 from irgate.index import collection as local_collection
-from irgate.index.records import DocumentRecord
+from irgate.domain.documents import Document
 from irgate.index.store import CollectionStore
 
 FILTERS = {"10%": ("tenth", 10), "1%": ("hundredth", 100), "0.05%": ("rare", 2000)}
@@ -39,7 +39,7 @@ def main() -> None:
         store = CollectionStore(Path(folder) / "collections", dimension=args.dimension, model="bench-embedder")
         store.create("filtered")
         collection = store.get("filtered")
-        documents = [DocumentRecord(id=str(i), metadata={key: i % every == 7 % every for key, every in FILTERS.values()})
+        documents = [Document(id=str(i), metadata={key: i % every == 7 % every for key, every in FILTERS.values()})
                      for i in range(args.documents)]
         for start in range(0, args.documents, 2000):
             collection.upsert(documents[start:start + 2000], vectors[start:start + 2000])

@@ -24,7 +24,7 @@ import numpy as np
 
 from irgate.index.milvus import MilvusIndex
 from irgate.index.milvus_lite import MilvusLiteServer
-from irgate.index.records import DocumentRecord
+from irgate.domain.documents import Document
 from irgate.index.store import CollectionStore
 
 BATCH = 256
@@ -52,7 +52,7 @@ def measure(index, corpus: np.ndarray, queries: np.ndarray, exact: np.ndarray, f
     start = time.perf_counter()
     for first in range(0, len(corpus), BATCH):
         documents = [
-            DocumentRecord(id=f"doc{i}", title=f"title {i}", text=text, metadata={"lang": "de" if i % 10 == 0 else "en"})
+            Document(id=f"doc{i}", title=f"title {i}", text=text, metadata={"lang": "de" if i % 10 == 0 else "en"})
             for i in range(first, min(first + BATCH, len(corpus)))
         ]
         collection.upsert(documents, corpus[first : first + BATCH])

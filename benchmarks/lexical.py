@@ -30,7 +30,7 @@ from index_engines import embedding_like_unit_vectors, percentile_ms
 from irgate.core.search import HYBRID_DEPTH, fuse
 from irgate.eval.beir import load_beir
 from irgate.index.collection import Collection
-from irgate.index.records import DocumentRecord
+from irgate.domain.documents import Document
 
 BATCH = 256
 DIMENSION = 384
@@ -38,7 +38,7 @@ K = 10
 
 
 def ingest(
-    folder: Path, documents: list[DocumentRecord], vectors: np.ndarray, lexical: bool
+    folder: Path, documents: list[Document], vectors: np.ndarray, lexical: bool
 ) -> tuple[Collection, float, float]:
     """The collection, documents/s and CPU microseconds per document."""
     collection = Collection.create(folder, DIMENSION, "bench-embedder")
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     data = load_beir(args.data)
-    documents = [DocumentRecord(id=doc_id, title=title, text=text) for doc_id, (title, text) in data.corpus.items()]
+    documents = [Document(id=doc_id, title=title, text=text) for doc_id, (title, text) in data.corpus.items()]
     vectors = embedding_like_unit_vectors(len(documents), DIMENSION, seed=1)
     texts = list(data.queries.values())
     query_vectors = embedding_like_unit_vectors(len(texts), DIMENSION, seed=2)

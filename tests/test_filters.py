@@ -16,7 +16,7 @@ import pytest
 from irgate.core.index import IndexedCollection
 from irgate.errors import InvalidArgument
 from irgate.filters import matches_filter, milvus_expression, parse, sqlite_where
-from irgate.index.records import DocumentRecord
+from irgate.domain import documents as domain
 from irgate.local_server import LocalServer
 from irgate.processes import free_port
 from irgate_client import Client, Document, IrgateError
@@ -122,7 +122,7 @@ def test_a_malformed_filter_is_refused_naming_the_operator_or_path(
 def test_a_selective_filter_still_finds_k_hits(collection: IndexedCollection) -> None:  # noqa: F811
     # Past 10,000 documents an unfiltered search is approximate (HNSW); 1% of them match here.
     vectors = unit_vectors(12_000, seed=3)
-    documents = [DocumentRecord(id=f"doc{i}", metadata={"shard": i % 100, "rare": i % 100 == 7}) for i in range(12_000)]
+    documents = [domain.Document(id=f"doc{i}", metadata={"shard": i % 100, "rare": i % 100 == 7}) for i in range(12_000)]
     for start in range(0, 12_000, 3000):
         collection.upsert(documents[start:start + 3000], vectors[start:start + 3000])
     query = unit_vectors(1, seed=4)[0]
@@ -144,7 +144,7 @@ def test_a_selective_filter_milvus_cannot_narrow_still_finds_k_hits(collection: 
     matching = np.arange(3, count, 1000)
     vectors[matching] = -query + 0.3 * vectors[matching]
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    documents = [DocumentRecord(id=f"doc{i}", metadata={"retracted": None} if i % 1000 == 3 else {}) for i in range(count)]
+    documents = [domain.Document(id=f"doc{i}", metadata={"retracted": None} if i % 1000 == 3 else {}) for i in range(count)]
     for start in range(0, count, 4000):
         collection.upsert(documents[start:start + 4000], vectors[start:start + 4000])
     truth = {f"doc{i}" for i in matching[np.argsort(-(vectors[matching] @ query))][:10]}
@@ -155,7 +155,7 @@ def test_a_selective_filter_milvus_cannot_narrow_still_finds_k_hits(collection: 
 
 
 def test_dotted_paths_and_operators_at_the_index(collection: IndexedCollection) -> None:  # noqa: F811
-    collection.upsert([DocumentRecord(id=key, metadata=value) for key, value in METADATA.items()], unit_vectors(len(METADATA)))
+    collection.upsert([domain.Document(id=key, metadata=value) for key, value in METADATA.items()], unit_vectors(len(METADATA)))
     for wanted, expected in CASES:
         hits = collection.search(unit_vectors(1, seed=9)[0], k=20, filter=wanted)
         assert "".join(sorted(hit.id for hit in hits)) == expected, wanted

@@ -15,13 +15,14 @@ import pytest
 
 from irgate.core.index import Index, IndexedCollection
 from irgate.errors import AlreadyExists, DataDirInUse, InvalidArgument, NotFound
-from irgate.index.collection import Collection, DocumentRecord, ScoredKey
+from irgate.domain.documents import Document
+from irgate.index.collection import Collection, ScoredKey
 from irgate.index.store import CollectionStore, validate_collection_name
 from support import DIM, MODEL, unit_vectors
 
 
-def docs(count: int, prefix: str = "doc", **metadata: object) -> list[DocumentRecord]:
-    return [DocumentRecord(id=f"{prefix}{i}", text=f"text {i}", metadata=dict(metadata)) for i in range(count)]
+def docs(count: int, prefix: str = "doc", **metadata: object) -> list[Document]:
+    return [Document(id=f"{prefix}{i}", text=f"text {i}", metadata=dict(metadata)) for i in range(count)]
 
 
 @pytest.fixture
@@ -89,7 +90,7 @@ def test_upsert_replaces_a_document_and_its_vector(collection: IndexedCollection
     vectors = unit_vectors(20)
     collection.upsert(docs(20), vectors)
     replacement = unit_vectors(1, seed=42)
-    result = collection.upsert([DocumentRecord(id="doc3", text="new text")], replacement)
+    result = collection.upsert([Document(id="doc3", text="new text")], replacement)
     assert (result.upserted, result.replaced) == (1, 1)
     assert collection.count() == 20
     assert collection.get(["doc3"])[0].text == "new text"
@@ -102,7 +103,7 @@ def test_upsert_replaces_a_document_and_its_vector(collection: IndexedCollection
 def test_repeated_id_in_one_call_last_wins(collection: IndexedCollection):
     vectors = unit_vectors(2)
     result = collection.upsert(
-        [DocumentRecord(id="same", text="first"), DocumentRecord(id="same", text="second")], vectors
+        [Document(id="same", text="first"), Document(id="same", text="second")], vectors
     )
     assert (result.upserted, result.replaced) == (1, 0)
     assert collection.count() == 1
@@ -121,12 +122,12 @@ def test_delete_counts_deleted_and_not_found(collection: IndexedCollection):
 
 def test_get_in_request_order_and_not_found(collection: IndexedCollection):
     collection.upsert(
-        [DocumentRecord(id="a", text="A", title="Ta", metadata={"n": 1}), DocumentRecord(id="b", text="B")],
+        [Document(id="a", text="A", title="Ta", metadata={"n": 1}), Document(id="b", text="B")],
         unit_vectors(2),
     )
     records = collection.get(["b", "a"])
     assert [r.id for r in records] == ["b", "a"]
-    assert records[1] == DocumentRecord(id="a", text="A", title="Ta", metadata={"n": 1})
+    assert records[1] == Document(id="a", text="A", title="Ta", metadata={"n": 1})
     assert records[1].vector is None
     with pytest.raises(NotFound, match="document 'nope' does not exist in collection 'books'"):
         collection.get(["a", "nope", "other"])
@@ -143,7 +144,7 @@ def test_include_vectors_round_trips_float32(collection: IndexedCollection):
 def test_metadata_filter(collection: IndexedCollection):
     vectors = unit_vectors(300)
     documents = [
-        DocumentRecord(id=f"doc{i}", metadata={"lang": "de" if i % 50 == 0 else "en", "year": 2000 + i % 3})
+        Document(id=f"doc{i}", metadata={"lang": "de" if i % 50 == 0 else "en", "year": 2000 + i % 3})
         for i in range(300)
     ]
     collection.upsert(documents, vectors)
@@ -187,33 +188,33 @@ def test_collection_name_rule(name: str, valid: bool):
 @pytest.mark.parametrize("bad_id", ["", "x" * 257])
 def test_document_id_rule(collection: IndexedCollection, bad_id: str):
     with pytest.raises(InvalidArgument, match="ids are 1 to 256 characters"):
-        collection.upsert([DocumentRecord(id=bad_id)], unit_vectors(1))
+        collection.upsert([Document(id=bad_id)], unit_vectors(1))
     with pytest.raises(InvalidArgument, match="ids are 1 to 256 characters"):
         collection.get([bad_id])
 
 
 def test_any_text_is_a_valid_document_id(collection: IndexedCollection):
     odd = "../../etc/passwd ' \"; DROP TABLE documents; -- ✓"
-    collection.upsert([DocumentRecord(id=odd)], unit_vectors(1))
+    collection.upsert([Document(id=odd)], unit_vectors(1))
     assert collection.get([odd])[0].id == odd
 
 
 def test_wrong_vector_dimension(collection: IndexedCollection):
     wrong_length = f"vector of document 'x' has 12 values; the collection's dimension is {DIM}"
     with pytest.raises(InvalidArgument, match=wrong_length):
-        collection.upsert([DocumentRecord(id="x")], np.zeros((1, 12), dtype=np.float32))
+        collection.upsert([Document(id="x")], np.zeros((1, 12), dtype=np.float32))
     with pytest.raises(InvalidArgument, match=f"query vector has 12 values; the collection's dimension is {DIM}"):
         collection.search(np.zeros(12, dtype=np.float32), k=1)
     with pytest.raises(InvalidArgument, match="one vector of 16 values per document"):
         collection.upsert(docs(2), unit_vectors(3))
     with pytest.raises(InvalidArgument, match="NaN or infinite"):
-        collection.upsert([DocumentRecord(id="x")], np.full((1, DIM), np.nan, dtype=np.float32))
+        collection.upsert([Document(id="x")], np.full((1, DIM), np.nan, dtype=np.float32))
     assert collection.count() == 0
 
 
 def test_metadata_must_be_json(collection: IndexedCollection):
     with pytest.raises(InvalidArgument, match="metadata of document 'x' is not JSON"):
-        collection.upsert([DocumentRecord(id="x", metadata={"when": object()})], unit_vectors(1))
+        collection.upsert([Document(id="x", metadata={"when": object()})], unit_vectors(1))
 
 
 def test_a_collection_built_by_another_model_refuses_new_vectors(engine):
@@ -279,7 +280,7 @@ def test_crash_after_a_snapshot_replays_the_rest(tmp_path: Path):
     collection.upsert(docs(40), vectors[:40])
     collection.snapshot()
     collection.upsert(docs(40, prefix="late"), vectors[40:])
-    collection.upsert([DocumentRecord(id="doc1")], vectors[79:])  # replaces a snapshotted document
+    collection.upsert([Document(id="doc1")], vectors[79:])  # replaces a snapshotted document
     collection.delete(["doc2"])
     crash(collection)
 
@@ -328,7 +329,7 @@ def test_snapshot_every_snapshots_and_truncates_the_change_log(tmp_path: Path):
     collection = Collection.create(folder, dimension=DIM, model=MODEL, snapshot_every=10)
     vectors = unit_vectors(25)
     for i in range(25):
-        collection.upsert([DocumentRecord(id=f"doc{i}")], vectors[i : i + 1])
+        collection.upsert([Document(id=f"doc{i}")], vectors[i : i + 1])
     covered = json.loads((folder / "index.json").read_text())["seq"]
     assert covered == 20
     with sqlite3.connect(folder / "documents.sqlite") as db:
@@ -399,8 +400,8 @@ def test_concurrent_upserts_and_searches(collection: IndexedCollection):
 def test_metadata_filter_compares_json_values(collection: IndexedCollection):
     vectors = unit_vectors(3)
     collection.upsert(
-        [DocumentRecord(id="flag", metadata={"v": True}), DocumentRecord(id="one", metadata={"v": 1}),
-         DocumentRecord(id="nested", metadata={"v": {"a": [1, False]}})],
+        [Document(id="flag", metadata={"v": True}), Document(id="one", metadata={"v": 1}),
+         Document(id="nested", metadata={"v": {"a": [1, False]}})],
         vectors,
     )
     assert [hit.id for hit in collection.search(vectors[0], k=3, filter={"v": True})] == ["flag"]

@@ -23,7 +23,7 @@ from irgate.core.search import RRF_K
 from irgate.errors import FailedPrecondition
 from irgate.index.collection import Collection
 from irgate.index.lexical import MAX_QUERY_TERMS
-from irgate.index.records import DocumentRecord
+from irgate.domain import documents as domain
 from irgate.local_server import LocalServer
 from irgate_client import Client, Document, IrgateError
 
@@ -31,12 +31,12 @@ EXAMPLES = REPO / "examples"
 
 # Words the Porter stemmer leaves as they are, so the reference below needs no stemmer.
 MINERALS = [
-    DocumentRecord(id="m1", title="Zinc", text="zinc and copper in brass"),
-    DocumentRecord(id="m2", title="Copper", text="copper wire carries current; copper is soft"),
-    DocumentRecord(id="m3", title="Iron", text="iron rusts in wet air"),
-    DocumentRecord(id="m4", title="Salt", text="salt is sodium and chlorine; zinc is not in salt"),
-    DocumentRecord(id="m5", title="Tin", text="tin coats iron cans"),
-    DocumentRecord(id="m6", title="Lead", text="lead is heavy and soft"),
+    domain.Document(id="m1", title="Zinc", text="zinc and copper in brass"),
+    domain.Document(id="m2", title="Copper", text="copper wire carries current; copper is soft"),
+    domain.Document(id="m3", title="Iron", text="iron rusts in wet air"),
+    domain.Document(id="m4", title="Salt", text="salt is sodium and chlorine; zinc is not in salt"),
+    domain.Document(id="m5", title="Tin", text="tin coats iron cans"),
+    domain.Document(id="m6", title="Lead", text="lead is heavy and soft"),
 ]
 
 
@@ -44,7 +44,7 @@ def words(text: str) -> list[str]:
     return re.findall(r"[^\W_]+", text.lower())
 
 
-def reference_bm25(documents: list[DocumentRecord], query: str, k1: float = 1.2, b: float = 0.75) -> dict[str, float]:
+def reference_bm25(documents: list[domain.Document], query: str, k1: float = 1.2, b: float = 0.75) -> dict[str, float]:
     """Okapi BM25 as FTS5 defines it: title and text count as one field of their summed length, and an idf
     at or below zero (a word in more than half the documents) counts as 1e-6."""
     tokens = {document.id: words(document.title) + words(document.text) for document in documents}
@@ -69,7 +69,7 @@ def minerals(tmp_path: Path):
     (tmp_path / "collections").mkdir()
     collection = Collection.create(tmp_path / "collections" / "minerals", dimension=4, model="test")
     vectors = np.random.default_rng(0).random((len(MINERALS), 4)).astype(np.float32)
-    collection.upsert([DocumentRecord(id=d.id, title=d.title, text=d.text, metadata={"soft": "soft" in d.text})
+    collection.upsert([domain.Document(id=d.id, title=d.title, text=d.text, metadata={"soft": "soft" in d.text})
                        for d in MINERALS], vectors)
     yield collection
     collection.close()
@@ -108,7 +108,7 @@ def test_lexical_search_applies_the_filter_and_stops_at_k(minerals: Collection) 
 
 
 def test_replaced_and_deleted_documents_leave_the_lexical_index(minerals: Collection) -> None:
-    minerals.upsert([DocumentRecord(id="m1", title="Gold", text="gold does not rust")], np.ones((1, 4), np.float32))
+    minerals.upsert([domain.Document(id="m1", title="Gold", text="gold does not rust")], np.ones((1, 4), np.float32))
     minerals.delete(["m4"])
     assert minerals.lexical_search("zinc", k=10) == []
     assert [hit.id for hit in minerals.lexical_search("gold", k=10)] == ["m1"]
@@ -125,7 +125,7 @@ def test_a_collection_made_before_the_lexical_index_gets_it_on_open(minerals: Co
     try:
         assert len(reopened) == len(MINERALS)
         assert [hit.id for hit in reopened.lexical_search("copper", k=10)] == ["m2", "m1"]
-        reopened.upsert([DocumentRecord(id="m7", title="Nickel", text="nickel coins")], np.ones((1, 4), np.float32))
+        reopened.upsert([domain.Document(id="m7", title="Nickel", text="nickel coins")], np.ones((1, 4), np.float32))
         assert [hit.id for hit in reopened.lexical_search("nickel", k=10)] == ["m7"]
     finally:
         reopened.close()
@@ -144,7 +144,7 @@ def test_a_collection_whose_lexical_index_triggers_kept_loses_the_triggers_on_op
     db.close()
     reopened = Collection(folder)
     try:
-        reopened.upsert([DocumentRecord(id="m2", title="Nickel", text="nickel coins")], np.ones((1, 4), np.float32))
+        reopened.upsert([domain.Document(id="m2", title="Nickel", text="nickel coins")], np.ones((1, 4), np.float32))
         reopened.delete(["m1"])
         # Written twice (trigger and write) or removed twice, FTS5's own check against the documents fails.
         assert reopened.verify() == []

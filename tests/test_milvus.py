@@ -32,7 +32,7 @@ from test_server import (  # noqa: F401 - collected here too, against the Milvus
 )
 
 from irgate.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from irgate.index.records import DocumentRecord
+from irgate.domain.documents import Document
 from irgate.local_server import LocalServer
 from irgate_client import Client, IrgateError
 
@@ -147,7 +147,7 @@ def test_a_collection_is_served_at_once_by_every_index_on_the_server(index: Milv
     index.create("notes", precision="i8")
     other = MilvusIndex(milvus.address, 4, "test-embedder")
     try:
-        index.get("notes").upsert([DocumentRecord(id="n1", text="one")], np.eye(4, dtype=np.float32)[:1])
+        index.get("notes").upsert([Document(id="n1", text="one")], np.eye(4, dtype=np.float32)[:1])
         seen = other.get("notes")
         assert (seen.info().precision, seen.count()) == ("i8", 1)
         assert seen.search(np.eye(4, dtype=np.float32)[0], k=1)[0].id == "n1"
@@ -159,8 +159,8 @@ def test_null_is_a_value_and_a_missing_key_is_not(index: MilvusIndex) -> None:
     index.create("notes")
     notes = index.get("notes")
     vectors = np.eye(4, dtype=np.float32)[:3]
-    notes.upsert([DocumentRecord(id="null", metadata={"v": None}), DocumentRecord(id="missing", metadata={}),
-                  DocumentRecord(id="zero", metadata={"v": 0})], vectors)
+    notes.upsert([Document(id="null", metadata={"v": None}), Document(id="missing", metadata={}),
+                  Document(id="zero", metadata={"v": 0})], vectors)
     assert [hit.id for hit in notes.search(vectors[0], k=3, filter={"v": None})] == ["null"]
     assert [hit.id for hit in notes.search(vectors[0], k=3, filter={"v": False})] == []
     assert [hit.id for hit in notes.search(vectors[0], k=3, filter={"v": 0.0})] == ["zero"]
@@ -170,7 +170,7 @@ def test_text_longer_than_a_milvus_column_is_refused(index: MilvusIndex) -> None
     index.create("notes")
     long = "é" * (MAX_TEXT_BYTES // 2 + 1)  # fewer characters than the limit, more bytes
     with pytest.raises(InvalidArgument, match=f"text of document 'long' has {MAX_TEXT_BYTES + 2} bytes in UTF-8"):
-        index.get("notes").upsert([DocumentRecord(id="long", text=long)], np.eye(4, dtype=np.float32)[:1])
+        index.get("notes").upsert([Document(id="long", text=long)], np.eye(4, dtype=np.float32)[:1])
     assert index.get("notes").count() == 0
 
 
@@ -204,12 +204,12 @@ def test_the_sdk_balances_over_ip_addresses_only() -> None:
 def test_a_released_collection_is_loaded_again_by_the_call_that_finds_it_so(index: MilvusIndex) -> None:
     index.create("notes")
     vectors = np.eye(4, dtype=np.float32)
-    index.get("notes").upsert([DocumentRecord(id="n0")], vectors[:1])
+    index.get("notes").upsert([Document(id="n0")], vectors[:1])
     # A restarted milvus-lite holds every collection released, as here; each call must load it again.
     calls = {
         "search": lambda notes: [hit.id for hit in notes.search(vectors[0], k=1)] == ["n0"],
         "get": lambda notes: [record.id for record in notes.get(["n0"])] == ["n0"],
-        "upsert": lambda notes: notes.upsert([DocumentRecord(id="n1")], vectors[1:2]).upserted == 1,
+        "upsert": lambda notes: notes.upsert([Document(id="n1")], vectors[1:2]).upserted == 1,
         "delete": lambda notes: notes.delete(["n1"]) == (1, 0),
     }
     for call, answered in calls.items():
@@ -246,7 +246,7 @@ def test_a_snapshot_seals_the_writes_into_the_vector_index(index: MilvusIndex) -
     index.create("notes", precision="f32")
     notes = index.get("notes")
     vectors = np.eye(4, dtype=np.float32)
-    notes.upsert([DocumentRecord(id=f"n{i}") for i in range(4)], vectors)
+    notes.upsert([Document(id=f"n{i}") for i in range(4)], vectors)
     notes.snapshot()
     described = index._client.describe_index(milvus_name("notes"), "vector")
     assert (described["index_type"], described["indexed_rows"], described["pending_index_rows"]) == ("HNSW", 4, 0)

@@ -14,7 +14,7 @@ import pytest
 
 from irgate.errors import DataLoss, NotFound, ResourceExhausted
 from irgate.index.collection import FILES_PER_COLLECTION
-from irgate.index.records import DocumentRecord
+from irgate.domain import documents as domain
 from irgate.index.store import CollectionStore
 from irgate.local_server import LocalServer
 from irgate_client import Client, Document, IrgateError
@@ -45,7 +45,7 @@ def test_only_the_most_recently_used_collections_stay_open(root: Path):
     vectors = {f"c{i}": unit_vectors(5, seed=i) for i in range(10)}
     for name, own in vectors.items():
         store.create(name)
-        store.get(name).upsert([DocumentRecord(id=f"{name}-{j}") for j in range(5)], own)
+        store.get(name).upsert([domain.Document(id=f"{name}-{j}") for j in range(5)], own)
         assert len(collections_holding_files(root)) <= 3
     assert collections_holding_files(root) == {"c7", "c8", "c9"}
 
@@ -78,10 +78,10 @@ def test_a_collection_closed_to_make_room_loses_no_write_even_in_a_crash(root: P
     for name in ("first", "second"):
         store.create(name)
     first, second = store.get("first"), store.get("second")
-    first.upsert([DocumentRecord(id="early", text="before closing")], unit_vectors(1, seed=1))
-    second.upsert([DocumentRecord(id="other")], unit_vectors(1, seed=2))  # closes "first"
+    first.upsert([domain.Document(id="early", text="before closing")], unit_vectors(1, seed=1))
+    second.upsert([domain.Document(id="other")], unit_vectors(1, seed=2))  # closes "first"
     assert (root / "first" / "index.usearch").exists()
-    first.upsert([DocumentRecord(id="late", text="after reopening")], unit_vectors(1, seed=3))  # closes "second"
+    first.upsert([domain.Document(id="late", text="after reopening")], unit_vectors(1, seed=3))  # closes "second"
     # A crash: the process ends without closing anything.
     store._owner.close()
     crashed = CollectionStore(root, DIM, MODEL, max_open=1)
@@ -105,7 +105,7 @@ def test_collections_in_use_are_never_closed_under_their_calls(root: Path):
             collection = store.get(name)
             vectors = unit_vectors(200, seed=seed)
             for start in range(0, 200, 20):
-                collection.upsert([DocumentRecord(id=f"{name}-{i}") for i in range(start, start + 20)], vectors[start : start + 20])
+                collection.upsert([domain.Document(id=f"{name}-{i}") for i in range(start, start + 20)], vectors[start : start + 20])
                 for i in range(start, start + 20, 5):
                     assert collection.search(vectors[i], k=1)[0].id == f"{name}-{i}"
                 assert collection.count() == start + 20
@@ -130,8 +130,8 @@ def test_a_deleted_collection_refuses_calls_whether_open_or_closed(root: Path):
     for name in ("kept", "gone"):
         store.create(name)
     held = store.get("gone")
-    held.upsert([DocumentRecord(id="d")], unit_vectors(1, seed=0))
-    store.get("kept").upsert([DocumentRecord(id="d")], unit_vectors(1, seed=1))  # closes "gone"
+    held.upsert([domain.Document(id="d")], unit_vectors(1, seed=0))
+    store.get("kept").upsert([domain.Document(id="d")], unit_vectors(1, seed=1))  # closes "gone"
     store.delete("gone")
     with pytest.raises(NotFound, match="'gone' does not exist"):
         held.search(unit_vectors(1, seed=0)[0], k=1)
@@ -147,7 +147,7 @@ def test_a_collection_damaged_while_closed_answers_data_loss_and_the_others_serv
     store = CollectionStore(root, DIM, MODEL, max_open=1)
     for name in ("fine", "broken"):
         store.create(name)
-        store.get(name).upsert([DocumentRecord(id="d")], unit_vectors(1, seed=0))
+        store.get(name).upsert([domain.Document(id="d")], unit_vectors(1, seed=0))
     store.get("fine").get(["d"])  # closes "broken"
     database = root / "broken" / "documents.sqlite"
     database.write_bytes(b"\xa5" * 4096 + database.read_bytes()[4096:])
@@ -172,7 +172,7 @@ def test_running_out_of_descriptors_is_resource_exhausted_and_retrying_later_wor
     try:
         with pytest.raises(ResourceExhausted) as refused:
             for name in names:
-                store.get(name).upsert([DocumentRecord(id="d")], unit_vectors(1, seed=len(opened)))
+                store.get(name).upsert([domain.Document(id="d")], unit_vectors(1, seed=len(opened)))
                 opened.append(name)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
@@ -183,7 +183,7 @@ def test_running_out_of_descriptors_is_resource_exhausted_and_retrying_later_wor
     # Nothing was written to the refused collection, and with descriptors to spare the same call succeeds.
     refused_name = names[len(opened)]
     assert store.get(refused_name).count() == 0
-    store.get(refused_name).upsert([DocumentRecord(id="d")], unit_vectors(1, seed=99))
+    store.get(refused_name).upsert([domain.Document(id="d")], unit_vectors(1, seed=99))
     assert store.get(refused_name).count() == 1
     assert all(store.get(name).get(["d"])[0].id == "d" for name in opened)
     store.close()

@@ -298,11 +298,12 @@ def test_idle_client_streams_neither_starve_other_calls_nor_live_forever(minilm_
 
 
 def test_a_snapshot_with_damaged_vectors_is_rebuilt_from_the_database(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from irgate.index.collection import Collection, DocumentRecord
+    from irgate.domain.documents import Document
+    from irgate.index.collection import Collection
 
     vectors = np.random.default_rng(0).standard_normal((300, 32)).astype(np.float32)
     collection = Collection.create(tmp_path / "books", dimension=32, model="m")
-    collection.upsert([DocumentRecord(id=f"d{i}") for i in range(300)], vectors)
+    collection.upsert([Document(id=f"d{i}") for i in range(300)], vectors)
     collection.close()
     snapshot = tmp_path / "books" / "index.usearch"
     damaged = bytearray(snapshot.read_bytes())
@@ -378,12 +379,13 @@ def test_a_damaged_database_takes_down_its_collection_only(minilm_folder: Path, 
 
 
 def test_collection_check_reports_an_index_that_disagrees_with_the_store(tmp_path: Path) -> None:
-    from irgate.index.collection import Collection, DocumentRecord
+    from irgate.domain.documents import Document
+    from irgate.index.collection import Collection
 
     vectors = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32)
     (tmp_path / "collections").mkdir()
     collection = Collection.create(tmp_path / "collections" / "notes", dimension=8, model="m")
-    collection.upsert([DocumentRecord(id=f"d{i}") for i in range(20)], vectors)
+    collection.upsert([Document(id=f"d{i}") for i in range(20)], vectors)
     collection._index.remove([1, 2])  # an index that lost two documents the store holds
     problems = collection.verify()
     collection.close(snapshot=False)

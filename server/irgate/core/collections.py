@@ -27,11 +27,6 @@ class UpsertCounts:
     unchanged: int = 0  # skipped: the same id with the same content is already stored
 
 
-def document_of(record: Document) -> Document:
-    """The document as the index returned it (core.search still calls this; the index returns domain Documents)."""
-    return record
-
-
 def same_content(stored: Document, given: Document) -> bool:
     return stored.title == given.title and stored.text == given.text and json_equal(stored.metadata, given.metadata)
 

@@ -16,8 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from irgate import tracing
-from irgate.core.collections import document_of
-from irgate.core.documents import Document
+from irgate.domain.documents import Document
 from irgate.core.embedding import Embeddings, EmbeddingService, TextInput, Timing, Truncation
 from irgate.core.index import Index, IndexedCollection
 from irgate.core.judge import JudgeService, Passage, Verdict, require_judge
@@ -161,7 +160,7 @@ class SearchPipeline:
         if (query.include_documents or top_n) and hits:
             with tracing.stage("document fetch", documents=len(hits)):
                 records = await asyncio.to_thread(collection.get, [hit.id for hit in hits], skip_missing=True)
-            documents = {record.id: document_of(record) for record in records}
+            documents = {record.id: record for record in records}
             hits = [replace(hit, document=documents[hit.id]) for hit in hits if hit.id in documents]
         judge_ns = 0
         if top_n and hits:

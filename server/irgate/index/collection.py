@@ -39,13 +39,13 @@ from typing import Any, TypeVar
 import numpy as np
 from usearch.index import Index
 
+from irgate.domain.documents import Document
 from irgate.errors import DataLoss, InvalidArgument, NotFound, Resource, ResourceExhausted
 from irgate.filters import Filter, sqlite_where
 from irgate.index.lexical import TOKENIZER, fts5_query
 from irgate.index.records import (
     PRECISIONS,
     CollectionInfo,
-    DocumentRecord,
     ScoredKey,
     UpsertResult,
     check_model,
@@ -62,7 +62,6 @@ __all__ = [
     "PRECISIONS",
     "Collection",
     "CollectionInfo",
-    "DocumentRecord",
     "ScoredKey",
     "UpsertResult",
     "damage_of",
@@ -270,7 +269,7 @@ class Collection:
         return self._count
 
     @_reporting_damage
-    def upsert(self, documents: Sequence[DocumentRecord], vectors: np.ndarray) -> UpsertResult:
+    def upsert(self, documents: Sequence[Document], vectors: np.ndarray) -> UpsertResult:
         """Writes documents with their vectors (float32 [n, dim]) in one transaction.
 
         A document whose id exists replaces it; when one call repeats an id, the last one wins.
@@ -311,7 +310,7 @@ class Collection:
         return UpsertResult(upserted=len(rows), replaced=len(old_keys))
 
     @_reporting_damage
-    def get(self, ids: Sequence[str], include_vectors: bool = False, skip_missing: bool = False) -> list[DocumentRecord]:
+    def get(self, ids: Sequence[str], include_vectors: bool = False, skip_missing: bool = False) -> list[Document]:
         """Returns the documents in request order; raises NotFound naming the first missing id.
 
         skip_missing leaves missing ids out instead: for search hits whose documents a concurrent
@@ -420,7 +419,7 @@ class Collection:
     @_reporting_damage
     def list_documents(
         self, after: str | None, limit: int, filter: Filter | None = None, include_vectors: bool = False
-    ) -> list[DocumentRecord]:
+    ) -> list[Document]:
         """Up to `limit` documents with ids after `after`, in id order (SQLite compares ids as UTF-8
         bytes, which sort as code points), among those that match the filter (narrowed by
         irgate.filters.sqlite_where, then checked exactly)."""
@@ -429,7 +428,7 @@ class Collection:
         condition = sqlite_where(filter) if filter is not None else None
         where, parameters = ("1", ()) if condition is None else (condition.sql, condition.parameters)
         exact = filter is None or (condition is not None and condition.exact)
-        records: list[DocumentRecord] = []
+        records: list[Document] = []
         with self._lock:
             self._check_open()
             cursor = self._db.execute(
@@ -758,10 +757,10 @@ class _UnusableSnapshot(Exception):
     """Why the saved snapshot cannot be used; the index is then rebuilt from the documents."""
 
 
-def _record(row: tuple[str, str, str, str, bytes | None]) -> DocumentRecord:
+def _record(row: tuple[str, str, str, str, bytes | None]) -> Document:
     """A documents row (id, title, text, metadata, vector or NULL) as a record."""
     document_id, title, text, metadata, vector = row
-    return DocumentRecord(
+    return Document(
         id=document_id,
         title=title,
         text=text,

@@ -40,6 +40,7 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.client.types import LoadState
 from pymilvus.exceptions import ErrorCode, MilvusException
 
+from irgate.domain.documents import Document
 from irgate.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -55,7 +56,6 @@ from irgate.filters import Filter, milvus_expression, milvus_string
 from irgate.identifiers import COLLECTION_NAME, check_collection_name
 from irgate.index.records import (
     CollectionInfo,
-    DocumentRecord,
     ScoredKey,
     UpsertResult,
     check_model,
@@ -122,10 +122,10 @@ def _ids_expression(ids: Sequence[str]) -> str:
     return f"id in [{', '.join(milvus_string(document_id) for document_id in ids)}]"
 
 
-def _record(row: Mapping[str, Any]) -> DocumentRecord:
+def _record(row: Mapping[str, Any]) -> Document:
     """A row of a query as a record; its vector when the query asked for one."""
     vector = row.get("vector")
-    return DocumentRecord(
+    return Document(
         id=row["id"], title=row["title"], text=row["text"], metadata=row["metadata"],
         vector=None if vector is None else np.asarray(vector, dtype=np.float32),
     )
@@ -336,7 +336,7 @@ class MilvusCollection:
             self._client.query, self._stored, filter="", output_fields=["count(*)"], consistency_level=_STRONG))
         return int(rows[0]["count(*)"])
 
-    def upsert(self, documents: Sequence[DocumentRecord], vectors: np.ndarray) -> UpsertResult:
+    def upsert(self, documents: Sequence[Document], vectors: np.ndarray) -> UpsertResult:
         check_model(self.name, self.model, self._serving_model)
         checked = check_upsert(documents, vectors, self.dimension)
         if not checked:
@@ -364,11 +364,11 @@ class MilvusCollection:
         self._index.loaded(self.name, partial(self._client.upsert, self._stored, rows))
         return UpsertResult(upserted=len(rows), replaced=replaced)
 
-    def get(self, ids: Sequence[str], include_vectors: bool = False, skip_missing: bool = False) -> list[DocumentRecord]:
+    def get(self, ids: Sequence[str], include_vectors: bool = False, skip_missing: bool = False) -> list[Document]:
         for document_id in ids:
             validate_document_id(document_id)
         fields = ["id", "title", "text", "metadata", *(["vector"] if include_vectors else [])]
-        found: dict[str, DocumentRecord] = {}
+        found: dict[str, Document] = {}
         for start in range(0, len(ids), _IDS_PER_QUERY):
             expression = _ids_expression(ids[start : start + _IDS_PER_QUERY])
             for row in self._index.loaded(self.name, partial(
@@ -460,7 +460,7 @@ class MilvusCollection:
 
     def list_documents(
         self, after: str | None, limit: int, filter: Filter | None = None, include_vectors: bool = False
-    ) -> list[DocumentRecord]:
+    ) -> list[Document]:
         """Up to `limit` documents with ids after `after`, in id order, through Milvus's query
         iterator (which walks a collection by primary key: a plain query with a limit returns rows in
         no particular order), the filter pushed down as in search and then checked exactly."""
@@ -469,7 +469,7 @@ class MilvusCollection:
         pushed = milvus_expression(filter) if filter is not None else None
         conditions = [*([f"id > {milvus_string(after)}"] if after is not None else []), *([f"({pushed})"] if pushed else [])]
         fields = ["id", "title", "text", "metadata", *(["vector"] if include_vectors else [])]
-        records: list[DocumentRecord] = []
+        records: list[Document] = []
         with self._index._answers(self.name):
             rows = self._index.loaded(self.name, partial(
                 self._client.query_iterator, self._stored, batch_size=min(limit, _IDS_PER_QUERY),

@@ -22,9 +22,6 @@ from irgate.filters import matches_filter as matches_filter
 from irgate.identifiers import check_document_id
 
 PRECISIONS = ("f16", "f32", "i8")
-# The engines' name for the one document type (irgate.domain): index.collection, index.store and
-# index.milvus import it from here.
-DocumentRecord = Document
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ from irgate.errors import (
 from irgate.filters import Filter
 from irgate.identifiers import COLLECTION_NAME, check_collection_name
 from irgate.index.collection import DATABASE_FILE, FILES_PER_COLLECTION, Collection, damage_of, out_of_descriptors
-from irgate.index.records import CollectionInfo, DocumentRecord, ScoredKey, UpsertResult
+from irgate.domain.documents import Document
+from irgate.index.records import CollectionInfo, ScoredKey, UpsertResult
 
 # Work folders start with "." so they can never be taken for a collection (names start with a letter or digit).
 _STAGING_PREFIX = ".creating-"
@@ -344,11 +345,11 @@ class StoredCollection:
         opened = self.opened
         return self._closed_info.documents if opened is None else opened.count()
 
-    def upsert(self, documents: Sequence[DocumentRecord], vectors: np.ndarray) -> UpsertResult:
+    def upsert(self, documents: Sequence[Document], vectors: np.ndarray) -> UpsertResult:
         with self._store._using(self) as collection:
             return collection.upsert(documents, vectors)
 
-    def get(self, ids: Sequence[str], include_vectors: bool = False, skip_missing: bool = False) -> list[DocumentRecord]:
+    def get(self, ids: Sequence[str], include_vectors: bool = False, skip_missing: bool = False) -> list[Document]:
         with self._store._using(self) as collection:
             return collection.get(ids, include_vectors, skip_missing)
 
@@ -366,7 +367,7 @@ class StoredCollection:
 
     def list_documents(
         self, after: str | None, limit: int, filter: Filter | None = None, include_vectors: bool = False
-    ) -> list[DocumentRecord]:
+    ) -> list[Document]:
         with self._store._using(self) as collection:
             return collection.list_documents(after, limit, filter, include_vectors)
 
