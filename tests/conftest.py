@@ -16,9 +16,6 @@ from irgate.models.judge import RANK1_PROMPT_TEMPLATE
 from irgate.processes import free_port
 from irgate_client import Client
 from support import DIM, MODEL, REPO
-# test_cli.py (free_port, wait_for) and test_lexical.py (REPO, SHARED) still import these from here.
-from support import SHARED as SHARED
-from support import wait_for as wait_for
 
 if TYPE_CHECKING:
     from irgate.core.index import Index, IndexedCollection

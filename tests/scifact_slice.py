@@ -8,7 +8,9 @@ import gzip
 import json
 from pathlib import Path
 
-SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
+from support import SHARED
+
+SCIFACT = SHARED / "data" / "scifact"
 
 
 def write_slice(out: Path, queries: int = 40, distractors: int = 360, source: Path = SCIFACT) -> Path:

@@ -28,6 +28,13 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
+def assert_ratio(report: dict[str, Any], ratio: str, numerator: str, denominator: str) -> None:
+    """A benchmark's ratio is the quotient of two rates it measured (both ran, both finite), to its rounding."""
+    top, bottom = report[numerator], report[denominator]
+    assert np.isfinite([top, bottom]).all() and top > 0 and bottom > 0, (numerator, top, denominator, bottom)
+    assert abs(report[ratio] - top / bottom) <= 0.01 + 0.02 * top / bottom, (ratio, report[ratio], top / bottom)
+
+
 def unit_vectors(count: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
     """`count` random unit vectors (float32 [count, dim]), the same for the same seed."""
     vectors = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)

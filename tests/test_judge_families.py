@@ -257,7 +257,7 @@ def test_prompts_and_token_ids_are_the_references(family) -> None:
     tokenizer = _tokenizer(folder)
     for instruction in _instructions(spec):
         texts, rows = spec.inputs(source, QUERY, PASSAGES, instruction)
-        for passage, text, ids in zip(PASSAGES, texts, rows):
+        for passage, text, ids in zip(PASSAGES, texts, rows, strict=True):
             fitted = families.fit(manifest, tokenizer, QUERY, instruction or "", "", passage, 0)
             assert fitted.text == text
             assert fitted.ids == ids
@@ -272,7 +272,7 @@ def test_served_scores_are_the_references(family) -> None:
             _, rows = spec.inputs(source, QUERY, PASSAGES, instruction)
             expected = spec.scores(source, rows)
             verdicts = client.judge(QUERY, PASSAGES, instruction=instruction or "")
-            for verdict, reference in zip(verdicts, expected):
+            for verdict, reference in zip(verdicts, expected, strict=True):
                 assert verdict.ended == "scored"
                 assert (verdict.reasoning_tokens, verdict.reasoning_budget, verdict.reasoning) == (0, 0, "")
                 assert abs(verdict.score - reference) <= TOLERANCE, (spec.preset, instruction, verdict.score, reference)
@@ -298,7 +298,7 @@ def test_search_rerank_orders_stored_documents_by_the_reference_scores(family) -
     spec, source, _, running = family
     instruction = CLAIM if spec.instructions else None
     _, rows = spec.inputs(source, QUERY, PASSAGES, instruction)
-    expected = dict(zip(["d0", "d1", "d2"], spec.scores(source, rows)))
+    expected = dict(zip(["d0", "d1", "d2"], spec.scores(source, rows), strict=True))
     collection = f"rerank-{spec.preset}"
     with Client(running.address) as client:
         client.create_collection(collection, exist_ok=True)
@@ -468,6 +468,6 @@ def test_triton_cpu_flavour_gives_the_in_process_scores(triton_judges, stream: b
             asyncio.run(remote.close())
             asyncio.run(local.close())
         assert [(o.index, o.ended, o.reasoning_tokens) for o in got] == [(o.index, "scored", 0) for o in expected]
-        worst = max(abs(a.score - b.score) for a, b in zip(got, expected))
+        worst = max(abs(a.score - b.score) for a, b in zip(got, expected, strict=True))
         assert worst <= TOLERANCE, (preset, got, expected)
         print(f"{preset} through Triton ({'streamed' if stream else 'unary'}): largest difference from in-process {worst:.2e}")

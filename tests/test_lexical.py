@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED
+from support import REPO, SHARED
 
 from irgate.core.search import RRF_K
 from irgate.errors import FailedPrecondition

@@ -41,6 +41,7 @@ from irgate.models import triton as triton_models
 from irgate.models.tritonserver import TritonServer
 from irgate_client import Client, Document, IrgateError
 from scifact_slice import SCIFACT, write_slice
+from support import assert_ratio, judge_events, wait_for
 
 FAST_RETRY = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.05)
 TEXTS = [
@@ -128,22 +129,9 @@ def _counter(metrics: str, name: str, **labels: str) -> float:
     return total
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what} did not happen within {timeout:.0f}s")
-        time.sleep(0.05)
-    return time.monotonic() - started
-
-
 def _judge(backend: Any, passages: list[PassageText], budget: int, stream: bool = False, query: str = "what causes diabetes") -> list[Any]:
-    request = JudgeRequest(query=query, instruction="", passages=tuple(passages), budget=budget, stream_reasoning=stream)
-
-    async def run() -> list[Any]:
-        return [event async for event in backend.judge(request)]
-
-    return asyncio.run(run())
+    return judge_events(backend, JudgeRequest(query=query, instruction="", passages=tuple(passages), budget=budget,
+                                              stream_reasoning=stream))
 
 
 def _outcomes(events: list[Any]) -> list[JudgeOutcome]:
@@ -152,11 +140,11 @@ def _outcomes(events: list[Any]) -> list[JudgeOutcome]:
 
 def _assert_same_verdicts(got: list[JudgeOutcome], expected: list[JudgeOutcome]) -> float:
     assert len(got) == len(expected)
-    for outcome, reference in zip(got, expected):
+    for outcome, reference in zip(got, expected, strict=True):
         assert (outcome.index, outcome.ended, outcome.reasoning_tokens, outcome.reasoning) == (
             reference.index, reference.ended, reference.reasoning_tokens, reference.reasoning)
         assert abs(outcome.score - reference.score) <= 1e-4, (outcome, reference)
-    return max(abs(o.score - e.score) for o, e in zip(got, expected))
+    return max(abs(o.score - e.score) for o, e in zip(got, expected, strict=True))
 
 
 # ---- the embedder ------------------------------------------------------------------------------------
@@ -217,7 +205,7 @@ def test_model_not_loaded_is_unavailable_naming_it(triton: TritonServer, gateway
     with grpcclient.InferenceServerClient(triton.address) as admin, Client(gateway.address, timeout=60) as client:
         admin.unload_model("embedder_tight")
         try:
-            _wait_for(lambda: not admin.is_model_ready("embedder_tight"), 30, "unloading")
+            wait_for(lambda: not admin.is_model_ready("embedder_tight"), 30, "unloading")
             backend = TritonEmbedder(f"triton://{triton.address}/embedder_tight", minilm_folder, retry=FAST_RETRY)
 
             async def run() -> None:
@@ -234,7 +222,7 @@ def test_model_not_loaded_is_unavailable_naming_it(triton: TritonServer, gateway
         # Through the gateway: its own embedder model unloaded -> UNAVAILABLE naming it.
         admin.unload_model("embedder")
         try:
-            _wait_for(lambda: not admin.is_model_ready("embedder"), 30, "unloading")
+            wait_for(lambda: not admin.is_model_ready("embedder"), 30, "unloading")
             with pytest.raises(IrgateError) as raised:
                 client.embed(["rain"])
             assert raised.value.code == grpc.StatusCode.UNAVAILABLE and "'embedder'" in raised.value.message
@@ -287,7 +275,7 @@ def test_answered_documents_are_stopped_inside_triton(triton: TritonServer, few_
                    - _counter(before, "irgate_judge_sequences_total", model="judge_few_shot", ended=reason)
                    for reason in ("stopped", "cancelled"))
 
-    _wait_for(lambda: cut_short() == 2, 10, "both answered documents ending inside Triton")
+    wait_for(lambda: cut_short() == 2, 10, "both answered documents ending inside Triton")
     generated = _counter(triton.metrics(), "irgate_judge_generated_tokens_total", model="judge_few_shot") - \
         _counter(before, "irgate_judge_generated_tokens_total", model="judge_few_shot")
     # No document ran on to its budget: at most one step past each answer.
@@ -346,7 +334,7 @@ def test_stop_request_and_cancelled_call_end_generation_inside_triton(triton: Tr
 
     received, both_final = asyncio.run(stop_after(5))
     assert both_final and received < 50
-    _wait_for(lambda: ended("stopped") == stopped_before + 1, 10, "the stop request being counted")
+    wait_for(lambda: ended("stopped") == stopped_before + 1, 10, "the stop request being counted")
 
     # A gateway call whose client leaves: the stream is cancelled, Triton cancels its requests.
     judge = TritonJudge(f"triton://{triton.address}/judge", judge_folder)
@@ -362,7 +350,7 @@ def test_stop_request_and_cancelled_call_end_generation_inside_triton(triton: Tr
         await judge.close()
 
     asyncio.run(leave_early())
-    took = _wait_for(lambda: ended("cancelled") >= cancelled_before + 2, 15, "the cancelled call's sequences ending")
+    took = wait_for(lambda: ended("cancelled") >= cancelled_before + 2, 15, "the cancelled call's sequences ending")
     tokens = _counter(triton.metrics(), "irgate_judge_generated_tokens_total", model="judge")
     time.sleep(1.0)
     assert _counter(triton.metrics(), "irgate_judge_generated_tokens_total", model="judge") == tokens  # nothing runs on
@@ -397,7 +385,7 @@ def test_concurrent_search_with_rerank_from_8_clients(gateway: LocalServer, trit
         with ThreadPoolExecutor(8) as pool:
             together = list(pool.map(search, queries))
         after = triton.metrics()
-    for alone, concurrent in zip(one_by_one, together):
+    for alone, concurrent in zip(one_by_one, together, strict=True):
         assert [hit[0] for hit in concurrent] == [hit[0] for hit in alone]
         assert [hit[2] for hit in concurrent] == [hit[2] for hit in alone] and all(hit[2] for hit in alone[:3])
         assert np.allclose([hit[1] for hit in concurrent], [hit[1] for hit in alone], atol=1e-4)
@@ -447,8 +435,10 @@ def test_bench_embed_through_triton_reports_ratios_on_equal_vectors(minilm_folde
                            "--documents", "16", "--json"], capture_output=True, text=True, timeout=900, check=True)
     report = json.loads(done.stdout)
     assert report["documents"] == 16
-    assert report["triton_vs_in_process_1_clients"] > 0 and report["triton_vs_in_process_16_clients"] > 0
-    assert report["in_process_one_text_p50_ms"] > 0 and report["triton_one_text_p50_ms"] > 0
+    for clients in (1, 16):
+        assert_ratio(report, f"triton_vs_in_process_{clients}_clients", f"triton_docs_per_s_{clients}_clients",
+                     f"in_process_docs_per_s_{clients}_clients")
+    assert report["triton_hop_p50_ms"] == pytest.approx(report["triton_one_text_p50_ms"] - report["in_process_one_text_p50_ms"], abs=0.02)
     assert report["max_abs_diff_triton_vs_in_process"] <= 1e-5  # the same vectors, or the speed means nothing
 
 
@@ -486,7 +476,7 @@ def test_killed_triton_is_unavailable_then_picked_up_again(cpu_repository: Path,
 
             caller = threading.Thread(target=long_call)
             caller.start()
-            _wait_for(lambda: _counter(first.metrics(), "irgate_judge_generated_tokens_total", model="judge") > 0, 60,
+            wait_for(lambda: _counter(first.metrics(), "irgate_judge_generated_tokens_total", model="judge") > 0, 60,
                       "the judge generating")
             killed_at = time.monotonic()
             first.kill()
@@ -500,11 +490,11 @@ def test_killed_triton_is_unavailable_then_picked_up_again(cpu_repository: Path,
                 client.embed(["rain"])
             assert raised.value.code == grpc.StatusCode.UNAVAILABLE and "unreachable" in raised.value.message
             not_serving_after = time.monotonic() - killed_at
-            not_serving_after += _wait_for(lambda: _health(gateway.address) == health_pb2.HealthCheckResponse.NOT_SERVING,
+            not_serving_after += wait_for(lambda: _health(gateway.address) == health_pb2.HealthCheckResponse.NOT_SERVING,
                                            20, "NOT_SERVING")
 
             restarted = TritonServer(repository, **ports).start()
-            serving_after = _wait_for(lambda: _health(gateway.address) == health_pb2.HealthCheckResponse.SERVING, 30,
+            serving_after = wait_for(lambda: _health(gateway.address) == health_pb2.HealthCheckResponse.SERVING, 30,
                                       "SERVING again")
             print(f"Triton killed: the call UNAVAILABLE after {unavailable_after:.1f}s, health NOT_SERVING after "
                   f"{not_serving_after:.1f}s; restarted: SERVING {serving_after:.1f}s after it was ready")

@@ -43,7 +43,7 @@ from irgate_client import IrgateError  # noqa: E402
 COMMANDS = {**commands.COMMANDS, "eval": evaluate.run_eval}
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     exit_codes = "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items())
     parser = argparse.ArgumentParser(prog="irgate", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter,
                                      epilog=f"exit codes:\n{exit_codes}\n\nIRGATE_SERVER (HOST:PORT) is every client "
@@ -73,7 +73,7 @@ def _explained(error: IrgateError, args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
     # The user's to fix (a status from the server, a bad file or argument, a setting): no traceback.
