@@ -292,6 +292,12 @@ def test_a_deadline_says_how_to_raise_it(server: LocalServer) -> None:
 # ---------------------------------------------------------------------------
 
 
+def test_an_eval_whose_own_server_cannot_start_says_why_in_one_line(beir_folder: Path, tmp_path: Path) -> None:
+    failed = irgate("eval", "beir", "--data", str(beir_folder), "--embedder", f"onnx:{tmp_path / 'nothing'}", check=False)
+    assert failed.returncode == EXIT_NOT_STARTED and "Traceback" not in failed.stderr
+    assert f"no prepared embedder at {tmp_path / 'nothing'}: run `irgate prepare` first" in failed.stderr
+
+
 def test_each_exit_code_means_one_thing_and_help_lists_them_all(server: LocalServer, minilm_folder: Path) -> None:
     irgate("collection", "create", "cli-codes", "--server", server.address)
     outcomes = {

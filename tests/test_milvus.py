@@ -31,7 +31,7 @@ from test_server import (  # noqa: F401 - collected here too, against the Milvus
     test_upsert_stream_reports_what_was_committed_before_an_error,
 )
 
-from irgate.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from irgate.errors import InvalidArgument, NotFound, ResourceExhausted, StartupError, Unavailable
 from irgate.domain.documents import Document
 from irgate.local_server import LocalServer
 from irgate_client import Client, IrgateError
@@ -177,13 +177,13 @@ def test_text_longer_than_a_milvus_column_is_refused(index: MilvusIndex) -> None
 def test_a_gateway_refuses_to_start_without_its_milvus(minilm_folder: Path, tmp_path: Path) -> None:
     from irgate.processes import free_port
 
-    with pytest.raises(RuntimeError, match=r"cannot reach Milvus at 127\.0\.0\.1:\d+"):  # IRGATE_INDEX as --index
+    with pytest.raises(StartupError, match=r"cannot reach Milvus at 127\.0\.0\.1:\d+"):  # IRGATE_INDEX as --index
         LocalServer(tmp_path, ["--embedder", f"onnx:{minilm_folder}", "--judge", "none"],
                     env={"IRGATE_INDEX": f"milvus://127.0.0.1:{free_port()}"}).start()
 
 
 def test_a_malformed_index_setting_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError) as refused:
+    with pytest.raises(StartupError) as refused:
         LocalServer(tmp_path, ["--judge", "none", "--index", "milvus://nowhere"]).start()
     assert "--index (env IRGATE_INDEX) is 'milvus://nowhere'; use local or milvus://HOST:PORT" in " ".join(
         str(refused.value).split())

@@ -14,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from irgate.errors import StartupError
 from irgate.local_server import LocalServer
 from irgate_client import AsyncClient, Client, Document, IrgateError, Query
 from irgate_client.v1 import irgate_pb2 as pb
@@ -355,7 +356,7 @@ def test_a_second_server_on_the_same_data_dir_is_refused(minilm_folder: Path, tm
     args = ["--embedder", f"onnx:{minilm_folder}", "--judge", "none"]
     with LocalServer(tmp_path, args):
         second = LocalServer(tmp_path, args, start_timeout=60)
-        with pytest.raises(RuntimeError) as raised:
+        with pytest.raises(StartupError) as raised:
             second.start()
         assert "in use by another irgate process" in str(raised.value)
 
@@ -364,6 +365,6 @@ def test_a_taken_port_is_refused_not_shared(server: LocalServer, minilm_folder: 
     port = server.address.rsplit(":", 1)[1]
     second = LocalServer(tmp_path, ["--embedder", f"onnx:{minilm_folder}", "--judge", "none", "--port", port],
                          start_timeout=60)
-    with pytest.raises(RuntimeError) as raised:
+    with pytest.raises(StartupError) as raised:
         second.start()
     assert f"cannot listen on 127.0.0.1:{port}" in str(raised.value)

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from irgate.errors import StartupError
 from irgate.logs import READY_PREFIX, ready_address
 from irgate.processes import stop_process
 
@@ -48,8 +49,13 @@ class LocalServer:
         threading.Thread(target=self._read_output, args=(ready,), daemon=True).start()
         if not ready.wait(self.start_timeout) or not self.address:
             self.stop()
-            raise RuntimeError("irgate serve did not start:\n" + "".join(self.output[-40:]))
+            raise StartupError(self._why_not_started())
         return self
+
+    def _why_not_started(self) -> str:
+        """The server's own error lines (it says what to change), else the end of its log."""
+        errors = [line.strip() for line in self.output if "error:" in line]
+        return "irgate serve did not start: " + ("\n".join(errors) if errors else "\n" + "".join(self.output[-40:]))
 
     def _limit_open_files(self) -> None:
         """Runs in the child between fork and exec."""
