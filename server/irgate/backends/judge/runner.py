@@ -88,8 +88,10 @@ class SlotRunner:
         held_slots, held_columns = self.shape
         if slots <= held_slots and columns <= held_columns:
             return
-        # Columns grow by whole blocks, so that a burst of admissions reallocates once or twice.
-        slots, columns = max(slots, held_slots), max(columns, held_columns)
+        # Columns grow by half at least (a long prefill reallocates a few times, not every
+        # chunk), in whole blocks of 64.
+        slots = max(slots, held_slots)
+        columns = max(columns, held_columns + held_columns // 2) if columns > held_columns else held_columns
         columns = -(-columns // 64) * 64
 
         def grown(old: torch.Tensor | None) -> torch.Tensor:

@@ -74,7 +74,7 @@ class Plan:
     chunks: list[Chunk] = field(default_factory=list)  # one forward (none: nothing to compute)
     stores: list[tuple[Hashable, Request, int]] = field(default_factory=list)  # after the forward
     released: list[Hashable] = field(default_factory=list)  # stored prefixes nobody reads again
-    capacity: tuple[int, int] = (0, 0)  # (slots, columns) the KV buffer must hold
+    capacity: tuple[int, int] = (0, 0)  # (slots, columns) the KV buffer must hold for this step
 
 
 @dataclass(eq=False)
@@ -195,7 +195,10 @@ class Scheduler:
         elif decoding:
             self._decode(decoding, plan)
             self._prefill_turn = True
-        plan.capacity = (self._slots_used, self._columns)
+        # The buffer holds the columns written so far, not every reservation: a burst of long
+        # prompts grows it step by step instead of zeroing gigabytes before its first forward.
+        written = [chunk.end for chunk in plan.chunks] + [length for _, _, length in plan.restores]
+        plan.capacity = (self._slots_used, max(written, default=0))
         return plan
 
     def _admit(self, plan: Plan) -> None:
