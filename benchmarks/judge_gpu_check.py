@@ -50,9 +50,9 @@ def make_judge(tokenizer: Path, folder: Path, shape: dict, dtype: str) -> Path:
 
 
 async def outcomes(judge, request) -> list:
-    from irgate.backends.judge.rank1 import JudgeOutcome
+    from irgate.domain.judging import Verdict
 
-    found = [event async for event in judge.judge(request) if isinstance(event, JudgeOutcome)]
+    found = [event async for event in judge.judge(request) if isinstance(event, Verdict)]
     return sorted(found, key=lambda outcome: outcome.index)
 
 

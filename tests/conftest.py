@@ -12,7 +12,7 @@ import filelock
 import pytest
 
 from irgate.local_server import LocalServer
-from irgate.models.judge import RANK1_PROMPT_TEMPLATE
+from irgate.backends.judge import rank1
 from irgate.processes import free_port
 from irgate_client import Client
 from support import DIM, MODEL, REPO
@@ -72,7 +72,7 @@ FEW_SHOT_TEMPLATE = (
     "Query: cats\nPassage: Cats are small felines.\n<think>The passage is about cats.</think> true\n\n"
     "Determine if the following passage is relevant to the query. Answer only with 'true' or 'false'.\n"
     "Query: rain\nPassage: Stocks fell today.\n<think>The passage is about stocks.</think> false\n\n"
-    + RANK1_PROMPT_TEMPLATE
+    + rank1.PROMPT_TEMPLATE
 )
 
 

@@ -52,6 +52,6 @@ def judge_events(backend: Any, request: Any) -> list[Any]:
 
 def outcomes_of(events: list[Any]) -> list[Any]:
     """The outcomes among judge events, in request order."""
-    from irgate.backends.judge.rank1 import JudgeOutcome
+    from irgate.domain.judging import Verdict
 
-    return sorted((e for e in events if isinstance(e, JudgeOutcome)), key=lambda outcome: outcome.index)
+    return sorted((e for e in events if isinstance(e, Verdict)), key=lambda outcome: outcome.index)

@@ -19,28 +19,16 @@ from transformers import AutoTokenizer
 
 from support import judge_events, outcomes_of, wait_for
 
+from irgate.backends.judge import rank1
 from irgate.backends.judge.contract import JudgeBackend, JudgeRequest, PassageText
 from irgate.backends.judge.engine import EngineLimits, JudgeEngine
 from irgate.backends.judge.local import LocalJudge
-from irgate.backends.judge.rank1 import (
-    JudgeOutcome,
-    ReasoningDelta,
-    answer_stop,
-    fit_prompt,
-    forced_continuation,
-    judge_prompt,
-    prompt_limit,
-)
+from irgate.backends.judge.rank1 import ReasoningDelta, answer_stop, fit_prompt, forced_continuation, judge_prompt, prompt_limit
+from irgate.domain.judging import Verdict
 from irgate.bench.judge import PAIRS, QUERY, benchmark_request, naive_judge, request_prompts
 from irgate.errors import InvalidArgument, IrgateError, Unavailable
-from irgate.models.judge import (
-    DEFAULT_JUDGE_NAME,
-    RANK1_MAX_PASSAGE_TOKENS,
-    RANK1_PROMPT_TEMPLATE,
-    SMOLLM2_MAX_PASSAGE_TOKENS,
-    JudgeManifest,
-    prepare_judge,
-)
+from irgate.backends.judge.manifest import JudgeManifest
+from irgate.models.judge import DEFAULT_JUDGE_NAME, SMOLLM2_MAX_PASSAGE_TOKENS, prepare_judge
 from irgate.models.manifest import MANIFEST_FILE
 
 # SmolLM2 "reasons" about this for hundreds of tokens: it runs to any budget.
@@ -127,12 +115,12 @@ def test_prepare_default_and_idempotent(smollm2_hf: Path, judge_folder: Path, tm
     _link_files(smollm2_hf, default)
     manifest = prepare_judge(None, default)
     assert manifest.name == DEFAULT_JUDGE_NAME
-    assert manifest.prompt_template == RANK1_PROMPT_TEMPLATE
+    assert manifest.prompt_template == rank1.PROMPT_TEMPLATE
     assert 0 < manifest.max_reasoning_tokens <= 1024  # a CPU-sized cap for the default model
     assert manifest.max_passage_tokens == SMOLLM2_MAX_PASSAGE_TOKENS  # the family's passage cap
     assert prepare_judge(None, default) == manifest
     assert prepare_judge(smollm2_hf, judge_folder) == JudgeManifest.load(judge_folder)
-    assert JudgeManifest.load(judge_folder).max_passage_tokens == RANK1_MAX_PASSAGE_TOKENS
+    assert JudgeManifest.load(judge_folder).max_passage_tokens == rank1.MAX_PASSAGE_TOKENS
     # A manifest written before passage caps existed is prepared again, and gets its family's cap.
     written = json.loads((default / MANIFEST_FILE).read_text())
     del written["max_passage_tokens"]
@@ -166,7 +154,7 @@ def test_budget_zero_is_forced_at_once(local_judge: LocalJudge, reference) -> No
         assert outcome.score == pytest.approx(verdict.score, abs=1e-5)
 
 
-def _assert_like_naive(outcomes: list[JudgeOutcome], naive: list) -> None:
+def _assert_like_naive(outcomes: list[Verdict], naive: list) -> None:
     for outcome, verdict in zip(outcomes, naive, strict=True):
         assert (outcome.reasoning, outcome.reasoning_tokens, outcome.ended) == (
             verdict.reasoning,
@@ -197,7 +185,7 @@ def test_concurrent_calls_are_batched_and_judge_like_one_at_a_time(local_judge: 
     assert engine is not None
     before = engine.stats.forward_passes
 
-    async def run() -> list[list[JudgeOutcome]]:
+    async def run() -> list[list[Verdict]]:
         results = await asyncio.gather(*(asyncio.to_thread(judge_events, local_judge, call) for call in calls))
         return [outcomes_of(events) for events in results]
 
@@ -269,7 +257,7 @@ def test_streaming_in_completion_order(local_judge: LocalJudge) -> None:
     passages = [evidence for _, evidence in PAIRS[:4]]  # SmolLM2 ends these early by EOS
     passages[2] = STORY  # runs to the budget
     events = judge_events(local_judge, request(passages, 24, query=PAIRS[0][0], stream=True))
-    outcomes = [e for e in events if isinstance(e, JudgeOutcome)]
+    outcomes = [e for e in events if isinstance(e, Verdict)]
     assert sorted(o.index for o in outcomes) == [0, 1, 2, 3]
     # Completion order: a document that finished in fewer steps comes out first.
     assert [o.reasoning_tokens for o in outcomes] == sorted(o.reasoning_tokens for o in outcomes)
@@ -280,7 +268,7 @@ def test_streaming_in_completion_order(local_judge: LocalJudge) -> None:
         assert "".join(deltas) == outcome.reasoning
         assert all(events.index(e) < position for e in events if isinstance(e, ReasoningDelta) and e.index == outcome.index)
     # Without asking, no deltas.
-    assert all(isinstance(e, JudgeOutcome) for e in judge_events(local_judge, request(passages[:2], 8)))
+    assert all(isinstance(e, Verdict) for e in judge_events(local_judge, request(passages[:2], 8)))
 
 
 def _idle(judge: LocalJudge, timeout: float = 30.0) -> None:

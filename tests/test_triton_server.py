@@ -30,7 +30,8 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 from irgate.backends.embedder import OnnxEmbedder
 from irgate.backends.judge.contract import JudgeRequest, PassageText
 from irgate.backends.judge.local import LocalJudge
-from irgate.backends.judge.rank1 import JudgeOutcome, ReasoningDelta
+from irgate.backends.judge.rank1 import ReasoningDelta
+from irgate.domain.judging import Verdict
 from irgate.backends.triton import RetryPolicy
 from irgate.backends.triton_embedder import TritonEmbedder
 from irgate.backends.triton_judge import TritonJudge, decode_stream_response
@@ -41,7 +42,7 @@ from irgate.models import triton as triton_models
 from irgate.models.tritonserver import TritonServer
 from irgate_client import Client, Document, IrgateError
 from scifact_slice import SCIFACT, write_slice
-from support import assert_ratio, judge_events, wait_for
+from support import assert_ratio, judge_events, outcomes_of, wait_for
 
 FAST_RETRY = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.05)
 TEXTS = [
@@ -134,11 +135,7 @@ def _judge(backend: Any, passages: list[PassageText], budget: int, stream: bool 
                                               stream_reasoning=stream))
 
 
-def _outcomes(events: list[Any]) -> list[JudgeOutcome]:
-    return sorted((e for e in events if isinstance(e, JudgeOutcome)), key=lambda outcome: outcome.index)
-
-
-def _assert_same_verdicts(got: list[JudgeOutcome], expected: list[JudgeOutcome]) -> float:
+def _assert_same_verdicts(got: list[Verdict], expected: list[Verdict]) -> float:
     assert len(got) == len(expected)
     for outcome, reference in zip(got, expected, strict=True):
         assert (outcome.index, outcome.ended, outcome.reasoning_tokens, outcome.reasoning) == (
@@ -244,9 +241,9 @@ def test_judge_through_triton_equals_local_judge(triton: TritonServer, judge_fol
     try:
         for budget in (0, 8, 24):
             events = _judge(judge, PASSAGES, budget, stream=True)
-            expected = _outcomes(_judge(in_process_judge, PASSAGES, budget))
-            worst = max(worst, _assert_same_verdicts(_outcomes(events), expected))
-            for outcome in _outcomes(events):  # the streamed reasoning is the reasoning
+            expected = outcomes_of(_judge(in_process_judge, PASSAGES, budget))
+            worst = max(worst, _assert_same_verdicts(outcomes_of(events), expected))
+            for outcome in outcomes_of(events):  # the streamed reasoning is the reasoning
                 deltas = "".join(e.text for e in events if isinstance(e, ReasoningDelta) and e.index == outcome.index)
                 assert deltas == outcome.reasoning
     finally:
@@ -261,12 +258,12 @@ def test_answered_documents_are_stopped_inside_triton(triton: TritonServer, few_
     remote = TritonJudge(f"triton://{triton.address}/judge_few_shot", few_shot_folder)
     before = triton.metrics()
     try:
-        expected = _outcomes(_judge(local, PASSAGES[:2], 48))
+        expected = outcomes_of(_judge(local, PASSAGES[:2], 48))
         events = _judge(remote, PASSAGES[:2], 48)
     finally:
         asyncio.run(local.close())
         asyncio.run(remote.close())
-    _assert_same_verdicts(_outcomes(events), expected)
+    _assert_same_verdicts(outcomes_of(events), expected)
     assert {o.ended for o in expected} == {"answered"}
 
     def cut_short() -> float:  # stop requests, and for the last document the call's end cancelling it

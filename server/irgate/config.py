@@ -52,7 +52,7 @@ class Settings:
     snapshot_every: int = field(default=50_000, metadata={"help": "snapshot a collection's index after this many changes"})
     max_open_collections: int = field(default=128, metadata={"help": "collections kept open at once with --index local (3 file descriptors each); the least recently used is closed and opens again on use"})
     # The judge engine's capacity; 0 takes the defaults measured for the device (CPU or GPU).
-    judge_max_batch_tokens: int = field(default=0, metadata={"help": "KV tokens (prompt + reasoning) the in-process judge holds at once; 0: 65536 on CPU, 262144 on GPU"})
+    judge_max_batch_tokens: int = field(default=0, metadata={"help": "KV tokens the in-process judge holds at once: rows in use x the widest row's prompt + reasoning (a row alone always runs); 0: 65536 on CPU, 262144 on GPU"})
     judge_max_batch_rows: int = field(default=0, metadata={"help": "documents the in-process judge decodes at once; 0: 16 on CPU, 256 on GPU"})
     judge_prefill_chunk_tokens: int = field(default=0, metadata={"help": "prompt tokens per prefill step, so cancellation and new requests wait at most one chunk; 0: 256 on CPU, 4096 on GPU"})
     stream_idle_s: int = field(default=60, metadata={"help": "seconds a client stream may wait between messages before it is closed"})

@@ -297,10 +297,10 @@ async def start(settings: Settings) -> App:
     if judge_backend is not None:
         JUDGE_BUSY.set_function(lambda: float(judge_backend.busy))
     if judge is not None:
-        engine = judge_backend.engine if isinstance(judge_backend, LocalJudge) else None
-        if engine is not None:
-            engine.stats.on_queue_wait = JUDGE_QUEUE_WAIT.observe
-        JUDGE_WORK.watch(lambda: judge.counts, (lambda: engine.stats) if engine is not None else None)
+        stats = judge.backend.stats
+        if stats is not None:
+            stats.on_queue_wait = JUDGE_QUEUE_WAIT.observe
+        JUDGE_WORK.watch(lambda: judge.counts, (lambda: stats) if stats is not None else None)
     app = App(server=server, port=port, queue=queue, store=store, embedder=embedder, judge=judge_backend,
               health=health_servicer, statuses=statuses, http=http, http_port=http_port)
     await app.report_health()

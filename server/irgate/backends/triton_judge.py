@@ -173,6 +173,11 @@ class TritonJudge:
         """True while a judge call is in flight."""
         return self._running > 0
 
+    @property
+    def stats(self) -> None:
+        """Triton runs the engine: its counters are in Triton's metrics."""
+        return None
+
     async def ready(self) -> bool:
         return await self._client.ready()
 

@@ -22,8 +22,9 @@ from rich.console import Console
 
 from irgate.backends.judge.contract import JudgeRequest, PassageText
 from irgate.backends.judge.local import LocalJudge
-from irgate.backends.judge.rank1 import Ended, JudgeOutcome, answer_stop, fit_prompt, forced_continuation, judge_prompt
-from irgate.models.judge import JudgeManifest
+from irgate.backends.judge.rank1 import Ended, answer_stop, fit_prompt, forced_continuation, judge_prompt
+from irgate.domain.judging import Verdict
+from irgate.backends.judge.manifest import JudgeManifest
 from irgate.progress import ProgressReport
 
 R = TypeVar("R")
@@ -136,8 +137,8 @@ def naive_judge(model: Any, tokenizer: Any, manifest: JudgeManifest, prompts: li
     return verdicts
 
 
-async def _collect(judge: LocalJudge, request: JudgeRequest) -> list[JudgeOutcome]:
-    outcomes = [event async for event in judge.judge(request) if isinstance(event, JudgeOutcome)]
+async def _collect(judge: LocalJudge, request: JudgeRequest) -> list[Verdict]:
+    outcomes = [event async for event in judge.judge(request) if isinstance(event, Verdict)]
     return sorted(outcomes, key=lambda outcome: outcome.index)
 
 
@@ -176,7 +177,7 @@ def _timed(run: Callable[[], R]) -> tuple[float, R]:
     return time.perf_counter() - started, result
 
 
-async def _collect_calls(judge: LocalJudge, calls: list[JudgeRequest]) -> list[JudgeOutcome]:
+async def _collect_calls(judge: LocalJudge, calls: list[JudgeRequest]) -> list[Verdict]:
     """Concurrent calls; their outcomes in call order."""
     results = await asyncio.gather(*(_collect(judge, call) for call in calls))
     return [outcome for outcomes in results for outcome in outcomes]
@@ -435,7 +436,7 @@ def run_long_passage_benchmark(
     show(f"1 MB passage: fitted in {fit_s * 1000:.1f} ms at the cap ({context_fit_s * 1000:.1f} ms to the context), "
          f"event loop paused at most {stall_s * 1000:.1f} ms, the call took {megabyte_call_s:.2f} s")
 
-    def rerank(passage_cap: int) -> tuple[float, list[JudgeOutcome]]:
+    def rerank(passage_cap: int) -> tuple[float, list[Verdict]]:
         call = benchmark_request(documents, budget, length_tokens=manifest.max_context_tokens, max_passage_tokens=passage_cap)
         return _timed(lambda: asyncio.run(_collect(judge, call)))
 

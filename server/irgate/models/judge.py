@@ -19,10 +19,6 @@ from irgate.errors import InvalidArgument
 from irgate.models.manifest import MANIFEST_FILE
 from irgate.models.sources import gguf_to_hf, smollm2_gguf
 
-# Names this module held before the rules and the manifest moved to the judge backend (JudgeManifest
-# too), still imported from here by the engine, its bench and tests.
-RANK1_PROMPT_TEMPLATE = rank1.PROMPT_TEMPLATE
-RANK1_MAX_PASSAGE_TOKENS = rank1.MAX_PASSAGE_TOKENS
 
 DEFAULT_JUDGE_NAME = "SmolLM2-135M-Instruct"
 # SmolLM2 only shows the mechanics (it has no relevance signal: its p(true) stays between 0.03

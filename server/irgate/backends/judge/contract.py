@@ -8,10 +8,13 @@ and build each prompt with families.fit, so the in-process and the Triton judge 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from irgate.backends.judge.manifest import JudgeManifest
 from irgate.domain.judging import JudgeEvent, JudgeRequest, PassageText
+
+if TYPE_CHECKING:
+    from irgate.backends.judge.engine import EngineStats
 
 # The request types, as backends and their tests import them.
 __all__ = ["JudgeBackend", "JudgeRequest", "PassageText"]
@@ -28,6 +31,12 @@ class JudgeBackend(Protocol):
     @property
     def busy(self) -> bool:
         """True while the judge holds work of a call (the irgate_judge_busy metric)."""
+        ...
+
+    @property
+    def stats(self) -> EngineStats | None:
+        """The in-process engine's counters (metrics read them, and the server sets their
+        `on_queue_wait`), kept after close; None where the model runs in another server."""
         ...
 
     def judge(self, request: JudgeRequest) -> AsyncIterator[JudgeEvent]:

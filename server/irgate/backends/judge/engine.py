@@ -34,7 +34,7 @@ from irgate.backends.judge.sequence import (
     Status,
 )
 from irgate.errors import InvalidArgument, IrgateError
-from irgate.models.judge import JudgeManifest
+from irgate.backends.judge.manifest import JudgeManifest
 
 if TYPE_CHECKING:
     import numpy as np

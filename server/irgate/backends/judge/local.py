@@ -17,9 +17,10 @@ from typing import Any
 from irgate import tracing
 from irgate.backends.judge import families, rank1
 from irgate.backends.judge.contract import JudgeRequest
-from irgate.backends.judge.engine import EngineLimits, JudgeEngine
+from irgate.backends.judge.engine import EngineLimits, EngineStats, JudgeEngine
 from irgate.backends.judge.errors import EngineClosed
-from irgate.backends.judge.rank1 import FittedPrompt, JudgeEvent, JudgeOutcome, Phase, Rank1Document
+from irgate.backends.judge.rank1 import FittedPrompt, JudgeEvent, Phase, Rank1Document
+from irgate.domain.judging import Verdict
 from irgate.backends.judge.sequence import DONE, Action, FinishReason, Rewrite
 from irgate.errors import IrgateError
 
@@ -123,6 +124,7 @@ class LocalJudge:
         folder = Path(folder).resolve()
         self.engine: JudgeEngine | None = JudgeEngine.load(folder, device=device, threads=threads, limits=limits)
         self.manifest = self.engine.manifest
+        self._stats = self.engine.stats
         self.address = f"local:{folder}"
         self.device = str(self.engine.device)
         self._tokenizer = self.engine.tokenizer
@@ -134,8 +136,11 @@ class LocalJudge:
     @property
     def busy(self) -> bool:
         """True while the engine holds sequences (running or waiting)."""
-        engine = self.engine
-        return engine is not None and (engine.stats.running_rows > 0 or engine.stats.waiting_sequences > 0)
+        return self.engine is not None and (self._stats.running_rows > 0 or self._stats.waiting_sequences > 0)
+
+    @property
+    def stats(self) -> EngineStats:
+        return self._stats
 
     async def ready(self) -> bool:
         """False once closed, or once the engine stopped serving after repeated failed steps."""
@@ -182,7 +187,7 @@ class LocalJudge:
                 event = await events.get()
                 if isinstance(event, IrgateError):
                     raise event
-                if isinstance(event, JudgeOutcome):
+                if isinstance(event, Verdict):
                     remaining -= 1
                 yield event
         finally:

@@ -30,10 +30,6 @@ from irgate.errors import InvalidArgument
 if TYPE_CHECKING:
     from irgate.backends.judge.manifest import JudgeManifest
 
-# The backends' name for a verdict (index, score, reasoning, tokens, ending, truncation): the
-# domain's Verdict, whose id and budget the judge service fills in.
-JudgeOutcome = Verdict
-
 # orionw/rank1 prompts.py: raw text, no chat template; the model thinks after "<think>".
 PROMPT_TEMPLATE = (
     "Determine if the following passage is relevant to the query. Answer only with 'true' or 'false'.\n"
@@ -266,7 +262,7 @@ class Judgement:
         if stream and len(self.text) > self.streamed:
             events.append(ReasoningDelta(self.index, self.text[self.streamed :]))
             self.streamed = len(self.text)
-        events.append(JudgeOutcome(self.index, score, self.text, len(self.generated), ended, self.prompt.truncated))
+        events.append(Verdict(self.index, score, self.text, len(self.generated), ended, self.prompt.truncated))
         return events
 
     def _detokenize(self, decode: Callable[[list[int]], str]) -> None:
