@@ -77,7 +77,7 @@ test: $(STAMP) $(TRITON)
 	$(PY) -m pytest -q -rs -n 2 --dist loadfile --durations=15
 
 # Long runs of the fuzz and crash tests (make test runs short ones): ~15 minutes on 2 cores; then the
-# whole of BEIR SciFact (make test scores a 404-document slice): in process, through Triton, on Milvus.
+# whole of BEIR SciFact (make test scores a 202-document slice): in process, through Triton, on Milvus.
 soak: $(STAMP) $(TRITON)
 	IRGATE_FUZZ_EXAMPLES=2000 IRGATE_CRASH_TRIALS=60 $(PY) -m pytest -q -s tests/test_fuzz.py tests/test_crash.py
 	# The published all-MiniLM-L6-v2 score (nDCG@10 0.64508), in process and through Triton (~10 minutes).

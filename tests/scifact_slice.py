@@ -13,7 +13,7 @@ from support import SHARED
 SCIFACT = SHARED / "data" / "scifact"
 
 
-def write_slice(out: Path, queries: int = 40, distractors: int = 360, source: Path = SCIFACT) -> Path:
+def write_slice(out: Path, queries: int = 30, distractors: int = 170, source: Path = SCIFACT) -> Path:
     """Writes the slice as a BEIR folder under `out` and returns it."""
     judged: dict[str, list[str]] = {}
     lines = (source / "qrels" / "test.tsv").read_text().splitlines()

@@ -403,14 +403,14 @@ def _eval_beir(data: Path, *where: str) -> dict[str, Any]:
 
 
 def test_a_scifact_slice_through_triton_scores_as_in_process(gateway: LocalServer, minilm_folder: Path, tmp_path: Path) -> None:
-    """40 SciFact queries over 404 documents through `irgate eval beir --server` with the embedder on
+    """30 SciFact queries over 202 documents through `irgate eval beir --server` with the embedder on
     Triton: the nDCG@10 of the same evaluation with the embedder in process."""
     if not SCIFACT.exists():
         pytest.skip(f"{SCIFACT} is not here (shared/ lies beside the checkout)")
     data = write_slice(tmp_path / "slice")
     through_triton = _eval_beir(data, "--server", gateway.address)
     in_process = _eval_beir(data, "--embedder", f"onnx:{minilm_folder}", "--judge", "none")
-    assert (through_triton["queries"], through_triton["docs"]) == (40, 404)
+    assert (through_triton["queries"], through_triton["docs"]) == (30, 202)
     assert abs(through_triton["ndcg@10"] - in_process["ndcg@10"]) <= 1e-4, (through_triton, in_process)
     assert abs(through_triton["recall@100"] - in_process["recall@100"]) <= 1e-4, (through_triton, in_process)
 

@@ -266,12 +266,12 @@ def prefix_request(tokenizer: Any, documents: int = 50, passage_tokens: int = 12
     return JudgeRequest(QUERY, _cut(tokenizer, _INSTRUCTION, instruction_tokens), passages, budget=0)
 
 
-async def _shared_prefix_speedup(judge: LocalJudge, repeats: int) -> tuple[float, float]:
+async def _shared_prefix_speedup(judge: LocalJudge, documents: int, repeats: int) -> tuple[float, float]:
     """Documents/s of a long-instruction rerank with the request's prefix shared, over the same
     engine computing every prompt whole; runs alternate. Returns the ratio of medians and the
     largest score difference between the two."""
     assert judge.engine is not None
-    call = prefix_request(judge.engine.tokenizer)
+    call = prefix_request(judge.engine.tokenizer, documents)
     times: dict[bool, list[float]] = {True: [], False: []}
     scores: dict[bool, list[float]] = {}
     try:
@@ -310,7 +310,7 @@ def run_judge_benchmark(
     With `scheduling`, also the continuous-batching figures (see benchmarks/README.md): 8
     concurrent calls of big/5 documents against one call of them all, a 1-document call behind a
     `big`-document one, the cancellation of a `big`-document call of length-limit passages, and
-    a 50-document rerank under a 150-token instruction with and without sharing its prefix.
+    a big/2-document rerank under a 150-token instruction with and without sharing its prefix.
     With `console`, each step and the time left are shown on it (minutes to hours on a CPU)."""
     import torch
 
@@ -353,8 +353,8 @@ def run_judge_benchmark(
             progress.describe(f"bench judge: cancelling a {big}-document call")
             figures["cancel_seconds"] = round(asyncio.run(_cancel_seconds(judge, big, max_reasoning_tokens)), 3)
             progress.advance()
-            progress.describe("bench judge: 50 documents under a 150-token instruction, its prefix shared or not")
-            speedup, diff = asyncio.run(_shared_prefix_speedup(judge, repeats))
+            progress.describe(f"bench judge: {max(1, big // 2)} documents under a 150-token instruction, its prefix shared or not")
+            speedup, diff = asyncio.run(_shared_prefix_speedup(judge, max(1, big // 2), repeats))
             figures["shared_prefix_speedup"], figures["shared_prefix_max_score_diff"] = round(speedup, 2), diff
             progress.advance()
         progress.describe("bench judge")

@@ -251,7 +251,7 @@ def add_commands(commands: Any) -> None:
     bench_judge.add_argument("--scheduling", action=argparse.BooleanOptionalAction, default=True,
                              help="also measure the continuous-batching scheduler (minutes on a CPU)")
     bench_judge.add_argument("--big", type=int, default=100,
-                             help="documents of the big call in the scheduler figures (the concurrent calls hold big/5 each)")
+                             help="documents of the big call in the scheduler figures (the concurrent calls hold big/5 each, the shared-prefix rerank big/2)")
     bench_judge.add_argument("--long-passages", action="store_true",
                              help="instead: a top-N rerank (--documents) of context-length passages at the judge's default "
                                   "budget, with its passage cap and without, and a 1 MB passage's cost to the event loop")

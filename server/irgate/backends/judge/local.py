@@ -79,12 +79,12 @@ class _Rank1Sequence:
             self._emit(error)
 
     def _send(self, events: list[JudgeEvent]) -> Action:
+        done = self._document.phase is Phase.DONE
+        if done:  # spans before the verdict: its caller may end the call's own span once it arrives
+            self._timeline.record(self._document.judgement.index)
         for event in events:
             self._emit(event)
-        if self._document.phase is Phase.DONE:
-            self._timeline.record(self._document.judgement.index)
-            return DONE
-        return None
+        return DONE if done else None
 
 
 class _OneStepSequence:
