@@ -48,14 +48,19 @@ class LocalServer:
         ready = threading.Event()
         threading.Thread(target=self._read_output, args=(ready,), daemon=True).start()
         if not ready.wait(self.start_timeout) or not self.address:
+            exited = self._process.poll()
             self.stop()
-            raise StartupError(self._why_not_started())
+            raise StartupError(self._why_not_started(exited))
         return self
 
-    def _why_not_started(self) -> str:
-        """The server's own error lines (it says what to change), else the end of its log."""
-        errors = [line.strip() for line in self.output if "error:" in line]
-        return "irgate serve did not start: " + ("\n".join(errors) if errors else "\n" + "".join(self.output[-40:]))
+    def _why_not_started(self, exit_code: int | None) -> str:
+        """The server's own error lines (it says what to change), else how it ended and its log's end."""
+        # irgate's own "error: ..." and argparse's "irgate serve: error: ...", not gRPC core's log lines.
+        errors = [line.strip() for line in self.output if line.startswith("error:") or ": error:" in line]
+        if errors:
+            return "irgate serve did not start: " + "\n".join(errors)
+        ended = f"it exited with code {exit_code}" if exit_code is not None else f"no ready line within {self.start_timeout:g} s"
+        return f"irgate serve did not start ({ended}):\n" + "".join(self.output[-40:])
 
     def _limit_open_files(self) -> None:
         """Runs in the child between fork and exec."""
