@@ -134,6 +134,7 @@ def timing(value: Timing) -> pb.Timing:
         tokenization_ns=value.tokenization_ns,
         inference_ns=value.inference_ns,
         total_ns=value.total_ns,
+        judge_ns=value.judge_ns,
     )
 
 

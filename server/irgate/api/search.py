@@ -104,6 +104,4 @@ def _response(result: SearchResult) -> pb.SearchResponse:
         if hit.verdict is not None:
             message.verdict.CopyFrom(convert.verdict(hit.verdict))
         hits.append(message)
-    timing = convert.timing(result.timing)
-    timing.judge_ns = result.judge_ns
-    return pb.SearchResponse(hits=hits, timing=timing)
+    return pb.SearchResponse(hits=hits, timing=convert.timing(result.timing))

@@ -37,6 +37,7 @@ class Timing:
     tokenization_ns: int = 0
     inference_ns: int = 0
     total_ns: int = 0
+    judge_ns: int = 0  # a Search's rerank stage: judging the top_n hits (0 without a rerank)
 
 
 @dataclass(frozen=True)

@@ -82,8 +82,7 @@ class SearchHit:
 @dataclass(frozen=True)
 class SearchResult:
     hits: list[SearchHit]
-    timing: Timing  # the embedder's share and the whole search's
-    judge_ns: int = 0  # the rerank stage's share: judging the top_n hits (0 without a rerank)
+    timing: Timing  # the embedder's share, the judge's and the whole search's
 
 
 class SearchPipeline:
@@ -162,15 +161,14 @@ class SearchPipeline:
                 records = await asyncio.to_thread(collection.get, [hit.id for hit in hits], skip_missing=True)
             documents = {record.id: record for record in records}
             hits = [replace(hit, document=documents[hit.id]) for hit in hits if hit.id in documents]
-        judge_ns = 0
         if top_n and hits:
             judging = time.perf_counter_ns()
             hits = await self._rerank(query, hits)
-            judge_ns = time.perf_counter_ns() - judging
+            timing = replace(timing, judge_ns=time.perf_counter_ns() - judging)
         if not query.include_documents:
             hits = [replace(hit, document=None) for hit in hits]
         timing = replace(timing, total_ns=time.perf_counter_ns() - start)
-        return SearchResult(hits=hits[: query.k], timing=timing, judge_ns=judge_ns)
+        return SearchResult(hits=hits[: query.k], timing=timing)
 
     async def _dense(
         self, collection: IndexedCollection, query: SearchQuery, embedded: Embeddings | None
