@@ -184,14 +184,24 @@ async def _collect_calls(judge: LocalJudge, calls: list[JudgeRequest]) -> list[V
 
 
 async def _concurrent_vs_single(judge: LocalJudge, calls: int, documents: int, budget: int) -> float:
-    """Documents/s of `calls` concurrent calls of `documents` each, over one call of them all."""
-    started = time.perf_counter()
-    await _collect(judge, benchmark_request(calls * documents, budget))
-    single = time.perf_counter() - started
-    started = time.perf_counter()
-    await asyncio.gather(*(_collect(judge, benchmark_request(documents, budget)) for _ in range(calls)))
-    concurrent = time.perf_counter() - started
-    return single / concurrent
+    """Documents/s of `calls` concurrent calls of `documents` each, over one call of them all.
+    The shapes run single, concurrent, concurrent, single and each side sums its two runs: a load
+    that drifts linearly over the four runs falls on both sides alike."""
+
+    async def single() -> float:
+        started = time.perf_counter()
+        await _collect(judge, benchmark_request(calls * documents, budget))
+        return time.perf_counter() - started
+
+    async def concurrent() -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(_collect(judge, benchmark_request(documents, budget)) for _ in range(calls)))
+        return time.perf_counter() - started
+
+    single_s = await single()
+    concurrent_s = await concurrent() + await concurrent()
+    single_s += await single()
+    return single_s / concurrent_s
 
 
 async def _small_behind_big(judge: LocalJudge, big: int, budget: int, repeats: int) -> float:
