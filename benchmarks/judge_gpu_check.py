@@ -60,8 +60,9 @@ def fidelity(tokenizer: Path, work: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from naive_judge import benchmark_request, naive_judge, request_prompts
+
     from irgate.backends.judge.local import LocalJudge
-    from irgate.bench.judge import benchmark_request, naive_judge, request_prompts
 
     folder = make_judge(tokenizer, work / "fidelity", FIDELITY_SHAPE, "float32")
     judge = LocalJudge(folder, device=DEVICE)
@@ -83,8 +84,9 @@ def throughput(tokenizer: Path, work: Path, documents: int, budget: int) -> dict
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from naive_judge import benchmark_request, request_prompts
+
     from irgate.backends.judge.local import LocalJudge
-    from irgate.bench.judge import benchmark_request, request_prompts
 
     folder = make_judge(tokenizer, work / "rank1-1.5b", RANK1_1_5B, "bfloat16")
     request = benchmark_request(documents, budget, length_tokens=100)

@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from irgate.local_server import LocalServer
 from irgate.processes import free_port
 from irgate_client import Client
 from scifact_slice import SCIFACT, write_slice
-from support import assert_ratio, wait_for
+from support import REPO, assert_ratio, wait_for
 
 CORPUS = [
     {"_id": "d1", "title": "Precipitation", "text": "Rain forms when water vapour condenses into droplets."},
@@ -136,6 +137,18 @@ def test_bench_embed_compares_irgate_with_the_raw_engine_and_sentence_transforme
     assert_ratio(report, "irgate_vs_raw_onnxruntime", "irgate_docs_per_s", "raw_onnxruntime_docs_per_s")
     assert_ratio(report, "irgate_vs_sentence_transformers", "irgate_docs_per_s", "sentence_transformers_docs_per_s")
     assert report["max_abs_diff_vs_sentence_transformers"] < 1e-4  # same vectors, or the speed means nothing
+
+
+@pytest.mark.parametrize("suite", ["judge", "embed"])
+def test_bench_outside_a_source_checkout_says_it_needs_one(suite: str, tmp_path: Path) -> None:
+    # The package alone, as a wheel installs it: no benchmarks/ folder beside it.
+    shutil.copytree(REPO / "server" / "irgate", tmp_path / "site-packages" / "irgate",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run([sys.executable, "-m", "irgate", "bench", suite], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "site-packages")})
+    assert done.returncode == EXIT_USAGE, done.stderr
+    [line] = done.stderr.splitlines()  # one line, no traceback
+    assert "runs from a source checkout" in line and str(tmp_path / "benchmarks" / f"{suite}.py") in line, line
 
 
 # ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,11 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from support import judge_events, outcomes_of, wait_for
+from support import REPO, judge_events, outcomes_of, wait_for
+
+# The naive reference lives with the benchmark that times the engine against it.
+sys.path.insert(0, str(REPO / "benchmarks"))
+from naive_judge import PAIRS, QUERY, benchmark_request, naive_judge, request_prompts  # noqa: E402
 
 from irgate.backends.judge import rank1
 from irgate.backends.judge.contract import JudgeBackend, JudgeRequest, PassageText
@@ -25,7 +30,6 @@ from irgate.backends.judge.engine import EngineLimits, JudgeEngine
 from irgate.backends.judge.local import LocalJudge
 from irgate.backends.judge.rank1 import ReasoningDelta, answer_stop, fit_prompt, forced_continuation, judge_prompt, prompt_limit
 from irgate.domain.judging import Verdict
-from irgate.bench.judge import PAIRS, QUERY, benchmark_request, naive_judge, request_prompts
 from irgate.errors import InvalidArgument, IrgateError, Unavailable
 from irgate.backends.judge.manifest import JudgeManifest
 from irgate.models.judge import DEFAULT_JUDGE_NAME, SMOLLM2_MAX_PASSAGE_TOKENS, prepare_judge

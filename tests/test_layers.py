@@ -128,3 +128,25 @@ def test_a_layer_imports_nothing_above_it(layer: str, above: tuple[str, ...]) ->
     upward = sorted(f"{module} -> {target}" for module, targets in GRAPH.items() if module.startswith(layer)
                     for target in targets if target.startswith(above))
     assert upward == []
+
+
+
+def _absolute_imports(tree: ast.AST) -> set[str]:
+    """The top-level names of the absolute imports that run (`import a.b`, `from a.b import c`: "a")."""
+    names = set()
+    for node in _runtime_imports(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.partition(".")[0] for alias in node.names)
+        elif not node.level and node.module:
+            names.add(node.module.partition(".")[0])
+    return names
+
+
+def test_no_server_module_imports_a_benchmark() -> None:
+    # benchmarks/ is no package: `irgate bench` alone loads its modules, by name, from a source checkout.
+    benchmarks = {path.stem for path in (REPO / "benchmarks").glob("*.py")}
+    assert {"judge", "naive_judge"} <= benchmarks
+    assert _absolute_imports(ast.parse("def f():\n    from naive_judge import PAIRS")) & benchmarks  # the check sees one
+    found = {module: sorted(_absolute_imports(ast.parse(path.read_text(), str(path))) & benchmarks)
+             for module, path in MODULES.items()}
+    assert {module: names for module, names in found.items() if names} == {}

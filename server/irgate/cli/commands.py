@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gzip
+import importlib
 import itertools
 import json
 import os
@@ -21,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+import irgate
 from irgate.backends.judge.families import PRESETS as JUDGE_PRESETS
 from irgate.cli.shared import (
     DEFAULT_MODELS,
@@ -623,35 +625,45 @@ def _judge(args: argparse.Namespace) -> None:
         _print_reasoning([(f"doc {verdict.index}", verdict) for verdict in sorted(verdicts, key=lambda item: item.index)])
 
 
+# The benchmarks live in the checkout beside server/ (benchmarks/), not in the package: an installed
+# irgate has none, and no server module imports them.
+BENCHMARKS = Path(irgate.__file__).resolve().parents[2] / "benchmarks"
+
+
+def _benchmark(name: str) -> Any:
+    """benchmarks/NAME.py of the checkout this irgate runs from; its modules import each other by bare name."""
+    if not (BENCHMARKS / f"{name}.py").is_file():
+        raise FileNotFoundError(f"`irgate bench` runs from a source checkout of irgate, whose benchmarks/ folder "
+                                f"holds it: this irgate has no {BENCHMARKS / name}.py (an installed irgate has none)")
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
 def _bench(args: argparse.Namespace) -> None:
-    if args.suite == "judge" and args.long_passages:
-        from irgate.bench.judge import run_long_passage_benchmark
-
-        result = run_long_passage_benchmark(args.model, documents=args.documents, console=console)
-    elif args.suite == "judge":
-        from irgate.bench.judge import run_judge_benchmark
-
-        result = run_judge_benchmark(args.model, documents=args.documents, max_reasoning_tokens=args.max_reasoning_tokens,
-                                     repeats=args.repeats, scheduling=args.scheduling, big=args.big, console=console)
+    if args.suite == "judge":
+        judge = _benchmark("judge")
+        if args.long_passages:
+            result = judge.run_long_passage_benchmark(args.model, documents=args.documents, console=console)
+        else:
+            result = judge.run_judge_benchmark(args.model, documents=args.documents,
+                                               max_reasoning_tokens=args.max_reasoning_tokens, repeats=args.repeats,
+                                               scheduling=args.scheduling, big=args.big, console=console)
     else:
-        from irgate.bench.embed import run_embed_benchmark, synthetic_texts
         from irgate.eval.beir import load_beir
 
+        embed = _benchmark("embed")
         if args.data:
             corpus = load_beir(args.data).corpus
             texts = [f"{title} {text}".strip() for title, text in list(corpus.values())[: args.documents]]
         else:
-            texts = synthetic_texts(args.documents)
+            texts = embed.synthetic_texts(args.documents)
         if args.triton:
-            from irgate.bench.embed import run_triton_embed_benchmark
-
-            result = run_triton_embed_benchmark(args.model, texts, console=console)
+            result = embed.run_triton_embed_benchmark(args.model, texts, console=console)
         elif args.http:
-            from irgate.bench.embed import run_http_embed_benchmark
-
-            result = run_http_embed_benchmark(args.model, texts, console=console)
+            result = embed.run_http_embed_benchmark(args.model, texts, console=console)
         else:
-            result = run_embed_benchmark(args.model, texts, console=console)
+            result = embed.run_embed_benchmark(args.model, texts, console=console)
     if args.json:
         print(json.dumps(result))
         return
