@@ -4,8 +4,8 @@ documents of a BEIR data set (SciFact: 5,183 abstracts), through the interface t
 No model runs: document and query vectors are embedding-like unit vectors (index_engines.py's), so
 the index alone is measured; a dense or hybrid Search RPC adds the query's embedding on top. The
 queries are the data set's own. Reports:
-  - ingest documents/s with the lexical index and without it (the FTS5 table dropped and the
-    collection's lexical writes skipped), upserts of 256 documents as the gateway sends them; the
+  - ingest documents/s with the lexical index and without it (lexical_index: no FTS5 table made
+    and the collection's lexical writes skipped), upserts of 256 documents as the gateway sends them; the
     two alternate for --rounds rounds and each reports its median, so load from other processes
     falls on both; with the process's CPU time per document, which that load changes less;
   - searches/s and latency p50/p99 in ms per mode (dense, lexical, hybrid with depths 100 + 100 as
@@ -20,8 +20,9 @@ import argparse
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,21 +36,38 @@ from irgate.domain.documents import Document
 BATCH = 256
 DIMENSION = 384
 K = 10
+# The collection's steps that build and write its FTS5 table (lexical_index switches them off).
+_LEXICAL_STEPS = ("_ensure_lexical_index", "_index_lexically", "_unindex_lexically")
+
+
+@contextmanager
+def lexical_index(enabled: bool) -> Iterator[None]:
+    """With enabled False, collections opened inside get no FTS5 table and write no lexical rows:
+    the side 'without the lexical index', the same for the index alone and through the server."""
+    if enabled:
+        yield
+        return
+    saved = {name: getattr(Collection, name) for name in _LEXICAL_STEPS}
+    for name in _LEXICAL_STEPS:
+        setattr(Collection, name, lambda *_: None)
+    try:
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(Collection, name, method)
 
 
 def ingest(
     folder: Path, documents: list[Document], vectors: np.ndarray, lexical: bool
 ) -> tuple[Collection, float, float]:
     """The collection, documents/s and CPU microseconds per document."""
-    collection = Collection.create(folder, DIMENSION, "bench-embedder")
-    if not lexical:
-        collection._db.execute("DROP TABLE lexical")
-        collection._index_lexically = collection._unindex_lexically = lambda *_: None  # type: ignore[method-assign]
-    started, cpu = time.perf_counter(), time.process_time()
-    for first in range(0, len(documents), BATCH):
-        collection.upsert(documents[first : first + BATCH], vectors[first : first + BATCH])
-    return (collection, len(documents) / (time.perf_counter() - started),
-            (time.process_time() - cpu) * 1e6 / len(documents))
+    with lexical_index(lexical):
+        collection = Collection.create(folder, DIMENSION, "bench-embedder")
+        started, cpu = time.perf_counter(), time.process_time()
+        for first in range(0, len(documents), BATCH):
+            collection.upsert(documents[first : first + BATCH], vectors[first : first + BATCH])
+        return (collection, len(documents) / (time.perf_counter() - started),
+                (time.process_time() - cpu) * 1e6 / len(documents))
 
 
 def run(clients: int, queries: list[int], call: Callable[[int], object]) -> dict[str, float]:

@@ -189,6 +189,19 @@ def test_the_lexical_benchmark_measures_both_ingest_sides_and_every_mode() -> No
     assert set(report["search"]) == {f"{mode}@{clients}" for mode in ("dense", "lexical", "hybrid") for clients in (1, 16)}
 
 
+def test_the_upsert_benchmark_embeds_and_writes_both_sides_through_a_server(minilm_folder: Path) -> None:
+    # Each side's upsert count is checked by the benchmark itself; here, that both sides ran, end to end.
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lexical_upsert.py"), "--data", str(EXAMPLES),
+                             "--embedder", str(minilm_folder), "--rounds", "2", "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    assert report["documents"] == 30
+    upsert = report["upsert_docs_per_s"]
+    assert all(len(upsert["rounds"][side]) == 2 and min(upsert["rounds"][side]) > 0 for side in ("without", "with"))
+    assert min(report["upsert_cpu_us_per_doc"][f"{side}_lexical_index"] for side in ("without", "with")) > 0
+
+
 def test_milvus_answers_lexical_search_with_failed_precondition(milvus) -> None:
     from irgate.index.milvus import MilvusIndex
 
