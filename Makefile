@@ -86,6 +86,8 @@ soak: $(STAMP) $(TRITON)
 	IRGATE_SOAK_MILVUS=1 $(PY) -m pytest -q -s tests/test_milvus_scifact.py
 	# BEIR SciFact through lexical and hybrid search (two evaluations; 10-20 minutes on 2 cores).
 	IRGATE_SOAK_LEXICAL=1 $(PY) -m pytest -q -s tests/test_lexical.py -k scifact
+	# Keepalive pings across several ping intervals, to irgate and from it to Triton (~2.5 minutes).
+	IRGATE_SOAK_KEEPALIVE=1 $(PY) -m pytest -q -s tests/test_keepalive.py
 
 # Everything but the minutes-long checks (full SciFact evaluation).
 test-fast: $(STAMP) $(TRITON)

@@ -239,6 +239,12 @@ async def start(settings: Settings) -> App:
             ("grpc.max_send_message_length", message_bytes),
             # gRPC's default SO_REUSEPORT would let a second server share the port silently.
             ("grpc.so_reuseport", 0),
+            # gRPC core's defaults allow a client's keepalive ping every 5 minutes, none on an
+            # idle channel, and answer a third early one with GOAWAY "too_many_pings", closing
+            # calls in flight: SDKs and meshes ping far more often (every 10-30 s). A ping every
+            # 10 s, idle or not, is accepted (gRPC clients' own floor).
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
     )
     statuses: dict[str, str] = {}

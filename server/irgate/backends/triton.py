@@ -40,16 +40,19 @@ T = TypeVar("T")
 TRANSIENT_STATUSES = frozenset({"UNAVAILABLE"})
 # Every option an address may carry; others are refused so a typo does not pass silently.
 ADDRESS_OPTIONS = frozenset({"stream", "timeout", "attempts"})
-# Unlimited message sizes (generation logits are [steps, vocab] floats); keepalive pings find
-# a dead peer on an idle channel; reconnection backs off to at most 2 s (gRPC's default grows
-# to 120 s), so a restarted Triton is used again within seconds.
+# Unlimited message sizes (generation logits are [steps, vocab] floats); reconnection backs off
+# to at most 2 s (gRPC's default grows to 120 s), so a restarted Triton is used again within
+# seconds. Keepalive pings find a dead peer under a call that waits long for its answer, at the
+# rate a Triton with default flags accepts: gRPC core's server policy allows one ping per 5
+# minutes without data and none on an idle channel, and answers a third early ping with GOAWAY
+# "too_many_pings", failing the calls in flight (pings every 30 s, idle or not, did that).
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_time_ms", 330_000),  # a little over the 5 minutes, so jitter is never early
+    ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2_000),
@@ -197,8 +200,6 @@ class TritonClient:
         if self._client is None or self._loop is not loop:
             import tritonclient.grpc.aio as grpcclient_aio
 
-            # Keepalive pings find a dead peer on an idle channel; unlimited message sizes
-            # because generation logits are [steps, vocab] floats.
             self._client = grpcclient_aio.InferenceServerClient(self.address.url, channel_args=_CHANNEL_OPTIONS)
             self._loop = loop
         return self._client
