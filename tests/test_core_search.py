@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from irgate.core.embedding import Embeddings, Timing
+from irgate.core.judge import JudgeCall
 from irgate.core.search import RerankOptions, SearchPipeline, SearchQuery
 from irgate.domain.documents import Document
 from irgate.errors import FailedPrecondition, NotFound
@@ -63,9 +64,9 @@ class FakeJudge:
     def passage_cap(self, requested: int | None, field: str = "max_passage_tokens") -> int:
         return requested or 512
 
-    async def judge_all(self, query, instruction, passages, max_reasoning_tokens, **options) -> list[FakeVerdict]:
-        self.judged = [passage.id for passage in passages]
-        return [FakeVerdict(id=passage.id, score=self.scores[passage.id]) for passage in passages]
+    async def judge_all(self, call: JudgeCall) -> list[FakeVerdict]:
+        self.judged = [passage.id for passage in call.passages]
+        return [FakeVerdict(id=passage.id, score=self.scores[passage.id]) for passage in call.passages]
 
 
 # Dense order for the query (1, 0): a > b > c > d > e > f.

@@ -9,12 +9,25 @@ import grpc
 
 from irgate.api import convert
 from irgate.api.rpc import Admission, streaming, unary
-from irgate.core.judge import JudgeService, Passage, require_judge
+from irgate.core.judge import JudgeCall, JudgeService, Passage, require_judge
 from irgate.domain.judging import ReasoningDelta
 from irgate.errors import InvalidArgument
 from irgate.identifiers import check_collection_name, check_document_id
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
+
+def judge_call(request: pb.JudgeRequest) -> JudgeCall:
+    """The request, checked, as the judge service takes it."""
+    return JudgeCall(
+        request.query,
+        request.instruction,
+        passages(request),
+        convert.reasoning_budget(request),
+        return_reasoning=request.return_reasoning,
+        collection=request.collection,
+        max_passage_tokens=convert.passage_cap(request),
+    )
+
 
 def passages(request: pb.JudgeRequest) -> list[Passage]:
     if request.collection:
@@ -51,15 +64,7 @@ class JudgeServicer(pb_grpc.JudgeServicer):
     @unary("Judge", smaller="judge fewer documents per call, or leave return_reasoning off")
     async def Judge(self, request: pb.JudgeRequest, context: grpc.aio.ServicerContext) -> pb.JudgeResponse:
         start = time.perf_counter_ns()
-        verdicts = await self._service().judge_all(
-            request.query,
-            request.instruction,
-            passages(request),
-            convert.reasoning_budget(request),
-            return_reasoning=request.return_reasoning,
-            collection=request.collection,
-            max_passage_tokens=convert.passage_cap(request),
-        )
+        verdicts = await self._service().judge_all(judge_call(request))
         elapsed = time.perf_counter_ns() - start  # all of a Judge call is the judge's
         return pb.JudgeResponse(
             verdicts=[convert.verdict(verdict) for verdict in verdicts], timing=pb.Timing(judge_ns=elapsed, total_ns=elapsed)
@@ -69,16 +74,7 @@ class JudgeServicer(pb_grpc.JudgeServicer):
     async def JudgeStream(
         self, request: pb.JudgeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.JudgeStreamResponse]:
-        events = self._service().judge(
-            request.query,
-            request.instruction,
-            passages(request),
-            convert.reasoning_budget(request),
-            return_reasoning=request.return_reasoning,
-            stream_reasoning=request.return_reasoning,
-            collection=request.collection,
-            max_passage_tokens=convert.passage_cap(request),
-        )
+        events = self._service().judge(judge_call(request), stream_reasoning=request.return_reasoning)
         async for event in events:
             if isinstance(event, ReasoningDelta):
                 yield pb.JudgeStreamResponse(reasoning=pb.ReasoningDelta(index=event.index, text=event.text))

@@ -31,6 +31,20 @@ class Passage:
     from_collection: bool = False
 
 
+@dataclass(frozen=True)
+class JudgeCall:
+    """What one judge call asks for, as the Judge RPCs and Search's rerank stage give it.
+    `max_reasoning_tokens` and `max_passage_tokens` None take the server's caps."""
+
+    query: str
+    instruction: str
+    passages: Sequence[Passage]
+    max_reasoning_tokens: int | None = None
+    return_reasoning: bool = False
+    collection: str = ""  # where documents given by id are read
+    max_passage_tokens: int | None = None
+
+
 @dataclass
 class JudgeCounts:
     """What the judge has done, for metrics."""
@@ -96,30 +110,18 @@ class JudgeService:
                 raise InvalidArgument(f"document '{passage.id}' has no text to judge (it was stored with a vector only)")
         return resolved
 
-    async def judge(
-        self,
-        query: str,
-        instruction: str,
-        passages: Sequence[Passage],
-        max_reasoning_tokens: int | None,
-        *,
-        return_reasoning: bool = False,
-        stream_reasoning: bool = False,
-        collection: str = "",
-        max_passage_tokens: int | None = None,
-    ) -> AsyncIterator[Verdict | ReasoningDelta]:
-        """Verdicts in completion order; reasoning deltas before them when `stream_reasoning`.
-
-        `max_reasoning_tokens` and `max_passage_tokens` None take the server's caps."""
-        if not 1 <= len(passages) <= self.max_documents:
-            raise InvalidArgument(f"documents has {len(passages)} entries; send 1 to {self.max_documents}", field="documents")
-        passage_cap = self.passage_cap(max_passage_tokens)
-        resolved = await self.resolve(passages, collection)
+    async def judge(self, call: JudgeCall, *, stream_reasoning: bool = False) -> AsyncIterator[Verdict | ReasoningDelta]:
+        """Verdicts in completion order; reasoning deltas before them when `stream_reasoning`."""
+        if not 1 <= len(call.passages) <= self.max_documents:
+            raise InvalidArgument(
+                f"documents has {len(call.passages)} entries; send 1 to {self.max_documents}", field="documents")
+        passage_cap = self.passage_cap(call.max_passage_tokens)
+        resolved = await self.resolve(call.passages, call.collection)
         request = JudgeRequest(
-            query=query,
-            instruction=instruction,
+            query=call.query,
+            instruction=call.instruction,
             passages=tuple(PassageText(passage.title, passage.text) for passage in resolved),
-            budget=self.budget(max_reasoning_tokens),
+            budget=self.budget(call.max_reasoning_tokens),
             stream_reasoning=stream_reasoning,
             max_passage_tokens=passage_cap,
         )
@@ -133,34 +135,15 @@ class JudgeService:
                 self.counts.verdicts[ended.value] = self.counts.verdicts.get(ended.value, 0) + 1
                 self.counts.reasoning_tokens += event.reasoning_tokens
                 yield replace(
-                    event, id=resolved[event.index].id, ended=ended, reasoning=event.reasoning if return_reasoning else "",
+                    event, id=resolved[event.index].id, ended=ended, reasoning=event.reasoning if call.return_reasoning else "",
                     reasoning_budget=request.budget,
                 )
         finally:
             await events.aclose()  # a caller that went away stops the model work
 
-    async def judge_all(
-        self,
-        query: str,
-        instruction: str,
-        passages: Sequence[Passage],
-        max_reasoning_tokens: int | None,
-        *,
-        return_reasoning: bool = False,
-        collection: str = "",
-        max_passage_tokens: int | None = None,
-    ) -> list[Verdict]:
+    async def judge_all(self, call: JudgeCall) -> list[Verdict]:
         """Every verdict, in request order."""
-        events = self.judge(
-            query,
-            instruction,
-            passages,
-            max_reasoning_tokens,
-            return_reasoning=return_reasoning,
-            collection=collection,
-            max_passage_tokens=max_passage_tokens,
-        )
-        verdicts = [event async for event in events if isinstance(event, Verdict)]
+        verdicts = [event async for event in self.judge(call) if isinstance(event, Verdict)]
         return sorted(verdicts, key=lambda verdict: verdict.index)
 
 

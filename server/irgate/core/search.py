@@ -19,7 +19,7 @@ from irgate import tracing
 from irgate.domain.documents import Document
 from irgate.core.embedding import Embeddings, EmbeddingService, TextInput, Timing, Truncation
 from irgate.core.index import Index, IndexedCollection
-from irgate.core.judge import JudgeService, Passage, Verdict, require_judge
+from irgate.core.judge import JudgeCall, JudgeService, Passage, Verdict, require_judge
 from irgate.errors import InvalidArgument, IrgateError
 from irgate.filters import Filter
 from irgate.index.records import ScoredKey
@@ -195,14 +195,14 @@ class SearchPipeline:
         judged_ids = {hit.id for hit in judged}
         rest = [hit for hit in top if hit.id not in judged_ids] + rest
         passages = [Passage(id=hit.id, text=hit.document.text, title=hit.document.title) for hit in judged if hit.document]
-        verdicts = await self._judge.judge_all(
+        verdicts = await self._judge.judge_all(JudgeCall(
             query.query,
             query.instruction,
             passages,
             query.rerank.max_reasoning_tokens,
             return_reasoning=query.rerank.return_reasoning,
             max_passage_tokens=query.rerank.max_passage_tokens,
-        )
+        ))
         judged = [replace(hit, score=verdict.score, verdict=verdict) for hit, verdict in zip(judged, verdicts, strict=True)]
         judged.sort(key=lambda hit: -hit.score)  # stable
         return judged + rest
