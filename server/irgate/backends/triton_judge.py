@@ -188,7 +188,7 @@ class TritonJudge:
         if not request.passages:
             return
         self._client.client()  # raises Unavailable when closed
-        prompts = await asyncio.to_thread(self._fit, request)
+        prompts = await asyncio.to_thread(families.fit_request, self.manifest, self._tokenizer, request)
         # A one-step judge reasons nothing: each prompt runs for one output token, whose generation
         # logits are the last prompt position's, scored by the family's rule.
         one_step = families.one_step(self.manifest)
@@ -212,15 +212,6 @@ class TritonJudge:
             self._running -= 1
 
     # ---- each document's policy, step by step ---------------------------------------------
-
-    def _fit(self, request: JudgeRequest) -> list[FittedPrompt]:
-        return [
-            families.fit(
-                self.manifest, self._tokenizer, request.query, request.instruction, p.title, p.text, request.budget,
-                request.max_passage_tokens,
-            )
-            for p in request.passages
-        ]
 
     def _scores(self, row: np.ndarray) -> tuple[float, float]:
         return float(row[self.manifest.true_token_id]), float(row[self.manifest.false_token_id])

@@ -31,7 +31,7 @@ from typing import Any
 from irgate.backends.judge import rank1
 from irgate.backends.judge.rank1 import FittedPrompt
 from irgate.backends.judge.manifest import JudgeManifest
-from irgate.domain.judging import Ended, Verdict
+from irgate.domain.judging import Ended, JudgeRequest, Verdict
 from irgate.errors import InvalidArgument
 
 QWEN3_RERANKER_DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
@@ -135,6 +135,15 @@ def score(manifest: JudgeManifest, true_logit: float, false_logit: float) -> flo
     if manifest.score_rule == "margin_sigmoid":
         return rank1.sigmoid(float(true_logit) - float(false_logit) - manifest.score_offset)
     return rank1.sigmoid(float(true_logit))
+
+
+def fit_request(manifest: JudgeManifest, tokenizer: Any, request: JudgeRequest) -> list[FittedPrompt]:
+    """The prompt of each of the request's passages, in order."""
+    return [
+        fit(manifest, tokenizer, request.query, request.instruction, passage.title, passage.text, request.budget,
+            request.max_passage_tokens)
+        for passage in request.passages
+    ]
 
 
 def fit(

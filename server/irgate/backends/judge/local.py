@@ -160,9 +160,9 @@ class LocalJudge:
         # Long passages are tokenised off the event loop; short ones (a millisecond or two) on it,
         # so that calls arriving together reach the engine together and share their first forward.
         if sum(len(p.title) + len(p.text) for p in request.passages) + len(request.query) <= _INLINE_FIT_CHARACTERS:
-            prompts = self._fit(request)
+            prompts = families.fit_request(self.manifest, self._tokenizer, request)
         else:
-            prompts = await asyncio.to_thread(self._fit, request)
+            prompts = await asyncio.to_thread(families.fit_request, self.manifest, self._tokenizer, request)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[JudgeEvent | IrgateError] = asyncio.Queue()
 
@@ -192,15 +192,6 @@ class LocalJudge:
                 yield event
         finally:
             handle.cancel()  # a caller that left (cancel, deadline) frees the engine at once
-
-    def _fit(self, request: JudgeRequest) -> list[FittedPrompt]:
-        return [
-            families.fit(
-                self.manifest, self._tokenizer, request.query, request.instruction, p.title, p.text, request.budget,
-                request.max_passage_tokens,
-            )
-            for p in request.passages
-        ]
 
     def _encode(self, text: str) -> list[int]:
         return list(self._tokenizer(text)["input_ids"])
