@@ -131,8 +131,10 @@ def test_scifact_reproduces_the_published_minilm_score(minilm_folder: Path) -> N
     assert abs(report["ndcg@10"] - 0.64508) <= 0.005, report
 
 
-def test_bench_embed_compares_irgate_with_the_raw_engine_and_sentence_transformers(minilm_folder: Path) -> None:
-    report = json.loads(irgate("bench", "embed", "--model", str(minilm_folder), "--documents", "64", "--json").stdout)
+def test_bench_embed_compares_irgate_with_the_raw_engine_and_sentence_transformers_and_shows_its_steps(minilm_folder: Path) -> None:
+    done = irgate("bench", "embed", "--model", str(minilm_folder), "--documents", "64", "--json")
+    report = json.loads(done.stdout)  # stdout holds the JSON object only: the steps went to stderr
+    assert "bench embed: 3/3 steps, " in done.stderr, done.stderr
     assert report["documents"] == 64
     assert_ratio(report, "irgate_vs_raw_onnxruntime", "irgate_docs_per_s", "raw_onnxruntime_docs_per_s")
     assert_ratio(report, "irgate_vs_sentence_transformers", "irgate_docs_per_s", "sentence_transformers_docs_per_s")

@@ -1,17 +1,13 @@
-"""Long work shows that it is alive and how long it has left, on stderr, while --json keeps stdout
-to its one JSON object: the progress report, and `irgate bench judge` on a short run."""
+"""Long work shows that it is alive and how long it has left, on stderr: the progress report. The
+`irgate bench` runs that test_judge_api.py and test_cli.py check also check its lines on stderr, and
+that --json keeps stdout to the one JSON object."""
 
 from __future__ import annotations
 
 import io
-import json
-import math
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
 from rich.console import Console
 
 from irgate.progress import ProgressReport
@@ -40,27 +36,6 @@ def test_slow_items_read_as_time_each_rather_than_a_rate_of_zero() -> None:
     report.done = 1
     report._started = time.monotonic() - 120  # one step took two minutes
     assert report.line().startswith("bench judge: 1/3 steps, 2m00s each, 2m00s elapsed, ETA 4m00s")
-
-
-def test_bench_judge_shows_its_steps_on_stderr_and_prints_one_json_object(judge_folder: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "irgate", "bench", "judge", "--model", str(judge_folder),
-                           "--documents", "2", "--max-reasoning-tokens", "2", "--repeats", "1", "--no-scheduling",
-                           "--json"], capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)  # stdout holds the JSON object only
-    assert (result["documents"], result["repeats"]) == (2, 1)
-    rates = (result["docs_per_s"], result["naive_docs_per_s"])
-    assert all(math.isfinite(rate) and rate > 0 for rate in rates), result  # the judge and the naive loop both ran
-    assert result["judge_vs_naive"] == pytest.approx(rates[0] / rates[1], rel=0.01, abs=0.01), result
-    assert "bench judge: 3/3 steps, " in done.stderr and "elapsed" in done.stderr, done.stderr
-
-
-def test_bench_embed_shows_its_steps_on_stderr_and_prints_one_json_object(minilm_folder: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "irgate", "bench", "embed", "--model", str(minilm_folder),
-                           "--documents", "8", "--json"], capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["documents"] == 8
-    assert "bench embed: 3/3 steps, " in done.stderr, done.stderr
 
 
 def test_before_the_first_item_the_line_has_no_rate_yet() -> None:
