@@ -443,6 +443,10 @@ def triton_judges(minilm_folder: Path, tmp_path_factory: pytest.TempPathFactory)
             template.model_transaction_policy.decoupled = decoupled
             shutil.copytree(repository / "judge", repository / template.name)
             (repository / template.name / "config.pbtxt").write_text(text_format.MessageToString(template))
+    # The judge and embedder the preparation put there were only the template: each model is a
+    # Python backend stub that Triton would start (and wait for) with the others.
+    for unused in ("judge", "embedder"):
+        shutil.rmtree(repository / unused)
     with TritonServer(repository) as running:
         yield running, folders
 
