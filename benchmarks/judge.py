@@ -85,10 +85,10 @@ async def _collect_calls(judge: LocalJudge, calls: list[JudgeRequest]) -> list[V
     return [outcome for outcomes in results for outcome in outcomes]
 
 
-async def _concurrent_vs_single(judge: LocalJudge, calls: int, documents: int, budget: int) -> float:
-    """Documents/s of `calls` concurrent calls of `documents` each, over one call of them all.
-    The shapes run single, concurrent, concurrent, single and each side sums its two runs: a load
-    that drifts linearly over the four runs falls on both sides alike."""
+async def _concurrent_vs_single(judge: LocalJudge, calls: int, documents: int, budget: int) -> tuple[float, float]:
+    """Seconds of one call of `calls` x `documents` documents, and of `calls` concurrent calls of
+    `documents` each. The shapes run single, concurrent, concurrent, single and each side sums its
+    two runs: a load that drifts linearly over the four runs falls on both sides alike."""
 
     async def single() -> float:
         started = time.perf_counter()
@@ -103,11 +103,11 @@ async def _concurrent_vs_single(judge: LocalJudge, calls: int, documents: int, b
     single_s = await single()
     concurrent_s = await concurrent() + await concurrent()
     single_s += await single()
-    return single_s / concurrent_s
+    return single_s, concurrent_s
 
 
-async def _small_behind_big(judge: LocalJudge, big: int, budget: int, repeats: int) -> float:
-    """Latency of a 1-document call sent while a `big`-document call runs, over its latency alone."""
+async def _small_behind_big(judge: LocalJudge, big: int, budget: int, repeats: int) -> tuple[float, float]:
+    """Median latencies of a 1-document call alone, and sent while a `big`-document call runs."""
     small = benchmark_request(1, budget)
 
     async def latency() -> float:
@@ -125,7 +125,7 @@ async def _small_behind_big(judge: LocalJudge, big: int, budget: int, repeats: i
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
         await _until(lambda: not judge.busy)
-    return statistics.median(behind) / alone
+    return alone, statistics.median(behind)
 
 
 async def _cancel_seconds(judge: LocalJudge, documents: int, budget: int) -> float:
@@ -178,9 +178,9 @@ def prefix_request(tokenizer: Any, documents: int = 50, passage_tokens: int = 12
     return JudgeRequest(QUERY, _cut(tokenizer, _INSTRUCTION, instruction_tokens), passages, budget=0)
 
 
-async def _shared_prefix_speedup(judge: LocalJudge, documents: int, repeats: int) -> tuple[float, float]:
-    """Documents/s of a long-instruction rerank with the request's prefix shared, over the same
-    engine computing every prompt whole; runs alternate. Returns the ratio of medians and the
+async def _shared_prefix_speedup(judge: LocalJudge, documents: int, repeats: int) -> tuple[float, float, float]:
+    """A long-instruction rerank with the request's prefix shared, and on the same engine with
+    every prompt computed whole; runs alternate. Returns the median seconds of each side and the
     largest score difference between the two."""
     assert judge.engine is not None
     call = prefix_request(judge.engine.tokenizer, documents)
@@ -197,7 +197,7 @@ async def _shared_prefix_speedup(judge: LocalJudge, documents: int, repeats: int
     finally:
         judge.share_prefixes = True
     diff = max(abs(a - b) for a, b in zip(scores[True], scores[False], strict=True))
-    return statistics.median(times[False]) / statistics.median(times[True]), diff
+    return statistics.median(times[True]), statistics.median(times[False]), diff
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
@@ -255,19 +255,22 @@ def run_judge_benchmark(
                 naive_times.append(naive_run)
         if scheduling:
             progress.describe(f"bench judge: 8 concurrent calls of {max(1, big // 5)} documents vs one call")
-            figures["concurrent_vs_single"] = round(
-                asyncio.run(_concurrent_vs_single(judge, 8, max(1, big // 5), max_reasoning_tokens)), 2
-            )
+            single_s, concurrent_s = asyncio.run(_concurrent_vs_single(judge, 8, max(1, big // 5), max_reasoning_tokens))
+            figures.update(concurrent_vs_single=round(single_s / concurrent_s, 2),
+                           single_call_s=round(single_s, 3), concurrent_calls_s=round(concurrent_s, 3))
             progress.advance()
             progress.describe(f"bench judge: a 1-document call behind a {big}-document one")
-            figures["small_behind_big"] = round(asyncio.run(_small_behind_big(judge, big, max_reasoning_tokens, repeats)), 2)
+            alone_s, behind_s = asyncio.run(_small_behind_big(judge, big, max_reasoning_tokens, repeats))
+            figures.update(small_behind_big=round(behind_s / alone_s, 2),
+                           small_alone_s=round(alone_s, 3), small_behind_big_s=round(behind_s, 3))
             progress.advance()
             progress.describe(f"bench judge: cancelling a {big}-document call")
             figures["cancel_seconds"] = round(asyncio.run(_cancel_seconds(judge, big, max_reasoning_tokens)), 3)
             progress.advance()
             progress.describe(f"bench judge: {max(1, big // 2)} documents under a 150-token instruction, its prefix shared or not")
-            speedup, diff = asyncio.run(_shared_prefix_speedup(judge, max(1, big // 2), repeats))
-            figures["shared_prefix_speedup"], figures["shared_prefix_max_score_diff"] = round(speedup, 2), diff
+            shared_s, whole_s, diff = asyncio.run(_shared_prefix_speedup(judge, max(1, big // 2), repeats))
+            figures.update(shared_prefix_speedup=round(whole_s / shared_s, 2), shared_prefix_s=round(shared_s, 3),
+                           whole_prompts_s=round(whole_s, 3), shared_prefix_max_score_diff=diff)
             progress.advance()
         progress.describe("bench judge")
     asyncio.run(judge.close())
