@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 from pathlib import Path
 
 import cohere
@@ -14,8 +13,6 @@ import httpx
 import numpy as np
 import openai
 import pytest
-
-from support import REPO
 
 from irgate.local_server import LocalServer
 from irgate.processes import free_port
@@ -239,8 +236,7 @@ def test_every_grpc_code_has_an_http_status_in_each_dialect() -> None:
 
 
 def test_bench_embed_http_runs_both_sides_on_equal_vectors(minilm_folder: Path) -> None:
-    sys.path.insert(0, str(REPO / "benchmarks"))  # where `irgate bench` finds it too
-    from embed import run_http_embed_benchmark, synthetic_texts
+    from embed import run_http_embed_benchmark, synthetic_texts  # benchmarks/embed.py, as `irgate bench` runs it
 
     report = run_http_embed_benchmark(minilm_folder, synthetic_texts(8, words=20))
     assert report["max_abs_diff_http_vs_grpc"] < 1e-6

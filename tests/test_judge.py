@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,11 +17,10 @@ from typing import Any
 import pytest
 from transformers import AutoTokenizer
 
-from support import REPO, judge_events, outcomes_of, wait_for
+from support import judge_events, outcomes_of, wait_for
 
-# The naive reference lives with the benchmark that times the engine against it.
-sys.path.insert(0, str(REPO / "benchmarks"))
-from naive_judge import PAIRS, QUERY, benchmark_request, naive_judge, request_prompts  # noqa: E402
+# The naive reference lives with the benchmark that times the engine against it (benchmarks/).
+from naive_judge import PAIRS, QUERY, benchmark_request, naive_judge, request_prompts
 
 from irgate.backends.judge import rank1
 from irgate.backends.judge.contract import JudgeBackend, JudgeRequest, PassageText
