@@ -103,6 +103,8 @@ CREATE TABLE changes (
 # remove lexical rows themselves, not through triggers on documents: a trigger makes each document
 # INSERT a statement with its own savepoint, and FTS5 writes its pending terms to disk at every
 # savepoint, so each document became a segment of its own to merge (benchmarks/lexical.py measures the cost).
+# detail=full and the column sizes stay although they cost ingest time: without them bm25() gets the
+# term counts and lengths by tokenizing every matching document again at each search (benchmarks/README.md).
 _LEXICAL_TABLE = (
     f"CREATE VIRTUAL TABLE lexical USING fts5(title, text, content='documents', content_rowid='key', "
     f"tokenize='{TOKENIZER}')"
