@@ -7,7 +7,8 @@ queries are the data set's own. Reports:
   - ingest documents/s with the lexical index and without it (lexical_index: no FTS5 table made
     and the collection's lexical writes skipped), upserts of 256 documents as the gateway sends them; the
     two alternate for --rounds rounds and each reports its median, so load from other processes
-    falls on both; with the process's CPU time per document, which that load changes less;
+    falls on both; with the process's CPU time per document, which that load changes less (the
+    same comparison through the Upsert RPC, embedding included: lexical_upsert.py);
   - searches/s and latency p50/p99 in ms per mode (dense, lexical, hybrid with depths 100 + 100 as
     the gateway fuses them) at 1 and 16 concurrent clients (threads).
 
