@@ -102,6 +102,7 @@ bench: prepare $(TRITON)
 	$(VENV)/bin/irgate bench embed --http --data $(SHARED)/data/scifact --documents 512 --json | tee benchmarks/results/embed-http.json
 	$(PY) benchmarks/index_engines.py --documents 20000 --queries 300 --fresh-queries 20 --json | tee benchmarks/results/index.json
 	$(PY) benchmarks/lexical.py --data $(SHARED)/data/scifact --json | tee benchmarks/results/lexical.json
+	$(PY) benchmarks/lexical_upsert.py --data $(SHARED)/data/scifact --embedder models/embedder --json | tee benchmarks/results/lexical-upsert.json
 
 eval: prepare
 	$(VENV)/bin/irgate eval beir --data $(SHARED)/data/scifact --json
