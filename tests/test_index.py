@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -416,3 +418,10 @@ def test_one_store_per_directory(tmp_path: Path):
         CollectionStore(tmp_path / "collections", dimension=DIM, model=MODEL)
     first.close()
     CollectionStore(tmp_path / "collections", dimension=DIM, model=MODEL).close()  # free again once closed
+
+
+def test_a_process_that_opens_collections_can_still_load_the_embedder() -> None:
+    """usearch loaded before onnxruntime made onnxruntime's import segfault (exit -11)."""
+    done = subprocess.run([sys.executable, "-c", "import irgate.index.collection; import onnxruntime"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])

@@ -37,6 +37,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+# onnxruntime before usearch: with usearch 2.26's module loaded first, importing onnxruntime 1.32
+# segfaults, and the server (and any script) that holds collections also embeds.
+import onnxruntime  # noqa: F401
 from usearch.index import Index
 
 from irgate.domain.documents import Document
