@@ -347,7 +347,9 @@ def test_ctrl_c_exits_130_without_a_traceback() -> None:
         wait_for(lambda: _connected(silent), 60, "the CLI connecting")
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
-    assert process.returncode == EXIT_INTERRUPTED and "interrupted" in stderr and "Traceback" not in stderr
+    # Once in a fresh clone's full suite it exited 4 (no answer) instead: the message shows what it said.
+    assert process.returncode == EXIT_INTERRUPTED and "interrupted" in stderr and "Traceback" not in stderr, (
+        process.returncode, stderr[-2000:])
 
 
 def _connected(listening: socket.socket) -> bool:
