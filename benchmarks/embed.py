@@ -43,19 +43,6 @@ def synthetic_texts(count: int, words: int = 180, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(_WORDS, size=int(rng.integers(words // 2, words * 2)))) for _ in range(count)]
 
 
-async def _through_irgate(address: str, texts: list[str]) -> np.ndarray:
-    batches = [texts[i : i + BATCH] for i in range(0, len(texts), BATCH)]
-    limit = asyncio.Semaphore(CLIENTS)
-    async with AsyncClient(address, timeout=600) as client:
-
-        async def one(batch: list[str]) -> list[list[float]]:
-            async with limit:
-                return [item.values for item in await client.embed(batch)]
-
-        results = await asyncio.gather(*(one(batch) for batch in batches))
-    return np.asarray([vector for batch in results for vector in batch], dtype=np.float32)
-
-
 def _raw_onnx(folder: Path, texts: list[str]) -> np.ndarray:
     import onnxruntime as ort
 
@@ -100,8 +87,8 @@ def run_embed_benchmark(folder: Path, texts: list[str], console: Console | None 
         progress.describe(f"bench embed: irgate over gRPC, {len(texts)} texts")
         with tempfile.TemporaryDirectory(prefix="irgate-bench-") as data_dir:
             with LocalServer(Path(data_dir), ["--embedder", f"onnx:{folder}", "--judge", "none"]) as server:
-                asyncio.run(_through_irgate(server.address, texts[:BATCH]))
-                served_s, served = _timed(lambda: asyncio.run(_through_irgate(server.address, texts)))
+                asyncio.run(_embed_rpcs(server.address, texts[:BATCH], CLIENTS))
+                served_s, served = asyncio.run(_embed_rpcs(server.address, texts, CLIENTS))
         progress.advance()
         progress.describe("bench embed")
     rate = {name: len(texts) / seconds for name, seconds in (("irgate", served_s), ("onnx", raw_s), ("st", st_s))}
