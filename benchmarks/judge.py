@@ -200,6 +200,15 @@ async def _shared_prefix_speedup(judge: LocalJudge, documents: int, repeats: int
     return statistics.median(times[True]), statistics.median(times[False]), diff
 
 
+def _device(judge: LocalJudge) -> str:
+    """What ran the judge, for the report."""
+    import torch
+
+    if judge.device.startswith("cuda"):
+        return torch.cuda.get_device_name(judge.device)
+    return f"cpu ({torch.get_num_threads()} threads of {os.cpu_count()} cores)"
+
+
 async def _until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -290,7 +299,7 @@ def run_judge_benchmark(
         "max_score_diff": max(abs(o.score - v.score) for o, v in zip(outcomes, verdicts, strict=True)),
         "answered": sum(o.ended == "answered" for o in outcomes),
         **figures,
-        "device": torch.cuda.get_device_name(judge.device) if judge.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads of {os.cpu_count()} cores)",
+        "device": _device(judge),
     }
 
 
@@ -328,7 +337,6 @@ def run_long_passage_benchmark(
     (passages cut only to fit the context); and what a 1 MB inline passage costs the event loop
     and the fitting. JSON-able results. With `console`, each figure is shown as it is measured:
     the uncapped side takes many minutes on a CPU."""
-    import torch
 
     folder = Path(folder)
     judge = LocalJudge(folder)
@@ -374,5 +382,5 @@ def run_long_passage_benchmark(
         "megabyte_fit_to_context_ms": round(context_fit_s * 1000, 1),
         "megabyte_loop_stall_ms": round(stall_s * 1000, 1),
         "megabyte_call_s": round(megabyte_call_s, 2),
-        "device": torch.cuda.get_device_name(judge.device) if judge.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads of {os.cpu_count()} cores)",
+        "device": _device(judge),
     }

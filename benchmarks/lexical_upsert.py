@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-# The server (onnxruntime) before lexical (usearch): onnxruntime loaded after usearch crashes the process.
-from irgate.server import start  # isort: skip
+from lexical import BATCH, lexical_index
+
 from irgate.config import Settings
 from irgate.eval.beir import load_beir
+from irgate.server import start
 from irgate_client import AsyncClient, Document
-from lexical import BATCH, lexical_index
 
 
 async def ingest(client: AsyncClient, name: str, documents: list[Document], lexical: bool) -> tuple[float, float]:

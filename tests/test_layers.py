@@ -130,7 +130,6 @@ def test_a_layer_imports_nothing_above_it(layer: str, above: tuple[str, ...]) ->
     assert upward == []
 
 
-
 def _absolute_imports(tree: ast.AST) -> set[str]:
     """The top-level names of the absolute imports that run (`import a.b`, `from a.b import c`: "a")."""
     names = set()

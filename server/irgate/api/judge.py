@@ -16,6 +16,7 @@ from irgate.identifiers import check_collection_name, check_document_id
 from irgate_client.v1 import irgate_pb2 as pb
 from irgate_client.v1 import irgate_pb2_grpc as pb_grpc
 
+
 def judge_call(request: pb.JudgeRequest) -> JudgeCall:
     """The request, checked, as the judge service takes it."""
     return JudgeCall(
